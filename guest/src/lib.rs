@@ -1,0 +1,8 @@
+//! The guest side of the Blockwitness harness: the control protocol spoken between
+//! `bw-init` (PID 1 in the guest) and the harness, virtio-serial port lookup, and the
+//! stamped block format written by `bw-workload`.
+//!
+//! Nothing here is under test; it is the harness's hands inside the VM.
+
+pub mod control;
+pub mod ports;
