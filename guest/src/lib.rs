@@ -5,4 +5,7 @@
 //! Nothing here is under test; it is the harness's hands inside the VM.
 
 pub mod control;
+pub mod init;
 pub mod ports;
+pub mod stamp;
+pub mod workload;

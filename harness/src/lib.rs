@@ -3,3 +3,27 @@
 //! stage where a block diverges from the point-in-time truth.
 //!
 //! The binary (`src/main.rs`) is a thin command-line layer over this library.
+
+pub mod accel;
+pub mod bench;
+pub mod console;
+pub mod doctor;
+pub mod guest;
+pub mod image;
+pub mod paths;
+pub mod qemu;
+pub mod qmp;
+pub mod vm;
+
+pub mod bench_hash;
+pub mod classify;
+pub mod diff;
+pub mod events;
+pub mod fsmap;
+pub mod hash;
+pub mod plan;
+pub mod proxy;
+pub mod record;
+pub mod report;
+pub mod scenario;
+pub mod ui;

@@ -1,1 +1,251 @@
-fn main() {}
+//! `blockwitness`: the command line. Parsing and printing live here; the work is in the
+//! library. This is the one place an error becomes an exit code: 0 pass, 1 product
+//! failure, 2 harness error (infrastructure, bad input).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use blockwitness::accel::{self, AccelChoice};
+use blockwitness::image::{self, BuildOptions, BuiltImage};
+use blockwitness::vm::{BootOptions, Vm};
+use blockwitness::{doctor, paths};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "blockwitness",
+    version,
+    about = "Proves, block by block, that a snapshot backup copied the volume as it was at the snapshot instant"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the host requirements and print how to fix what is missing.
+    Doctor,
+    /// Install missing host requirements with apt-get (as root).
+    Setup,
+    /// Build or list guest images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Boot an image and run one command in it (for debugging images).
+    Exec {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Boot an image without bwsnap.ko.
+        #[arg(long)]
+        without_bwsnap: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Print a performance figure as a ratio against its baseline.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Fetch the kernel, build bwsnap.ko and the binaries, pack the initramfs.
+    Build {
+        /// Image names (default: every image in images/).
+        names: Vec<String>,
+        /// Leave bwsnap.ko out (only to debug an image without the module under test).
+        #[arg(long)]
+        without_bwsnap: bool,
+    },
+    /// Show what is cached: image, kernel version, packages and hashes.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
+    Boot {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+}
+
+fn build_image(name: &str, with_bwsnap: bool) -> anyhow::Result<BuiltImage> {
+    let opts = BuildOptions {
+        cache: paths::cache_dir(),
+        project_root: paths::project_root(),
+        with_bwsnap,
+    };
+    let started = std::time::Instant::now();
+    let img = image::build(name, &opts, &mut |step| eprintln!("==> {step}"))
+        .with_context(|| format!("building image {name}"))?;
+    eprintln!(
+        "==> image {} ready ({}, kernel {}) in {:.1}s",
+        img.name,
+        img.key,
+        img.kernel_release,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(img)
+}
+
+fn images_build(names: Vec<String>, without_bwsnap: bool) -> anyhow::Result<()> {
+    let names = if names.is_empty() {
+        image::list_defs(&paths::images_dir())
+    } else {
+        names
+    };
+    for name in names {
+        let img = build_image(&name, !without_bwsnap)?;
+        println!("{}\t{}\t{}", img.name, img.key, img.kernel.display());
+    }
+    Ok(())
+}
+
+fn images_list() {
+    let built = image::list_built(&paths::cache_dir());
+    if built.is_empty() {
+        println!("no images in {}", paths::cache_dir().display());
+        return;
+    }
+    for img in built {
+        println!("{} {}  kernel {}", img.name, img.key, img.kernel_release);
+        for p in &img.packages {
+            println!("    {} {} sha256:{}", p.package, p.version, p.sha256);
+        }
+        match &img.bwsnap_sha256 {
+            Some(h) => println!("    bwsnap.ko sha256:{h}"),
+            None => println!("    bwsnap.ko: not in this image"),
+        }
+        for (name, h) in &img.binaries {
+            println!("    {name} sha256:{h}");
+        }
+        println!("    busybox sha256:{}", img.busybox_sha256);
+        println!("    modules: {}", img.modules.join(" "));
+    }
+}
+
+fn doctor_cmd() -> bool {
+    let (checks, notes) = doctor::report(&paths::cache_dir());
+    for c in &checks {
+        println!(
+            "{:7} {:16} {}",
+            if c.ok { "found" } else { "MISSING" },
+            c.name,
+            c.detail
+        );
+    }
+    for n in notes {
+        println!("note    {n}");
+    }
+    if let Err(missing) = doctor::require(doctor::ALL) {
+        println!(
+            "\nfix (as root): {}\nor run: blockwitness setup",
+            missing.fix
+        );
+        return false;
+    }
+    true
+}
+
+fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    let base = paths::cache_dir().join("tmp");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{what}-"))
+        .tempdir_in(base)?)
+}
+
+fn exec_cmd(
+    image: &str,
+    accel: AccelChoice,
+    without_bwsnap: bool,
+    argv: Vec<String>,
+) -> anyhow::Result<i32> {
+    doctor::require(doctor::FOR_BOOT)?;
+    let img = build_image(image, !without_bwsnap)?;
+    let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
+    eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
+    let dir = run_temp_dir("exec")?;
+    let mut vm = Vm::boot(
+        &img,
+        BootOptions::new(decision.accel, dir.path().to_path_buf()),
+    )?;
+    eprintln!("==> ready after {:.1}s", vm.boot_to_ready.as_secs_f64());
+    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let done = vm.guest.exec(&argv_ref, Duration::from_secs(600))?;
+    print!("{}", done.stdout);
+    eprint!("{}", done.stderr);
+    vm.shutdown(Duration::from_secs(30))?;
+    Ok(if done.success() { 0 } else { 1 })
+}
+
+fn main() -> ExitCode {
+    blockwitness::qemu::install_interrupt_handler();
+    let cli = Cli::parse();
+    let result: anyhow::Result<u8> = match cli.command {
+        Command::Doctor => Ok(if doctor_cmd() { 0 } else { 2 }),
+        Command::Setup => doctor::setup()
+            .map(|ran| {
+                if ran.is_empty() {
+                    eprintln!("every requirement is already there");
+                }
+                for r in ran {
+                    eprintln!("ran: {r}");
+                }
+                0
+            })
+            .map_err(Into::into),
+        Command::Images { command } => match command {
+            ImagesCommand::Build {
+                names,
+                without_bwsnap,
+            } => images_build(names, without_bwsnap).map(|()| 0),
+            ImagesCommand::List => {
+                images_list();
+                Ok(0)
+            }
+        },
+        Command::Exec {
+            image,
+            accel,
+            without_bwsnap,
+            argv,
+        } => exec_cmd(&image, accel, without_bwsnap, argv).map(|c| c as u8),
+        Command::Bench { bench } => match bench {
+            BenchCommand::Boot { image, accel, runs } => {
+                bench_boot(&image, accel, runs).map(|()| 0)
+            }
+        },
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {
+    doctor::require(doctor::FOR_BOOT)?;
+    let img = build_image(image, true)?;
+    let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
+    let dir = run_temp_dir("bench-boot")?;
+    let report = blockwitness::bench::boot(&img, decision.accel, runs, dir.path())?;
+    println!("{report}");
+    let _ = PathBuf::new();
+    Ok(())
+}

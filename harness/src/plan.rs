@@ -1,0 +1,486 @@
+//! The resolved plan of one run: a validated scenario plus one seed and one image become
+//! sizes in bytes, block counts, COW sizes, the backup sequence with the workloads and
+//! faults of each backup, per-workload and per-fault seeds, and the expectations. Nothing
+//! boots before the plan exists, and the same scenario, seed and image always give the
+//! same plan (the repro line relies on it).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::BackupKind;
+use crate::scenario::units::format_size;
+use crate::scenario::{
+    Expectations, FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadKind,
+};
+
+/// The module's COW default is a share of the volume, capped here.
+pub const COW_CAP: u64 = 10 << 30;
+/// Size of the extra disk whose I/O never completes.
+pub const HANG_DISK_SIZE: u64 = 16 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub scenario: String,
+    pub scenario_file: PathBuf,
+    pub description: String,
+    pub story: String,
+    pub image: String,
+    pub seed: u64,
+    pub timeout: Duration,
+    pub guest: GuestPlan,
+    pub volumes: Vec<VolumePlan>,
+    /// Workloads that run to their end before the first backup (after the initial fill).
+    pub before: Vec<WorkloadRun>,
+    pub backups: Vec<BackupStep>,
+    pub discovery_timeout: Duration,
+    pub pipeline: Pipeline,
+    pub expect: Expectations,
+    /// One command line that reproduces this run.
+    pub repro: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPlan {
+    pub memory_bytes: u64,
+    pub cpus: u32,
+    /// Modules to load at boot: the scenario's, plus those its devices need.
+    pub modules: Vec<String>,
+    pub floppy: Floppy,
+    /// Size of the never-answering disk, when the scenario asks for one.
+    pub hang_disk: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumePlan {
+    /// Position among the scenario's disks (QEMU node `d<index>`).
+    pub index: usize,
+    pub name: String,
+    pub size_bytes: u64,
+    /// 4 KiB blocks.
+    pub blocks: u64,
+    pub fs: Filesystem,
+    pub mount: Option<String>,
+    pub backup: bool,
+    /// Bytes of initial fill (0 = none), and the seed that fills them.
+    pub fill_bytes: u64,
+    pub fill_seed: u64,
+    /// Size of the COW file preallocated on this volume.
+    pub cow_bytes: u64,
+}
+
+/// One run of a workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRun {
+    /// Index in the scenario's `workloads`.
+    pub index: usize,
+    pub kind: WorkloadKind,
+    pub volume: String,
+    pub stamped: bool,
+    pub rate: Option<Rate>,
+    pub amount: Option<u64>,
+    pub ops: Option<u64>,
+    pub duration: Option<Duration>,
+    /// The seed of this run (distinct per workload and per backup).
+    pub seed: u64,
+    /// The workload's writer id (stamped blocks carry it).
+    pub writer: u32,
+}
+
+/// One injected fault in one backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRun {
+    /// Index in the scenario's `faults`.
+    pub index: usize,
+    pub spec: FaultSpec,
+    /// Seed for any random choice the injector makes (which bit to flip, ...).
+    pub seed: u64,
+}
+
+/// One backup of the sequence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupStep {
+    /// 1 = the full backup.
+    pub number: u32,
+    /// The target generation it should commit (the same number).
+    pub generation: u32,
+    pub kind: BackupKind,
+    /// Run to their end before this backup starts (the `between` workloads).
+    pub between: Vec<WorkloadRun>,
+    /// Started before the snapshot, stopped when the backup ends.
+    pub during: Vec<WorkloadRun>,
+    pub faults: Vec<FaultRun>,
+}
+
+/// splitmix64: a seed per (scenario seed, purpose, index, backup), stable across
+/// versions because the plan's reproducibility depends on it.
+pub fn derive_seed(seed: u64, purpose: u64, index: u64, backup: u64) -> u64 {
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ index.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ backup.wrapping_mul(0x1656_67b1_9e37_79f9);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const PURPOSE_FILL: u64 = 1;
+const PURPOSE_WORKLOAD: u64 = 2;
+const PURPOSE_FAULT: u64 = 3;
+
+impl Scenario {
+    /// The seeds the nightly runs: `seed`, `seed + 1`, ...
+    pub fn seed_list(&self) -> Vec<u64> {
+        (0..u64::from(self.seeds))
+            .map(|i| self.seed.wrapping_add(i))
+            .collect()
+    }
+
+    /// Every (image, seed) pair the nightly runs.
+    pub fn matrix(&self) -> Vec<(String, u64)> {
+        self.images
+            .iter()
+            .flat_map(|image| {
+                self.seed_list()
+                    .into_iter()
+                    .map(move |seed| (image.clone(), seed))
+            })
+            .collect()
+    }
+}
+
+impl Plan {
+    /// Resolves a scenario for one seed and image. An image outside the scenario's list
+    /// is allowed (a developer trying another kernel); the report says which ran.
+    pub fn resolve(s: &Scenario, seed: u64, image: &str) -> Plan {
+        let mut modules = s.guest.modules.clone();
+        if s.guest.floppy != Floppy::None && !modules.iter().any(|m| m == "floppy") {
+            modules.push("floppy".into());
+        }
+        let volumes: Vec<VolumePlan> = s
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(index, v)| VolumePlan {
+                index,
+                name: v.name.clone(),
+                size_bytes: v.size,
+                blocks: v.blocks(),
+                fs: v.fs,
+                mount: v.mount.clone(),
+                backup: v.backup,
+                fill_bytes: v.fill.resolve(v.size),
+                fill_seed: derive_seed(seed, PURPOSE_FILL, index as u64, 0),
+                cow_bytes: s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP),
+            })
+            .collect();
+        let run_of = |index: usize, backup: u32| {
+            let w = &s.workloads[index];
+            WorkloadRun {
+                index,
+                kind: w.kind,
+                volume: w.volume.clone(),
+                stamped: w.stamped,
+                rate: w.rate,
+                amount: w.amount,
+                ops: w.ops,
+                duration: w.duration,
+                seed: derive_seed(seed, PURPOSE_WORKLOAD, index as u64, u64::from(backup)),
+                writer: index as u32 + 1,
+            }
+        };
+        let before = s
+            .workloads
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.when == When::Before)
+            .map(|(i, _)| run_of(i, 0))
+            .collect();
+        let backups = (1..=s.backup.count())
+            .map(|number| {
+                let pick = |when: When| -> Vec<WorkloadRun> {
+                    s.workloads
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| w.when == when && w.backups.contains(&number))
+                        .map(|(i, _)| run_of(i, number))
+                        .collect()
+                };
+                BackupStep {
+                    number,
+                    generation: number,
+                    kind: if number == 1 {
+                        BackupKind::Full
+                    } else {
+                        BackupKind::Incremental
+                    },
+                    between: pick(When::Between),
+                    during: pick(When::During),
+                    faults: s
+                        .faults
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| f.backup == number)
+                        .map(|(i, f)| FaultRun {
+                            index: i,
+                            spec: f.spec.clone(),
+                            seed: derive_seed(seed, PURPOSE_FAULT, i as u64, u64::from(number)),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Plan {
+            scenario: s.name.clone(),
+            scenario_file: s.path.clone(),
+            description: s.description.clone(),
+            story: s.story.clone(),
+            image: image.to_owned(),
+            seed,
+            timeout: s.timeout,
+            guest: GuestPlan {
+                memory_bytes: s.guest.memory,
+                cpus: s.guest.cpus,
+                modules,
+                floppy: s.guest.floppy,
+                hang_disk: s.guest.hang_disk.then_some(HANG_DISK_SIZE),
+            },
+            volumes,
+            before,
+            backups,
+            discovery_timeout: s.backup.discovery_timeout,
+            pipeline: s.backup.pipeline,
+            expect: s.expect.clone(),
+            repro: repro_line(&s.path, image, seed),
+        }
+    }
+
+    /// The volumes that are backed up.
+    pub fn backed_up(&self) -> impl Iterator<Item = &VolumePlan> {
+        self.volumes.iter().filter(|v| v.backup)
+    }
+}
+
+/// `blockwitness run FILE --image IMAGE --seed SEED`, shell-quoted where needed.
+pub fn repro_line(file: &std::path::Path, image: &str, seed: u64) -> String {
+    format!(
+        "blockwitness run {} --image {} --seed {seed}",
+        shell_quote(&file.display().to_string()),
+        shell_quote(image)
+    )
+}
+
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+fn describe_workload(w: &WorkloadRun) -> String {
+    let mut parts = vec![format!("{} on {}", w.kind.name(), w.volume)];
+    if w.stamped {
+        parts.push("stamped".into());
+    }
+    if let Some(r) = w.rate {
+        parts.push(match r {
+            Rate::BytesPerSec(b) => format!("{}/s", format_size(b)),
+            Rate::OpsPerSec(o) => format!("{o} ops/s"),
+        });
+    }
+    if let Some(a) = w.amount {
+        parts.push(format_size(a));
+    }
+    if let Some(o) = w.ops {
+        parts.push(format!("{o} ops"));
+    }
+    if let Some(d) = w.duration {
+        parts.push(format!("{:?}", d));
+    }
+    parts.push(format!("seed {:#x}", w.seed));
+    parts.join(", ")
+}
+
+impl fmt::Display for Plan {
+    /// The timeline, for `check` and for people reading a report.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(
+            f,
+            "{} on {} with seed {} (timeout {:?})",
+            self.scenario, self.image, self.seed, self.timeout
+        )?;
+        writeln!(
+            f,
+            "  guest: {} memory, {} cpu(s), modules [{}], floppy {:?}{}",
+            format_size(self.guest.memory_bytes),
+            self.guest.cpus,
+            self.guest.modules.join(", "),
+            self.guest.floppy,
+            if self.guest.hang_disk.is_some() {
+                ", hang disk"
+            } else {
+                ""
+            }
+        )?;
+        for v in &self.volumes {
+            writeln!(
+                f,
+                "  volume {} (d{}): {} = {} blocks, {}{}, fill {}, COW {}{}",
+                v.name,
+                v.index,
+                format_size(v.size_bytes),
+                v.blocks,
+                v.fs.name(),
+                v.mount
+                    .as_deref()
+                    .map(|m| format!(" at {m}"))
+                    .unwrap_or_default(),
+                format_size(v.fill_bytes),
+                format_size(v.cow_bytes),
+                if v.backup { "" } else { ", not backed up" }
+            )?;
+        }
+        for w in &self.before {
+            writeln!(f, "  before: {}", describe_workload(w))?;
+        }
+        for b in &self.backups {
+            writeln!(f, "  backup {} ({:?}):", b.number, b.kind)?;
+            for w in &b.between {
+                writeln!(f, "    first: {}", describe_workload(w))?;
+            }
+            for w in &b.during {
+                writeln!(f, "    during: {}", describe_workload(w))?;
+            }
+            for fault in &b.faults {
+                writeln!(
+                    f,
+                    "    fault: {} {} {:?}",
+                    fault.spec.layer().name(),
+                    fault.spec.kind(),
+                    fault.spec
+                )?;
+            }
+        }
+        write!(f, "  repro: {}", self.repro)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const TEXT: &str = r#"
+name = "incremental-chain"
+description = "A full backup and two incrementals."
+story = "incremental tracking"
+images = ["debian-6.1", "debian-6.12"]
+seed = 10
+seeds = 3
+[guest]
+floppy = "empty"
+[[volumes]]
+name = "data"
+size = "64MiB"
+fill = "25%"
+[[workloads]]
+kind = "overwrite"
+stamped = true
+[[workloads]]
+kind = "append"
+when = "between"
+amount = "1MiB"
+[backup]
+incrementals = 2
+[[faults]]
+layer = "module"
+kind = "drop-tracking"
+every = 10
+backup = 3
+"#;
+
+    fn scenario() -> Scenario {
+        crate::scenario::parse(Path::new("scenarios/incremental-chain.toml"), TEXT).unwrap()
+    }
+
+    #[test]
+    fn resolves_sizes_schedule_and_seeds() {
+        let plan = Plan::resolve(&scenario(), 10, "debian-6.1");
+        let v = &plan.volumes[0];
+        assert_eq!(
+            (v.size_bytes, v.blocks, v.fill_bytes),
+            (64 << 20, 16384, 16 << 20)
+        );
+        assert_eq!(v.cow_bytes, (64u64 << 20) / 10 / 4096 * 4096);
+        assert_eq!(plan.guest.modules, ["floppy"]);
+        assert_eq!(plan.backups.len(), 3);
+        assert_eq!(plan.backups[0].kind, BackupKind::Full);
+        assert!(plan.backups[0].between.is_empty());
+        assert_eq!(plan.backups[1].between.len(), 1);
+        assert_eq!(
+            plan.backups
+                .iter()
+                .map(|b| b.during.len())
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert_eq!(plan.backups[2].faults.len(), 1);
+        assert!(plan.backups[1].faults.is_empty());
+        // Every workload run has its own seed.
+        let seeds: std::collections::BTreeSet<u64> = plan
+            .backups
+            .iter()
+            .flat_map(|b| b.during.iter().chain(&b.between))
+            .map(|w| w.seed)
+            .collect();
+        assert_eq!(seeds.len(), 5);
+        assert_eq!(
+            plan.repro,
+            "blockwitness run scenarios/incremental-chain.toml --image debian-6.1 --seed 10"
+        );
+    }
+
+    #[test]
+    fn same_inputs_same_plan_and_seeds_change_it() {
+        let s = scenario();
+        assert_eq!(
+            Plan::resolve(&s, 10, "debian-6.1"),
+            Plan::resolve(&s, 10, "debian-6.1")
+        );
+        let a = Plan::resolve(&s, 10, "debian-6.1");
+        let b = Plan::resolve(&s, 11, "debian-6.1");
+        assert_ne!(a.backups[0].during[0].seed, b.backups[0].during[0].seed);
+        assert_ne!(a.volumes[0].fill_seed, b.volumes[0].fill_seed);
+    }
+
+    #[test]
+    fn matrix_covers_images_and_seeds() {
+        let m = scenario().matrix();
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[0], ("debian-6.1".to_string(), 10));
+        assert_eq!(m[5], ("debian-6.12".to_string(), 12));
+    }
+
+    #[test]
+    fn repro_quotes_odd_paths() {
+        assert_eq!(
+            repro_line(Path::new("my dir/x.toml"), "debian-6.1", 1),
+            "blockwitness run 'my dir/x.toml' --image debian-6.1 --seed 1"
+        );
+    }
+
+    #[test]
+    fn plan_prints_a_timeline() {
+        let text = Plan::resolve(&scenario(), 10, "debian-6.1").to_string();
+        assert!(text.contains("backup 3 (Incremental)"), "{text}");
+        assert!(text.contains("fault: module drop-tracking"), "{text}");
+    }
+}

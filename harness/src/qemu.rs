@@ -1,0 +1,556 @@
+//! The QEMU process: command-line construction (small pure functions, one per device),
+//! launch, the guard that kills and reaps it, the watchdog, and connections to its
+//! sockets (QMP and the virtio-serial ports).
+//!
+//! No QEMU outlives its runner: the child runs in its own process group, is killed on
+//! drop (also while unwinding from a panic), on Ctrl-C (see [`install_interrupt_handler`])
+//! and, as a last resort, by PR_SET_PDEATHSIG when the harness dies.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::qmp::{Qmp, QmpError};
+
+/// How the guest CPU is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// Image format of a disk file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// A virtio-blk disk. Its block node is called `id` (the format layer) and `<id>-file`
+/// (the protocol layer), so QMP can address it.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    /// Shown in the guest as /sys/block/vdX/serial; how the guest finds this disk.
+    pub serial: String,
+    pub read_only: bool,
+    /// Put a blkdebug layer under the format node so requests can be suspended on
+    /// demand (`qemu-io <id> "break read_aio <tag>"`): a device that never answers.
+    pub blkdebug: bool,
+}
+
+/// The floppy drive of the `pc` machine's controller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Floppy {
+    /// No drive at all.
+    #[default]
+    None,
+    /// A drive without a disk in it.
+    Empty,
+    /// A drive holding this raw image.
+    Media(PathBuf),
+}
+
+/// Everything needed to start one guest.
+#[derive(Clone, Debug)]
+pub struct MachineSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    pub disks: Vec<Disk>,
+    pub floppy: Floppy,
+    /// virtio-serial port names; each gets a unix socket `<run_dir>/<name>.sock`.
+    pub ports: Vec<String>,
+    /// Sockets, console log and QEMU's own stderr go here.
+    pub run_dir: PathBuf,
+}
+
+/// Why a guest could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot start qemu-system-x86_64")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot create the run directory {path}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-system-x86_64 exited at start ({status}): {stderr}")]
+    EarlyExit { status: String, stderr: String },
+    #[error("qemu-system-x86_64 did not open its QMP socket within {0:?}")]
+    NoSocket(Duration),
+    #[error("QMP")]
+    Qmp(#[from] QmpError),
+    #[error("cannot connect to the {name} port socket {path}")]
+    Port {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for qemu-system-x86_64")]
+    Wait(#[source] std::io::Error),
+}
+
+/// `-machine`, `-cpu`, `-m`, `-smp`.
+pub fn machine_args(accel: Accel, memory_mb: u32, cpus: u32) -> Vec<String> {
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        // Every feature TCG can emulate (rdrand among them: early guest entropy).
+        Accel::Tcg => "max",
+    };
+    vec![
+        "-machine".into(),
+        format!("pc,accel={accel}"),
+        "-cpu".into(),
+        cpu.into(),
+        "-m".into(),
+        memory_mb.to_string(),
+        "-smp".into(),
+        cpus.to_string(),
+    ]
+}
+
+/// Direct kernel boot.
+pub fn kernel_args(kernel: &Path, initrd: &Path, append: &str) -> Vec<String> {
+    vec![
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        append.into(),
+    ]
+}
+
+/// One virtio-blk disk: protocol node, optional blkdebug, format node, device.
+pub fn disk_args(disk: &Disk) -> Vec<String> {
+    let file = serde_json::json!({
+        "driver": "file",
+        "filename": disk.path.display().to_string(),
+        "node-name": format!("{}-file", disk.id),
+        "read-only": disk.read_only,
+    });
+    let format = match disk.format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    };
+    let protocol = if disk.blkdebug {
+        serde_json::json!({ "driver": "blkdebug", "image": file })
+    } else {
+        file
+    };
+    let node = serde_json::json!({
+        "driver": format,
+        "node-name": disk.id,
+        "file": protocol,
+        "read-only": disk.read_only,
+    });
+    vec![
+        "-blockdev".into(),
+        node.to_string(),
+        "-device".into(),
+        format!(
+            "virtio-blk-pci,drive={},id={}-dev,serial={}",
+            disk.id, disk.id, disk.serial
+        ),
+    ]
+}
+
+/// The floppy drive on the `pc` machine's built-in controller.
+pub fn floppy_args(floppy: &Floppy) -> Vec<String> {
+    match floppy {
+        Floppy::None => vec![],
+        Floppy::Empty => vec!["-device".into(), "floppy,unit=0".into()],
+        Floppy::Media(path) => vec![
+            "-blockdev".into(),
+            serde_json::json!({
+                "driver": "raw",
+                "node-name": "fd0",
+                "file": {"driver": "file", "filename": path.display().to_string()},
+            })
+            .to_string(),
+            "-device".into(),
+            "floppy,unit=0,drive=fd0".into(),
+        ],
+    }
+}
+
+/// The serial console, captured to a file.
+pub fn console_args(path: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("file,id=console,path={}", path.display()),
+        "-serial".into(),
+        "chardev:console".into(),
+    ]
+}
+
+/// Socket path of a virtio-serial port.
+pub fn port_socket(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.sock"))
+}
+
+/// One virtio-serial controller and a named port per entry, each on a listening socket.
+pub fn ports_args(run_dir: &Path, names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        return vec![];
+    }
+    let mut args = vec!["-device".into(), "virtio-serial-pci,id=vser0".into()];
+    for (i, name) in names.iter().enumerate() {
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id=port{i},path={},server=on,wait=off",
+            port_socket(run_dir, name).display()
+        ));
+        args.push("-device".into());
+        args.push(format!(
+            "virtserialport,bus=vser0.0,chardev=port{i},name={name}"
+        ));
+    }
+    args
+}
+
+/// The QMP socket.
+pub fn qmp_args(path: &Path) -> Vec<String> {
+    vec![
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", path.display()),
+    ]
+}
+
+/// The whole command line (without the program name).
+pub fn qemu_args(spec: &MachineSpec) -> Vec<String> {
+    let mut args: Vec<String> = ["-nodefaults", "-no-user-config", "-display", "none"]
+        .map(String::from)
+        .to_vec();
+    // A guest reset or panic ends QEMU instead of rebooting into the same run.
+    args.push("-no-reboot".into());
+    args.extend(machine_args(spec.accel, spec.memory_mb, spec.cpus));
+    args.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.append));
+    args.extend(console_args(&spec.run_dir.join("console.log")));
+    args.extend(qmp_args(&spec.run_dir.join("qmp.sock")));
+    for disk in &spec.disks {
+        args.extend(disk_args(disk));
+    }
+    args.extend(floppy_args(&spec.floppy));
+    args.extend(ports_args(&spec.run_dir, &spec.ports));
+    args
+}
+
+/// QEMU processes alive now, by process id, for the Ctrl-C handler.
+static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn kill_group(pid: i32) {
+    // SAFETY: signalling a process group we created.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+/// Makes Ctrl-C (and SIGTERM) kill every live QEMU before the harness exits with 130.
+/// Call once, from `main`.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        for pid in LIVE.lock().map(|l| l.clone()).unwrap_or_default() {
+            kill_group(pid);
+        }
+        eprintln!("interrupted: guests stopped");
+        std::process::exit(130);
+    });
+}
+
+/// Owns the QEMU child: kills and reaps it when dropped.
+struct Guard {
+    child: Child,
+    exited: Option<ExitStatus>,
+}
+
+impl Guard {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait()?;
+        }
+        Ok(self.exited)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            kill_group(self.pid());
+            let _ = self.child.wait();
+        }
+        let pid = self.pid();
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|p| *p != pid);
+        }
+    }
+}
+
+/// A running guest.
+pub struct Machine {
+    guard: Arc<Mutex<Guard>>,
+    qmp: Qmp,
+    run_dir: PathBuf,
+    started: Instant,
+    watchdog_fired: Arc<AtomicBool>,
+    watchdog_stop: Option<mpsc::Sender<()>>,
+}
+
+impl Machine {
+    /// Starts QEMU and connects QMP. The virtio-serial sockets are listening once this
+    /// returns; connect to them with [`Machine::connect_port`] before the guest needs them.
+    pub fn launch(spec: &MachineSpec) -> Result<Machine, QemuError> {
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| QemuError::RunDir {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        let qmp_path = spec.run_dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp_path);
+        for name in &spec.ports {
+            let _ = std::fs::remove_file(port_socket(&spec.run_dir, name));
+        }
+        let stderr_path = spec.run_dir.join("qemu.stderr.log");
+        let stderr = File::create(&stderr_path).map_err(|source| QemuError::RunDir {
+            path: stderr_path.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(qemu_args(spec))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; only sets this child's death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut live = LIVE.lock().unwrap();
+        let child = cmd.spawn().map_err(QemuError::Spawn)?;
+        let guard = Guard {
+            child,
+            exited: None,
+        };
+        live.push(guard.pid());
+        drop(live);
+        let guard = Arc::new(Mutex::new(guard));
+
+        let socket_deadline = Duration::from_secs(20);
+        let start = Instant::now();
+        while !qmp_path.exists() {
+            if let Some(status) = guard.lock().unwrap().try_wait().map_err(QemuError::Wait)? {
+                return Err(QemuError::EarlyExit {
+                    status: status.to_string(),
+                    stderr: crate::console::tail(&stderr_path, 10),
+                });
+            }
+            if start.elapsed() > socket_deadline {
+                return Err(QemuError::NoSocket(socket_deadline));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let qmp = Qmp::connect(&qmp_path, Duration::from_secs(20))?;
+        Ok(Machine {
+            guard,
+            qmp,
+            run_dir: spec.run_dir.clone(),
+            started: Instant::now(),
+            watchdog_fired: Arc::default(),
+            watchdog_stop: None,
+        })
+    }
+
+    /// Connects to the host end of a virtio-serial port.
+    pub fn connect_port(&self, name: &str) -> Result<UnixStream, QemuError> {
+        let path = port_socket(&self.run_dir, name);
+        UnixStream::connect(&path).map_err(|source| QemuError::Port {
+            name: name.to_string(),
+            path,
+            source,
+        })
+    }
+
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn console_path(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+
+    /// The last lines of the console, for error messages.
+    pub fn console_tail(&self, n: usize) -> String {
+        crate::console::tail(&self.console_path(), n)
+    }
+
+    /// The last lines QEMU printed on stderr.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        crate::console::tail(&self.run_dir.join("qemu.stderr.log"), n)
+    }
+
+    /// Time since launch.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The exit status if QEMU has ended.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.guard.lock().unwrap().try_wait().ok().flatten()
+    }
+
+    /// Waits for QEMU to end by itself; kills it at the deadline. Returns the status and
+    /// whether it ended by itself.
+    pub fn wait_exit(&self, timeout: Duration) -> (Option<ExitStatus>, bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return (Some(status), true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        (self.exited(), false)
+    }
+
+    /// Kills QEMU now.
+    pub fn kill(&self) {
+        let mut guard = self.guard.lock().unwrap();
+        if guard.try_wait().ok().flatten().is_none() {
+            kill_group(guard.pid());
+            let _ = guard.child.wait().map(|s| guard.exited = Some(s));
+        }
+    }
+
+    /// Kills the guest if it is still running after `timeout`; see
+    /// [`Machine::watchdog_fired`]. Re-arming replaces the previous deadline.
+    pub fn arm_watchdog(&mut self, timeout: Duration) {
+        let (tx, rx) = mpsc::channel::<()>();
+        self.watchdog_stop = Some(tx);
+        let guard = self.guard.clone();
+        let fired = self.watchdog_fired.clone();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
+                let mut g = guard.lock().unwrap();
+                if g.try_wait().ok().flatten().is_none() {
+                    fired.store(true, Ordering::SeqCst);
+                    kill_group(g.pid());
+                    let _ = g.child.wait().map(|s| g.exited = Some(s));
+                }
+            }
+        });
+    }
+
+    /// True once the watchdog has killed the guest.
+    pub fn watchdog_fired(&self) -> bool {
+        self.watchdog_fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // Disarm: dropping the sender ends the watchdog thread's wait early.
+        self.watchdog_stop.take();
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MachineSpec {
+        MachineSpec {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd".into(),
+            append: "console=ttyS0".into(),
+            memory_mb: 512,
+            cpus: 2,
+            accel: Accel::Tcg,
+            disks: vec![Disk {
+                id: "d0".into(),
+                path: "/r/d0.raw".into(),
+                format: DiskFormat::Raw,
+                serial: "bw-d0".into(),
+                read_only: false,
+                blkdebug: false,
+            }],
+            floppy: Floppy::None,
+            ports: vec!["bw.control".into()],
+            run_dir: "/r".into(),
+        }
+    }
+
+    #[test]
+    fn command_line_has_no_defaults_no_network_and_named_nodes() {
+        let args = qemu_args(&spec());
+        let line = args.join(" ");
+        assert!(line.starts_with("-nodefaults"));
+        assert!(!line.contains("-netdev") && !line.contains("-nic"));
+        assert!(line.contains("-machine pc,accel=tcg -cpu max -m 512 -smp 2"));
+        assert!(line.contains(r#""node-name":"d0""#));
+        assert!(line.contains(r#""node-name":"d0-file""#));
+        assert!(line.contains("virtio-blk-pci,drive=d0,id=d0-dev,serial=bw-d0"));
+        assert!(line.contains(
+            "socket,id=port0,path=/r/bw.control.sock,server=on,wait=off -device \
+             virtserialport,bus=vser0.0,chardev=port0,name=bw.control"
+        ));
+        assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn blkdebug_sits_between_format_and_file() {
+        let mut disk = spec().disks[0].clone();
+        disk.blkdebug = true;
+        let args = disk_args(&disk);
+        let node: serde_json::Value = serde_json::from_str(&args[1]).unwrap();
+        assert_eq!(node["driver"], "raw");
+        assert_eq!(node["file"]["driver"], "blkdebug");
+        assert_eq!(node["file"]["image"]["node-name"], "d0-file");
+    }
+
+    #[test]
+    fn floppy_variants() {
+        assert!(floppy_args(&Floppy::None).is_empty());
+        assert_eq!(floppy_args(&Floppy::Empty), ["-device", "floppy,unit=0"]);
+        let media = floppy_args(&Floppy::Media("/f.img".into())).join(" ");
+        assert!(media.contains("floppy,unit=0,drive=fd0"));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        assert_eq!(machine_args(Accel::Kvm, 1, 1)[3], "host");
+    }
+}

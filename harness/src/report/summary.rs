@@ -1,0 +1,169 @@
+//! summary.json: what ran, the counts per class, the outcomes and the verdict, for
+//! machines (the nightly's matrix, CI dashboards).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{BlockClass, Classification, Verdict};
+use crate::record::{BackupKind, Claim, Package, Recording, Timing};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub format: u32,
+    pub run_id: String,
+    pub scenario: String,
+    pub scenario_file: String,
+    pub seed: u64,
+    pub image: String,
+    pub kernel: String,
+    pub packages: Vec<Package>,
+    pub accelerator: String,
+    pub pipeline: String,
+    pub started_unix: u64,
+    pub timings: Vec<Timing>,
+    pub total_seconds: f64,
+    pub repro: String,
+    pub blockwitness_version: String,
+    pub verdict: String,
+    pub exit_code: i32,
+    pub reasons: Vec<String>,
+    /// Every class, zero counts included, so dashboards see a stable shape.
+    pub counts: BTreeMap<String, u64>,
+    pub outcomes: Vec<String>,
+    pub expected_classes: Vec<String>,
+    pub expected_outcomes: Vec<String>,
+    pub volumes: Vec<VolumeSummary>,
+    pub console_findings: Vec<String>,
+    pub harness_errors: Vec<String>,
+    pub checks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeSummary {
+    pub name: String,
+    pub fs: String,
+    pub generations: Vec<GenerationSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationSummary {
+    pub generation: u32,
+    pub kind: BackupKind,
+    pub blocks: u64,
+    pub committed: bool,
+    pub agent: Claim,
+    pub target: Claim,
+    pub stages: Vec<String>,
+    pub counts: BTreeMap<String, u64>,
+    pub outcomes: Vec<String>,
+    pub excluded: Vec<String>,
+}
+
+fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
+    BlockClass::ALL
+        .iter()
+        .map(|c| (c.name().to_owned(), counts.get(c).copied().unwrap_or(0)))
+        .collect()
+}
+
+impl Summary {
+    pub fn build(rec: &Recording, c: &Classification, verdict: &Verdict) -> Summary {
+        let run = &rec.run;
+        let volumes = rec
+            .volumes
+            .iter()
+            .map(|v| VolumeSummary {
+                name: v.name.clone(),
+                fs: v.fs.clone(),
+                generations: v
+                    .generations
+                    .iter()
+                    .map(|g| {
+                        let result = c
+                            .generations
+                            .iter()
+                            .find(|r| r.volume == v.name && r.generation == g.generation);
+                        GenerationSummary {
+                            generation: g.generation,
+                            kind: g.kind,
+                            blocks: g.blocks,
+                            committed: g.committed,
+                            agent: g.agent.clone(),
+                            target: g.target_claim.clone(),
+                            stages: result
+                                .map(|r| r.stages.iter().map(|s| s.to_string()).collect())
+                                .unwrap_or_default(),
+                            counts: result.map(|r| all_counts(&r.counts)).unwrap_or_default(),
+                            outcomes: result
+                                .map(|r| r.outcomes.iter().map(|o| o.name().to_owned()).collect())
+                                .unwrap_or_default(),
+                            excluded: g
+                                .excluded
+                                .iter()
+                                .map(|e| {
+                                    format!("{}-{}: {}", e.start, e.end.saturating_sub(1), e.reason)
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Summary {
+            format: 1,
+            run_id: run.run_id.clone(),
+            scenario: run.scenario.clone(),
+            scenario_file: run.scenario_file.clone(),
+            seed: run.seed,
+            image: run.image.clone(),
+            kernel: run.kernel.clone(),
+            packages: run.packages.clone(),
+            accelerator: run.accelerator.clone(),
+            pipeline: run.pipeline.clone(),
+            started_unix: run.started_unix,
+            timings: run.timings.clone(),
+            total_seconds: run.timings.iter().map(|t| t.seconds).sum(),
+            repro: run.repro.clone(),
+            blockwitness_version: run.blockwitness_version.clone(),
+            verdict: verdict.name().to_owned(),
+            exit_code: verdict.exit_code(),
+            reasons: verdict.reasons().to_vec(),
+            counts: all_counts(&c.counts),
+            outcomes: c.outcomes.iter().map(|o| o.name().to_owned()).collect(),
+            expected_classes: rec
+                .expect
+                .classes
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            expected_outcomes: rec
+                .expect
+                .outcomes
+                .iter()
+                .map(|o| o.name().to_owned())
+                .collect(),
+            volumes,
+            console_findings: rec
+                .events
+                .console
+                .iter()
+                .map(|f| format!("{}: {}", f.line_no, f.line))
+                .collect(),
+            harness_errors: rec.events.harness_errors.clone(),
+            checks: rec
+                .events
+                .checks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{:?}: {} {}",
+                        c.kind,
+                        if c.passed { "passed" } else { "FAILED" },
+                        c.detail
+                    )
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The one table of every key a scenario file may hold: its type, default, meaning and an
+//! example. It drives the unknown-key and type checks (with "allowed here" lists), the key
+//! reference in docs/scenarios.md (generated from it, a test keeps the file in step), and
+//! a test that it agrees with the serde structs in `raw.rs`.
+
+use crate::classify::{BlockClass, Outcome};
+
+/// What a key's value must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    /// Free text.
+    Str,
+    /// An identifier: lowercase letters, digits, `-` (and `_` for module names).
+    Name,
+    Int,
+    Bool,
+    /// "512MiB".
+    Size,
+    /// "20s".
+    Duration,
+    /// "300MiB" or "50%".
+    SizeOrPercent,
+    /// "20MiB/s" or "100ops/s".
+    Rate,
+    /// One of the listed strings.
+    Enum(&'static [&'static str]),
+    StrList,
+    IntList,
+    EnumList(&'static [&'static str]),
+    Table,
+    TableArray,
+}
+
+impl KeyType {
+    /// How the type is written in the reference and in "expected ..." messages.
+    pub fn describe(self) -> String {
+        match self {
+            KeyType::Str => "string".into(),
+            KeyType::Name => "name".into(),
+            KeyType::Int => "integer".into(),
+            KeyType::Bool => "boolean".into(),
+            KeyType::Size => "size".into(),
+            KeyType::Duration => "duration".into(),
+            KeyType::SizeOrPercent => "size or %".into(),
+            KeyType::Rate => "rate".into(),
+            KeyType::Enum(values) => values.join(" \\| "),
+            KeyType::StrList => "list of strings".into(),
+            KeyType::IntList => "list of integers".into(),
+            KeyType::EnumList(_) => "list (values below)".into(),
+            KeyType::Table => "table".into(),
+            KeyType::TableArray => "array of tables".into(),
+        }
+    }
+}
+
+/// One key of the schema.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyDoc {
+    /// Dotted path; `[]` marks an array of tables: `volumes[].size`.
+    pub path: &'static str,
+    pub ty: KeyType,
+    /// `None` = required.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+    /// A TOML value for this key (not used for tables).
+    pub example: &'static str,
+}
+
+impl KeyDoc {
+    /// The last path component: the key as written in the file.
+    pub fn name(&self) -> &'static str {
+        self.path.rsplit('.').next().unwrap_or(self.path)
+    }
+
+    /// The path of the table this key lives in ("" for the top level).
+    pub fn parent(&self) -> &'static str {
+        match self.path.rfind('.') {
+            Some(at) => &self.path[..at],
+            None => "",
+        }
+    }
+}
+
+const fn key(
+    path: &'static str,
+    ty: KeyType,
+    default: Option<&'static str>,
+    doc: &'static str,
+    example: &'static str,
+) -> KeyDoc {
+    KeyDoc {
+        path,
+        ty,
+        default,
+        doc,
+        example,
+    }
+}
+
+pub const FLOPPY: &[&str] = &["none", "empty", "media"];
+pub const FILESYSTEMS: &[&str] = &["ext2", "ext4", "xfs", "none"];
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "overwrite",
+    "append",
+    "delete-rewrite",
+    "fill-to-full",
+    "metadata-churn",
+];
+pub const WHEN: &[&str] = &["before", "during", "between"];
+pub const PIPELINES: &[&str] = &["reference"];
+pub const LAYERS: &[&str] = &["module", "disk", "transport", "target", "guest"];
+pub const OPS: &[&str] = &["read", "write"];
+pub const FAULT_AT: &[&str] = &["freeze"];
+pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
+pub const SKIPPED: &[&str] = &["floppy", "hang-disk"];
+pub const EXPECTABLE_CLASSES: &[&str] = &[
+    BlockClass::DataFromTheFuture.name(),
+    BlockClass::CorruptSnapshot.name(),
+    BlockClass::DataFromThePast.name(),
+    BlockClass::MissingBlock.name(),
+    BlockClass::TransportCorruption.name(),
+    BlockClass::TargetCorruption.name(),
+];
+pub const EXPECTABLE_OUTCOMES: &[&str] = &[
+    Outcome::FalseSuccess.name(),
+    Outcome::FailedCleanly.name(),
+    Outcome::GuestOops.name(),
+    Outcome::GuestHang.name(),
+    Outcome::VolumeVanished.name(),
+];
+
+/// Whether a fault parameter must be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Required,
+    Optional,
+    /// Exactly one of the parameters marked `Either` must be given.
+    Either,
+}
+
+/// One fault kind: its layer, parameters and what it does.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultKindDoc {
+    pub layer: &'static str,
+    pub kind: &'static str,
+    pub params: &'static [(&'static str, Need)],
+    pub doc: &'static str,
+}
+
+use Need::{Either, Optional, Required};
+
+pub const FAULT_KINDS: &[FaultKindDoc] = &[
+    FaultKindDoc {
+        layer: "module",
+        kind: "cow-read-live",
+        params: &[("every", Required)],
+        doc: "the module serves 1 read in `every` from the live disk instead of the COW copy (the intermittent field bug)",
+    },
+    FaultKindDoc {
+        layer: "module",
+        kind: "drop-tracking",
+        params: &[("every", Required)],
+        doc: "the module drops 1 changed-block tracking update in `every` while tracking for this backup; `backup` must be an incremental",
+    },
+    FaultKindDoc {
+        layer: "module",
+        kind: "corrupt-cow",
+        params: &[("every", Required)],
+        doc: "the module corrupts 1 COW copy in `every`",
+    },
+    FaultKindDoc {
+        layer: "module",
+        kind: "delay-cow",
+        params: &[("ms", Required)],
+        doc: "the module delays every COW copy by `ms` milliseconds",
+    },
+    FaultKindDoc {
+        layer: "disk",
+        kind: "hang",
+        params: &[("volume", Required), ("op", Optional)],
+        doc: "from this backup on, `op` requests to the volume's disk never complete (QEMU blkdebug)",
+    },
+    FaultKindDoc {
+        layer: "disk",
+        kind: "eio",
+        params: &[("volume", Required), ("op", Optional), ("block", Optional), ("once", Optional)],
+        doc: "`op` requests to the volume's disk fail with EIO (at 4 KiB block `block` if given; only the first time if `once`)",
+    },
+    FaultKindDoc {
+        layer: "transport",
+        kind: "bit-flip",
+        params: &[("frame", Either), ("every", Either)],
+        doc: "the proxy flips one bit in the data of block frame number `frame`, or of 1 frame in `every`",
+    },
+    FaultKindDoc {
+        layer: "transport",
+        kind: "drop-frame",
+        params: &[("frame", Required)],
+        doc: "the proxy drops block frame number `frame`",
+    },
+    FaultKindDoc {
+        layer: "transport",
+        kind: "disconnect",
+        params: &[("after_frame", Required)],
+        doc: "the proxy closes both sides after block frame number `after_frame`; the agent should resume",
+    },
+    FaultKindDoc {
+        layer: "target",
+        kind: "wrong-offset",
+        params: &[("every", Required)],
+        doc: "the target writes 1 block in `every` at a wrong offset",
+    },
+    FaultKindDoc {
+        layer: "target",
+        kind: "skip-verify",
+        params: &[],
+        doc: "the target does not re-read what it wrote before committing",
+    },
+    FaultKindDoc {
+        layer: "target",
+        kind: "crash-before-commit",
+        params: &[],
+        doc: "the target aborts after the end frame, before the commit",
+    },
+    FaultKindDoc {
+        layer: "guest",
+        kind: "reset",
+        params: &[("after_ms", Either), ("at_percent", Either)],
+        doc: "the harness resets the guest `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
+    },
+    FaultKindDoc {
+        layer: "guest",
+        kind: "remove-disk",
+        params: &[("volume", Required), ("at", Optional)],
+        doc: "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
+    },
+];
+
+/// Every fault kind name, in table order (for the `faults[].kind` key).
+pub const FAULT_KIND_NAMES: &[&str] = &[
+    "cow-read-live",
+    "drop-tracking",
+    "corrupt-cow",
+    "delay-cow",
+    "hang",
+    "eio",
+    "bit-flip",
+    "drop-frame",
+    "disconnect",
+    "wrong-offset",
+    "skip-verify",
+    "crash-before-commit",
+    "reset",
+    "remove-disk",
+];
+
+/// The fault parameters: every key of `faults[]` other than layer, kind and backup.
+pub const FAULT_PARAMS: &[&str] = &[
+    "every",
+    "frame",
+    "after_frame",
+    "ms",
+    "after_ms",
+    "at_percent",
+    "volume",
+    "op",
+    "block",
+    "once",
+    "at",
+];
+
+use KeyType::*;
+
+/// Every key of the scenario schema, in reference order.
+pub const KEYS: &[KeyDoc] = &[
+    key("name", Name, None, "Identifier of the scenario: lowercase letters, digits and `-`. Names the report directory.", "\"future-clean\""),
+    key("description", Str, None, "What the scenario does, in a sentence or two.", "\"Heavy overwrites during a full backup of a 512 MiB ext4 volume.\""),
+    key("story", Str, None, "The field story it stands for (see shared/field-stories.txt), in a few words.", "\"data from the future\""),
+    key("images", StrList, Some("[\"debian-6.1\"]"), "Guest images (images/*.toml) the scenario runs on; the nightly runs every one of them.", "[\"debian-6.1\", \"debian-6.12\"]"),
+    key("seed", Int, Some("1"), "The seed that drives workloads, faults and timing choices.", "7"),
+    key("seeds", Int, Some("1"), "How many seeds the nightly runs: `seed`, `seed + 1`, ...", "5"),
+    key("timeout", Duration, Some("\"10m\""), "Wall-clock limit of one run; the watchdog ends the guest after it.", "\"15m\""),
+    key("guest", Table, Some("(all defaults)"), "The virtual machine.", ""),
+    key("guest.memory", Size, Some("\"512MiB\""), "Guest memory.", "\"1GiB\""),
+    key("guest.cpus", Int, Some("1"), "Guest vCPUs (1 to 8).", "2"),
+    key("guest.modules", StrList, Some("[]"), "Extra kernel modules to load at boot (dependencies are resolved from modules.dep).", "[\"dm-snapshot\"]"),
+    key("guest.floppy", Enum(FLOPPY), Some("\"none\""), "A floppy controller with the floppy module loaded: `none`, `empty` (drive without media) or `media` (a 1.44 MB image in the drive).", "\"empty\""),
+    key("guest.hang_disk", Bool, Some("false"), "Add a disk whose I/O never completes (QEMU blkdebug, armed once the guest is ready). Never backed up; discovery must skip it.", "true"),
+    key("volumes", TableArray, None, "The disks, one per volume, created on the host with mkfs. At least one.", ""),
+    key("volumes[].name", Name, None, "Identifier of the volume, unique in the scenario.", "\"data\""),
+    key("volumes[].size", Size, None, "Size of the disk, a multiple of 4 KiB.", "\"512MiB\""),
+    key("volumes[].fs", Enum(FILESYSTEMS), Some("\"ext4\""), "Filesystem made on the host: `ext2` (mounted by the guest's ext4 driver), `ext4`, `xfs` (at least 300 MiB) or `none` (raw device).", "\"ext2\""),
+    key("volumes[].block_size", Int, Some("4096"), "Filesystem block size for ext2/ext4: 1024, 2048 or 4096.", "1024"),
+    key("volumes[].mount", Str, Some("\"/mnt/<name>\""), "Mount point in the guest (an absolute path). Not for `fs = \"none\"`.", "\"/boot\""),
+    key("volumes[].backup", Bool, Some("true"), "Whether the volume is backed up. At least one volume must be.", "false"),
+    key("volumes[].fill", SizeOrPercent, Some("\"0%\""), "Initial fill before the first backup: files totalling this size, or this share of the volume.", "\"50%\""),
+    key("workloads", TableArray, Some("[]"), "Seeded guest workloads (bw-workload). Each gets its own seed derived from the scenario's.", ""),
+    key("workloads[].kind", Enum(WORKLOAD_KINDS), None, "`overwrite` (in place), `append`, `delete-rewrite` (freed space is reused), `fill-to-full` (until ENOSPC), `metadata-churn` (create, rename, unlink, chmod, truncate).", "\"overwrite\""),
+    key("workloads[].volume", Name, Some("the only volume"), "The volume it writes to. Required when there is more than one volume.", "\"data\""),
+    key("workloads[].stamped", Bool, Some("false"), "Every data block written carries its LBA, a write sequence number, a time and a checksum, so a leaked block names its write. Not for `metadata-churn`.", "true"),
+    key("workloads[].rate", Rate, Some("unlimited"), "Rate limit: a size per second or operations per second.", "\"20MiB/s\""),
+    key("workloads[].amount", Size, Some("unlimited"), "Stop after writing this much data.", "\"256MiB\""),
+    key("workloads[].ops", Int, Some("unlimited"), "Stop after this many operations.", "5000"),
+    key("workloads[].duration", Duration, Some("unlimited"), "Stop after this long.", "\"20s\""),
+    key("workloads[].when", Enum(WHEN), Some("\"during\""), "`before` the first backup (runs to its end), `during` backups (started before the snapshot, stopped when the backup ends), or `between` backups (before each incremental, runs to its end). `before` and `between` need `amount`, `ops` or `duration`.", "\"between\""),
+    key("workloads[].backups", IntList, Some("every backup `when` applies to"), "Which backups (1 = the full, 2 = the first incremental, ...) a `during` or `between` workload runs for.", "[2, 3]"),
+    key("backup", Table, Some("(all defaults)"), "The backup plan: a full backup, then incrementals.", ""),
+    key("backup.incrementals", Int, Some("0"), "How many incremental backups follow the full one.", "5"),
+    key("backup.cow_size", SizeOrPercent, Some("\"10%\""), "Size of the preallocated COW file: a size, or a share of the volume (the module's default is 10%, at most 10 GiB).", "\"4MiB\""),
+    key("backup.discovery_timeout", Duration, Some("\"10s\""), "How long the agent's volume discovery may take.", "\"5s\""),
+    key("backup.pipeline", Enum(PIPELINES), Some("\"reference\""), "The pipeline under test. Only the reference pipeline (bwsnap, bw-agent, bw-target) exists so far.", "\"reference\""),
+    key("faults", TableArray, Some("[]"), "Injected faults. The kinds and their parameters are listed below.", ""),
+    key("faults[].layer", Enum(LAYERS), None, "Where the fault is injected.", "\"module\""),
+    key("faults[].kind", Enum(FAULT_KIND_NAMES), None, "What is injected; must belong to `layer` (table below).", "\"cow-read-live\""),
+    key("faults[].backup", Int, Some("1"), "The backup it is active in (1 = the full backup).", "2"),
+    key("faults[].every", Int, Some("(per kind)"), "1 in `every` (at least 1).", "50"),
+    key("faults[].frame", Int, Some("(per kind)"), "A block frame number, from 1, counted over the backup's stream.", "100"),
+    key("faults[].after_frame", Int, Some("(per kind)"), "A block frame number after which the fault fires.", "2000"),
+    key("faults[].ms", Int, Some("(per kind)"), "A delay in milliseconds.", "5"),
+    key("faults[].after_ms", Int, Some("(per kind)"), "Milliseconds after the backup starts.", "1500"),
+    key("faults[].at_percent", Int, Some("(per kind)"), "A share of the backup's blocks, 1 to 99.", "40"),
+    key("faults[].volume", Name, Some("(per kind)"), "The volume whose disk the fault hits.", "\"boot\""),
+    key("faults[].op", Enum(OPS), Some("\"read\""), "Which requests a disk fault hits.", "\"write\""),
+    key("faults[].block", Int, Some("any block"), "A 4 KiB block number a disk fault is limited to.", "1024"),
+    key("faults[].once", Bool, Some("false"), "Inject a disk error only once.", "true"),
+    key("faults[].at", Enum(FAULT_AT), Some("\"freeze\""), "When `remove-disk` fires: while the filesystems are frozen for the snapshot.", "\"freeze\""),
+    key("expect", Table, Some("clean"), "What the run must find. The default is a clean run: every block ok or excluded, no run-level outcome.", ""),
+    key("expect.classes", EnumList(EXPECTABLE_CLASSES), Some("[]"), "Block classes that must be found (each at least once); any other class fails the run.", "[\"data-from-the-future\"]"),
+    key("expect.allow_clean", Bool, Some("false"), "A run in which the fault was recovered (no block diverged) passes too.", "true"),
+    key("expect.outcomes", EnumList(EXPECTABLE_OUTCOMES), Some("[]"), "Run-level outcomes that must occur; any other outcome fails the run.", "[\"failed-cleanly\"]"),
+    key("expect.allow_outcomes", EnumList(EXPECTABLE_OUTCOMES), Some("[]"), "Run-level outcomes that may occur without failing the run.", "[\"failed-cleanly\"]"),
+    key("expect.at", Enum(WHERE), Some("`\"fault-sites\"` when there are faults and classes, else `\"anywhere\"`"), "`fault-sites`: every block of an expected class must be one where a fault was injected (the module's log, the proxy's record), and at least one must be found there.", "\"fault-sites\""),
+    key("expect.named_writes", Bool, Some("false"), "Every data-from-the-future block must name the stamped write it holds (needs a stamped workload).", "true"),
+    key("expect.fsck", Bool, Some("false"), "After the run, `e2fsck -fn` must be clean on every ext2/ext4 volume.", "true"),
+    key("expect.remount", Bool, Some("false"), "After the run, the guest boots again from the same disks and every volume mounts with its files intact.", "true"),
+    key("expect.skipped", EnumList(SKIPPED), Some("[]"), "Devices the agent's discovery must skip, giving a reason, within `backup.discovery_timeout`.", "[\"floppy\"]"),
+];
+
+/// Looks a key up by its schema path (`volumes[].size`).
+pub fn lookup(path: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|k| k.path == path)
+}
+
+/// The keys directly inside the table at `parent` ("" for the top level).
+pub fn children(parent: &str) -> impl Iterator<Item = &'static KeyDoc> + '_ {
+    KEYS.iter().filter(move |k| k.parent() == parent)
+}
+
+/// The fault kind entry for a kind name.
+pub fn fault_kind(kind: &str) -> Option<&'static FaultKindDoc> {
+    FAULT_KINDS.iter().find(|f| f.kind == kind)
+}
+
+/// The key reference of docs/scenarios.md, generated from [`KEYS`] and [`FAULT_KINDS`].
+pub fn reference_markdown() -> String {
+    let mut out = String::new();
+    let sections: &[(&str, &str)] = &[
+        ("", "Top level"),
+        ("guest", "`[guest]`"),
+        ("volumes[]", "`[[volumes]]`"),
+        ("workloads[]", "`[[workloads]]`"),
+        ("backup", "`[backup]`"),
+        ("faults[]", "`[[faults]]`"),
+        ("expect", "`[expect]`"),
+    ];
+    for (parent, title) in sections {
+        out.push_str(&format!("### {title}\n\n"));
+        out.push_str("| key | type | default | meaning | example |\n|---|---|---|---|---|\n");
+        for k in children(parent) {
+            let default = match k.default {
+                None => "**required**".to_string(),
+                Some(d)
+                    if d.starts_with('"')
+                        || d.starts_with('[')
+                        || d.parse::<f64>().is_ok()
+                        || d == "true"
+                        || d == "false" =>
+                {
+                    format!("`{d}`")
+                }
+                Some(d) => d.to_string(),
+            };
+            let example = if k.example.is_empty() {
+                String::new()
+            } else {
+                format!("`{} = {}`", k.name(), k.example)
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} |\n",
+                k.path,
+                k.ty.describe(),
+                default,
+                k.doc,
+                example
+            ));
+            if let KeyType::EnumList(values) = k.ty {
+                out.push_str(&format!(
+                    "| | | | values: {} | |\n",
+                    values
+                        .iter()
+                        .map(|v| format!("`{v}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "### Fault kinds\n\n| layer | kind | parameters | what it does |\n|---|---|---|---|\n",
+    );
+    for f in FAULT_KINDS {
+        let params: Vec<String> = f
+            .params
+            .iter()
+            .map(|(name, need)| match need {
+                Required => format!("`{name}`"),
+                Optional => format!("`{name}` (optional)"),
+                Either => format!("`{name}` (or)"),
+            })
+            .collect();
+        let params = if params.is_empty() {
+            "none".to_string()
+        } else {
+            params.join(", ")
+        };
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            f.layer, f.kind, params, f.doc
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fault_kind_is_named_once_and_its_params_are_keys() {
+        let names: Vec<&str> = FAULT_KINDS.iter().map(|f| f.kind).collect();
+        assert_eq!(names, FAULT_KIND_NAMES);
+        for f in FAULT_KINDS {
+            assert!(LAYERS.contains(&f.layer), "{}", f.kind);
+            for (p, _) in f.params {
+                assert!(
+                    FAULT_PARAMS.contains(p),
+                    "{} uses unknown param {p}",
+                    f.kind
+                );
+                assert!(
+                    lookup(&format!("faults[].{p}")).is_some(),
+                    "{p} is not a key"
+                );
+            }
+        }
+        for p in FAULT_PARAMS {
+            assert!(lookup(&format!("faults[].{p}")).is_some(), "{p}");
+        }
+    }
+
+    #[test]
+    fn every_parent_is_a_table_key() {
+        for k in KEYS {
+            let parent = k.parent();
+            if parent.is_empty() {
+                continue;
+            }
+            let table =
+                lookup(parent.trim_end_matches("[]")).unwrap_or_else(|| panic!("{}", k.path));
+            let want = if parent.ends_with("[]") {
+                KeyType::TableArray
+            } else {
+                KeyType::Table
+            };
+            assert_eq!(table.ty, want, "{}", k.path);
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Scenario files (scenarios/*.toml): the schema, loading and validation.
+//!
+//! Loading runs in two phases. Phase one reads the TOML into a spanned tree and walks it
+//! against the key table in [`keys`] (unknown keys, types, enum values, required keys),
+//! then serde reads the raw structs of [`raw`]. Phase two ([`validate`]) checks units,
+//! ranges and references and produces a typed [`Scenario`]. Every mistake becomes a
+//! [`Diagnostic`] with file, line, column, key path and what is allowed there; all of a
+//! file's mistakes are reported at once. Resolving a scenario for one seed and image is
+//! `crate::plan`'s job.
+
+pub mod error;
+pub mod keys;
+pub mod raw;
+pub mod tree;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{Diagnostic, Location, ScenarioError};
+pub use raw::{FaultAt, Floppy, Layer, Op, Pipeline, Skipped, When, Where, WorkloadKind};
+pub use units::{Rate, SizeOrPercent};
+
+use crate::classify::{BlockClass, Outcome};
+
+/// A validated scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scenario {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// The file's text, kept so the report holds the scenario exactly as run.
+    pub source: String,
+    pub name: String,
+    pub description: String,
+    pub story: String,
+    pub images: Vec<String>,
+    pub seed: u64,
+    pub seeds: u32,
+    pub timeout: Duration,
+    pub guest: Guest,
+    pub volumes: Vec<Volume>,
+    pub workloads: Vec<Workload>,
+    pub backup: BackupSpec,
+    pub faults: Vec<Fault>,
+    pub expect: Expectations,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub memory: u64,
+    pub cpus: u32,
+    pub modules: Vec<String>,
+    pub floppy: Floppy,
+    pub hang_disk: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    /// Bytes, a multiple of 4 KiB.
+    pub size: u64,
+    pub fs: Filesystem,
+    /// None for a raw volume.
+    pub mount: Option<String>,
+    pub backup: bool,
+    pub fill: SizeOrPercent,
+}
+
+impl Volume {
+    /// 4 KiB blocks: the unit of recording and classification.
+    pub fn blocks(&self) -> u64 {
+        self.size / 4096
+    }
+}
+
+/// The filesystem made on a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Filesystem {
+    Ext2 { block_size: u32 },
+    Ext4 { block_size: u32 },
+    Xfs,
+    None,
+}
+
+impl Filesystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Filesystem::Ext2 { .. } => "ext2",
+            Filesystem::Ext4 { .. } => "ext4",
+            Filesystem::Xfs => "xfs",
+            Filesystem::None => "none",
+        }
+    }
+
+    /// Whether e2fsprogs (debugfs, e2fsck) understand it.
+    pub fn is_ext(self) -> bool {
+        matches!(self, Filesystem::Ext2 { .. } | Filesystem::Ext4 { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub volume: String,
+    pub stamped: bool,
+    pub rate: Option<Rate>,
+    pub amount: Option<u64>,
+    pub ops: Option<u64>,
+    pub duration: Option<Duration>,
+    pub when: When,
+    /// The backups (1 = the full) a `during` or `between` workload runs for; empty for
+    /// `before`.
+    pub backups: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    pub incrementals: u32,
+    pub cow_size: SizeOrPercent,
+    pub discovery_timeout: Duration,
+    pub pipeline: Pipeline,
+}
+
+impl BackupSpec {
+    /// Full plus incrementals.
+    pub fn count(&self) -> u32 {
+        1 + self.incrementals
+    }
+}
+
+/// One injected fault and the backup it is active in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// 1 = the full backup.
+    pub backup: u32,
+    pub spec: FaultSpec,
+}
+
+/// Every fault kind with its parameters (keys::FAULT_KINDS documents them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FaultSpec {
+    CowReadLive {
+        every: u64,
+    },
+    DropTracking {
+        every: u64,
+    },
+    CorruptCow {
+        every: u64,
+    },
+    DelayCow {
+        ms: u64,
+    },
+    DiskHang {
+        volume: String,
+        op: Op,
+    },
+    DiskEio {
+        volume: String,
+        op: Op,
+        block: Option<u64>,
+        once: bool,
+    },
+    BitFlip {
+        frames: FrameSel,
+    },
+    DropFrame {
+        frame: u64,
+    },
+    Disconnect {
+        after_frame: u64,
+    },
+    WrongOffset {
+        every: u64,
+    },
+    SkipVerify,
+    CrashBeforeCommit,
+    Reset {
+        at: ResetAt,
+    },
+    RemoveDisk {
+        volume: String,
+        at: FaultAt,
+    },
+}
+
+impl FaultSpec {
+    pub fn layer(&self) -> Layer {
+        match self {
+            FaultSpec::CowReadLive { .. }
+            | FaultSpec::DropTracking { .. }
+            | FaultSpec::CorruptCow { .. }
+            | FaultSpec::DelayCow { .. } => Layer::Module,
+            FaultSpec::DiskHang { .. } | FaultSpec::DiskEio { .. } => Layer::Disk,
+            FaultSpec::BitFlip { .. }
+            | FaultSpec::DropFrame { .. }
+            | FaultSpec::Disconnect { .. } => Layer::Transport,
+            FaultSpec::WrongOffset { .. }
+            | FaultSpec::SkipVerify
+            | FaultSpec::CrashBeforeCommit => Layer::Target,
+            FaultSpec::Reset { .. } | FaultSpec::RemoveDisk { .. } => Layer::Guest,
+        }
+    }
+
+    /// The kind's name as scenario files write it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::CowReadLive { .. } => "cow-read-live",
+            FaultSpec::DropTracking { .. } => "drop-tracking",
+            FaultSpec::CorruptCow { .. } => "corrupt-cow",
+            FaultSpec::DelayCow { .. } => "delay-cow",
+            FaultSpec::DiskHang { .. } => "hang",
+            FaultSpec::DiskEio { .. } => "eio",
+            FaultSpec::BitFlip { .. } => "bit-flip",
+            FaultSpec::DropFrame { .. } => "drop-frame",
+            FaultSpec::Disconnect { .. } => "disconnect",
+            FaultSpec::WrongOffset { .. } => "wrong-offset",
+            FaultSpec::SkipVerify => "skip-verify",
+            FaultSpec::CrashBeforeCommit => "crash-before-commit",
+            FaultSpec::Reset { .. } => "reset",
+            FaultSpec::RemoveDisk { .. } => "remove-disk",
+        }
+    }
+}
+
+/// Which block frames a transport fault hits (numbered from 1 per backup stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameSel {
+    Nth(u64),
+    Every(u64),
+}
+
+/// When a guest reset fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetAt {
+    AfterMs(u64),
+    AtPercent(u8),
+}
+
+/// What a run must find to pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectations {
+    pub classes: BTreeSet<BlockClass>,
+    pub allow_clean: bool,
+    pub outcomes: BTreeSet<Outcome>,
+    pub allow_outcomes: BTreeSet<Outcome>,
+    pub at: Where,
+    pub named_writes: bool,
+    pub fsck: bool,
+    pub remount: bool,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Expectations {
+    /// The default: a clean run.
+    pub fn clean() -> Expectations {
+        Expectations {
+            classes: BTreeSet::new(),
+            allow_clean: false,
+            outcomes: BTreeSet::new(),
+            allow_outcomes: BTreeSet::new(),
+            at: Where::Anywhere,
+            named_writes: false,
+            fsck: false,
+            remount: false,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// Loads and validates one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates scenario text; `path` is only used to name the file in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let invalid = |diagnostics: Vec<Diagnostic>| ScenarioError::Invalid {
+        path: path.to_owned(),
+        diagnostics: diagnostics.into_iter().map(|d| d.locate(text)).collect(),
+    };
+    let tree = match tree::parse(text) {
+        Ok(tree) => tree,
+        Err((message, span)) => {
+            let mut d = Diagnostic::new(
+                format!("not valid TOML: {}", message.replace('\n', ": ")),
+                tree::KeyPath::root(),
+            )
+            .with_help(
+                "see https://toml.io for the syntax; strings need quotes, e.g. size = \"512MiB\"",
+            );
+            if let Some(span) = span {
+                d = d.with_span(span);
+            }
+            return Err(invalid(vec![d]));
+        }
+    };
+    let found = tree::check_schema(&tree);
+    if !found.is_empty() {
+        return Err(invalid(found));
+    }
+    // The schema walk has checked what serde checks; an error here means keys.rs and
+    // raw.rs disagree, and is still reported with its position.
+    let raw: raw::RawScenario = toml::from_str(text).map_err(|e| {
+        let mut d = Diagnostic::new(e.message().to_owned(), tree::KeyPath::root());
+        if let Some(span) = e.span() {
+            d = d.with_span(span);
+        }
+        invalid(vec![d])
+    })?;
+    let v = validate::validate(raw, &tree).map_err(invalid)?;
+    Ok(Scenario {
+        path: path.to_owned(),
+        source: text.to_owned(),
+        name: v.name,
+        description: v.description,
+        story: v.story,
+        images: v.images,
+        seed: v.seed,
+        seeds: v.seeds,
+        timeout: v.timeout,
+        guest: v.guest,
+        volumes: v.volumes,
+        workloads: v.workloads,
+        backup: v.backup,
+        faults: v.faults,
+        expect: v.expect,
+    })
+}
+
+/// The result of `blockwitness check`: each file and whether it is valid.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub files: Vec<(PathBuf, Result<Scenario, ScenarioError>)>,
+}
+
+impl CheckReport {
+    pub fn all_valid(&self) -> bool {
+        self.files.iter().all(|(_, r)| r.is_ok())
+    }
+
+    /// Exit code for `blockwitness check`: 0 all valid, 1 a scenario is invalid, 2 no
+    /// scenario found or a file could not be read.
+    pub fn exit_code(&self) -> i32 {
+        if self.files.is_empty()
+            || self
+                .files
+                .iter()
+                .any(|(_, r)| matches!(r, Err(ScenarioError::Read { .. })))
+        {
+            2
+        } else if self.all_valid() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        if self.files.is_empty() {
+            return writeln!(f, "no scenario files found");
+        }
+        for (path, result) in &self.files {
+            match result {
+                Ok(s) => writeln!(
+                    f,
+                    "ok    {} ({}: {} volume(s), {} backup(s), {} fault(s), image(s) {})",
+                    path.display(),
+                    s.name,
+                    s.volumes.len(),
+                    s.backup.count(),
+                    s.faults.len(),
+                    s.images.join(", ")
+                )?,
+                Err(e) => {
+                    writeln!(f, "FAIL  {}", path.display())?;
+                    writeln!(f, "{e}")?;
+                    let mut source = std::error::Error::source(e);
+                    while let Some(s) = source {
+                        writeln!(f, "  caused by: {s}")?;
+                        source = s.source();
+                    }
+                }
+            }
+        }
+        let bad = self.files.iter().filter(|(_, r)| r.is_err()).count();
+        write!(
+            f,
+            "{} scenario(s) checked, {} invalid",
+            self.files.len(),
+            bad
+        )
+    }
+}
+
+/// Validates scenario files without booting anything. A directory means every `*.toml`
+/// in it (sorted); no paths means `scenarios/`.
+pub fn check(paths: &[PathBuf]) -> CheckReport {
+    let default = [PathBuf::from("scenarios")];
+    let paths = if paths.is_empty() {
+        &default[..]
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match scenario_files(path) {
+                Ok(found) => files.extend(found.into_iter().map(|p| {
+                    let r = load(&p);
+                    (p, r)
+                })),
+                Err(source) => files.push((
+                    path.clone(),
+                    Err(ScenarioError::Read {
+                        path: path.clone(),
+                        source,
+                    }),
+                )),
+            }
+        } else {
+            files.push((path.clone(), load(path)));
+        }
+    }
+    CheckReport { files }
+}
+
+/// The `*.toml` files of a directory, sorted.
+pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}

@@ -1,0 +1,221 @@
+//! The scenario file as serde reads it: every key optional where the schema has a default,
+//! units still as strings. Nothing here is checked beyond TOML types; `validate.rs` turns
+//! it into a [`super::Scenario`]. Field names and enum values must match `keys.rs`; a test
+//! holds them together.
+
+use serde::Deserialize;
+
+use crate::classify::{BlockClass, Outcome};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    pub name: String,
+    pub description: String,
+    pub story: String,
+    pub images: Option<Vec<String>>,
+    pub seed: Option<u64>,
+    pub seeds: Option<u64>,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub guest: RawGuest,
+    pub volumes: Vec<RawVolume>,
+    #[serde(default)]
+    pub workloads: Vec<RawWorkload>,
+    #[serde(default)]
+    pub backup: RawBackup,
+    #[serde(default)]
+    pub faults: Vec<RawFault>,
+    #[serde(default)]
+    pub expect: RawExpect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuest {
+    pub memory: Option<String>,
+    pub cpus: Option<u64>,
+    pub modules: Option<Vec<String>>,
+    pub floppy: Option<Floppy>,
+    pub hang_disk: Option<bool>,
+}
+
+/// The floppy controller a guest gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Floppy {
+    None,
+    Empty,
+    Media,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    pub name: String,
+    pub size: String,
+    pub fs: Option<FsKind>,
+    pub block_size: Option<u64>,
+    pub mount: Option<String>,
+    pub backup: Option<bool>,
+    pub fill: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsKind {
+    Ext2,
+    Ext4,
+    Xfs,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    pub kind: WorkloadKind,
+    pub volume: Option<String>,
+    pub stamped: Option<bool>,
+    pub rate: Option<String>,
+    pub amount: Option<String>,
+    pub ops: Option<u64>,
+    pub duration: Option<String>,
+    pub when: Option<When>,
+    pub backups: Option<Vec<u64>>,
+}
+
+/// What a workload does (bw-workload's kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    Overwrite,
+    Append,
+    DeleteRewrite,
+    FillToFull,
+    MetadataChurn,
+}
+
+impl WorkloadKind {
+    /// The name bw-workload takes on its command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Overwrite => "overwrite",
+            WorkloadKind::Append => "append",
+            WorkloadKind::DeleteRewrite => "delete-rewrite",
+            WorkloadKind::FillToFull => "fill-to-full",
+            WorkloadKind::MetadataChurn => "metadata-churn",
+        }
+    }
+}
+
+/// When a workload runs relative to the backups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum When {
+    Before,
+    During,
+    Between,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub incrementals: Option<u64>,
+    pub cow_size: Option<String>,
+    pub discovery_timeout: Option<String>,
+    pub pipeline: Option<Pipeline>,
+}
+
+/// The pipeline under test: the seam where dm-snapshot and vendors' agents go next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipeline {
+    Reference,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub layer: Layer,
+    pub kind: String,
+    pub backup: Option<u64>,
+    pub every: Option<u64>,
+    pub frame: Option<u64>,
+    pub after_frame: Option<u64>,
+    pub ms: Option<u64>,
+    pub after_ms: Option<u64>,
+    pub at_percent: Option<u64>,
+    pub volume: Option<String>,
+    pub op: Option<Op>,
+    pub block: Option<u64>,
+    pub once: Option<bool>,
+    pub at: Option<FaultAt>,
+}
+
+/// Where a fault is injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layer {
+    Module,
+    Disk,
+    Transport,
+    Target,
+    Guest,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Module => "module",
+            Layer::Disk => "disk",
+            Layer::Transport => "transport",
+            Layer::Target => "target",
+            Layer::Guest => "guest",
+        }
+    }
+}
+
+/// Which disk requests a disk fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Read,
+    Write,
+}
+
+/// The moment of a backup a guest fault fires at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultAt {
+    Freeze,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    pub classes: Option<Vec<BlockClass>>,
+    pub allow_clean: Option<bool>,
+    pub outcomes: Option<Vec<Outcome>>,
+    pub allow_outcomes: Option<Vec<Outcome>>,
+    pub at: Option<Where>,
+    pub named_writes: Option<bool>,
+    pub fsck: Option<bool>,
+    pub remount: Option<bool>,
+    pub skipped: Option<Vec<Skipped>>,
+}
+
+/// Where expected block classes must be found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Where {
+    Anywhere,
+    FaultSites,
+}
+
+/// A device discovery must skip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skipped {
+    Floppy,
+    HangDisk,
+}

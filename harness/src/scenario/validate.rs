@@ -1,0 +1,990 @@
+//! Phase two of loading: the raw serde structs become a typed [`Scenario`], checking what
+//! the key table cannot (units, ranges, references between entries, combinations), and
+//! naming the key path of every mistake.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use super::error::Diagnostic;
+use super::keys::{self, Need};
+use super::raw::*;
+use super::tree::{quoted, KeyPath, Tree};
+use super::units::{self, Rate, SizeOrPercent};
+use super::*;
+
+/// Collects diagnostics, finding each one's span from its key path.
+struct Ctx<'a> {
+    tree: &'a Tree,
+    found: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &KeyPath, message: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::new(message, path.clone());
+        if let Some(span) = self.tree.locate(path) {
+            d = d.with_span(span);
+        }
+        if let Some(help) = help {
+            d = d.with_help(help);
+        }
+        self.found.push(d);
+    }
+
+    fn size(&mut self, path: &KeyPath, text: &str) -> Option<u64> {
+        let parsed = units::parse_size(text);
+        if parsed.is_none() {
+            self.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a size"),
+                Some(units::SIZE_HELP.into()),
+            );
+        }
+        parsed
+    }
+
+    fn duration(&mut self, path: &KeyPath, text: &str) -> Option<Duration> {
+        match units::parse_duration(text) {
+            Some(d) if !d.is_zero() => Some(d),
+            Some(_) => {
+                self.err(path, format!("`{path}` must be longer than zero"), None);
+                None
+            }
+            None => {
+                self.err(
+                    path,
+                    format!("`{path}`: \"{text}\" is not a duration"),
+                    Some(units::DURATION_HELP.into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn size_or_percent(&mut self, path: &KeyPath, text: &str) -> Option<SizeOrPercent> {
+        let parsed = units::parse_size_or_percent(text);
+        if parsed.is_none() {
+            self.err(
+                path,
+                format!("`{path}`: \"{text}\" is neither a size nor a share"),
+                Some(format!("{}; or {}", units::SIZE_HELP, units::PERCENT_HELP)),
+            );
+        }
+        parsed
+    }
+
+    fn name(&mut self, path: &KeyPath, text: &str, extra: &str) {
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || extra.contains(c)
+            });
+        if !ok {
+            let also = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(", `{extra}`")
+            };
+            self.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a valid name"),
+                Some(format!("use lowercase letters, digits and `-`{also}, starting with a letter or digit, at most 64 characters")),
+            );
+        }
+    }
+
+    fn range(&mut self, path: &KeyPath, value: u64, low: u64, high: u64) -> bool {
+        if value < low || value > high {
+            self.err(
+                path,
+                format!("`{path}` must be between {low} and {high}, found {value}"),
+                None,
+            );
+            return false;
+        }
+        true
+    }
+}
+
+/// Checks and types a raw scenario. `tree` locates the mistakes.
+pub(super) fn validate(raw: RawScenario, tree: &Tree) -> Result<Validated, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        tree,
+        found: Vec::new(),
+    };
+    let root = KeyPath::root();
+
+    cx.name(&root.key("name"), &raw.name, "");
+    for (key, text) in [("description", &raw.description), ("story", &raw.story)] {
+        if text.trim().is_empty() {
+            cx.err(&root.key(key), format!("`{key}` must not be empty"), None);
+        }
+    }
+
+    let images = raw.images.unwrap_or_else(|| vec!["debian-6.1".to_string()]);
+    if images.is_empty() {
+        cx.err(
+            &root.key("images"),
+            "`images` must name at least one image",
+            Some("e.g. images = [\"debian-6.1\"]".into()),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, image) in images.iter().enumerate() {
+        let path = root.key("images").index(i);
+        cx.name(&path, image, "._");
+        if !seen.insert(image) {
+            cx.err(&path, format!("image \"{image}\" is listed twice"), None);
+        }
+    }
+
+    let seed = raw.seed.unwrap_or(1);
+    let seeds = raw.seeds.unwrap_or(1);
+    cx.range(&root.key("seeds"), seeds, 1, 1000);
+    let timeout = match &raw.timeout {
+        Some(t) => cx.duration(&root.key("timeout"), t).unwrap_or_default(),
+        None => Duration::from_secs(600),
+    };
+
+    let guest = validate_guest(&mut cx, raw.guest);
+    let volumes = validate_volumes(&mut cx, raw.volumes);
+    let backup = validate_backup(&mut cx, raw.backup);
+    let backups = 1 + backup.incrementals;
+    let workloads = validate_workloads(&mut cx, raw.workloads, &volumes, backups, timeout);
+    let faults = validate_faults(&mut cx, raw.faults, &volumes, backups);
+    let expect = validate_expect(&mut cx, raw.expect, &guest, &faults, &workloads);
+
+    if cx.found.is_empty() {
+        Ok(Validated {
+            name: raw.name,
+            description: raw.description,
+            story: raw.story,
+            images,
+            seed,
+            seeds: seeds as u32,
+            timeout,
+            guest,
+            volumes,
+            workloads,
+            backup,
+            faults,
+            expect,
+        })
+    } else {
+        Err(cx.found)
+    }
+}
+
+/// A validated scenario without its file path and text (added by `load`).
+pub(super) struct Validated {
+    pub name: String,
+    pub description: String,
+    pub story: String,
+    pub images: Vec<String>,
+    pub seed: u64,
+    pub seeds: u32,
+    pub timeout: Duration,
+    pub guest: Guest,
+    pub volumes: Vec<Volume>,
+    pub workloads: Vec<Workload>,
+    pub backup: BackupSpec,
+    pub faults: Vec<Fault>,
+    pub expect: Expectations,
+}
+
+fn validate_guest(cx: &mut Ctx, raw: RawGuest) -> Guest {
+    let base = KeyPath::root().key("guest");
+    let memory = match &raw.memory {
+        Some(m) => {
+            let path = base.key("memory");
+            let bytes = cx.size(&path, m).unwrap_or(512 << 20);
+            if !(128 << 20..=16 << 30).contains(&bytes) {
+                cx.err(
+                    &path,
+                    format!(
+                        "`{path}` must be between 128MiB and 16GiB, found {}",
+                        units::format_size(bytes)
+                    ),
+                    None,
+                );
+            }
+            bytes
+        }
+        None => 512 << 20,
+    };
+    let cpus = raw.cpus.unwrap_or(1);
+    cx.range(&base.key("cpus"), cpus, 1, 8);
+    let modules = raw.modules.unwrap_or_default();
+    for (i, m) in modules.iter().enumerate() {
+        cx.name(&base.key("modules").index(i), m, "_");
+    }
+    Guest {
+        memory,
+        cpus: cpus as u32,
+        modules,
+        floppy: raw.floppy.unwrap_or(Floppy::None),
+        hang_disk: raw.hang_disk.unwrap_or(false),
+    }
+}
+
+/// mkfs.xfs (xfsprogs 5.19 and later) refuses smaller filesystems.
+const XFS_MIN: u64 = 300 << 20;
+/// Below this mke2fs cannot make a useful filesystem with a 4 KiB block.
+const EXT_MIN: u64 = 1 << 20;
+
+fn validate_volumes(cx: &mut Ctx, raw: Vec<RawVolume>) -> Vec<Volume> {
+    let base = KeyPath::root().key("volumes");
+    if raw.is_empty() {
+        cx.err(
+            &base,
+            "`volumes` must hold at least one volume",
+            Some("add a `[[volumes]]` table with `name` and `size`".into()),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut mounts = HashSet::new();
+    let mut out = Vec::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let at = base.index(i);
+        cx.name(&at.key("name"), &v.name, "");
+        if !names.insert(v.name.clone()) {
+            cx.err(
+                &at.key("name"),
+                format!("volume name \"{}\" is used twice", v.name),
+                Some("volume names must be unique".into()),
+            );
+        }
+        let size = cx.size(&at.key("size"), &v.size).unwrap_or(0);
+        let kind = v.fs.unwrap_or(FsKind::Ext4);
+        if size != 0 && size % 4096 != 0 {
+            cx.err(
+                &at.key("size"),
+                format!(
+                    "`{}` must be a multiple of 4KiB, found {size} bytes",
+                    at.key("size")
+                ),
+                None,
+            );
+        }
+        let min = match kind {
+            FsKind::Xfs => XFS_MIN,
+            FsKind::Ext2 | FsKind::Ext4 => EXT_MIN,
+            FsKind::None => 4096,
+        };
+        if size != 0 && size % 4096 == 0 && size < min {
+            cx.err(
+                &at.key("size"),
+                format!(
+                    "`{}` is {}, too small for {}",
+                    at.key("size"),
+                    units::format_size(size),
+                    fs_name(kind)
+                ),
+                Some(format!(
+                    "the smallest {} volume is {}",
+                    fs_name(kind),
+                    units::format_size(min)
+                )),
+            );
+        }
+        let fs = match (kind, v.block_size) {
+            (FsKind::Ext2 | FsKind::Ext4, bs) => {
+                let bs = bs.unwrap_or(4096);
+                if ![1024, 2048, 4096].contains(&bs) {
+                    cx.err(
+                        &at.key("block_size"),
+                        format!("`{}` cannot be {bs}", at.key("block_size")),
+                        Some("allowed: 1024, 2048, 4096".into()),
+                    );
+                }
+                if kind == FsKind::Ext2 {
+                    Filesystem::Ext2 {
+                        block_size: bs as u32,
+                    }
+                } else {
+                    Filesystem::Ext4 {
+                        block_size: bs as u32,
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                cx.err(
+                    &at.key("block_size"),
+                    format!(
+                        "`block_size` applies to ext2 and ext4 only, and `{}` is {}",
+                        at.key("fs"),
+                        fs_name(kind)
+                    ),
+                    Some("remove `block_size`".into()),
+                );
+                Filesystem::None
+            }
+            (FsKind::Xfs, None) => Filesystem::Xfs,
+            (FsKind::None, None) => Filesystem::None,
+        };
+        let mount = match (kind, v.mount) {
+            (FsKind::None, Some(_)) => {
+                cx.err(
+                    &at.key("mount"),
+                    "a volume with `fs = \"none\"` is not mounted",
+                    Some("remove `mount`, or choose a filesystem".into()),
+                );
+                None
+            }
+            (FsKind::None, None) => None,
+            (_, Some(m)) => {
+                if !m.starts_with('/')
+                    || m == "/"
+                    || m.contains(char::is_whitespace)
+                    || m.split('/').any(|p| p == "..")
+                {
+                    cx.err(&at.key("mount"), format!("`{}`: \"{m}\" is not a usable mount point", at.key("mount")), Some("an absolute path other than /, without spaces or `..`, e.g. \"/mnt/data\"".into()));
+                }
+                Some(m)
+            }
+            (_, None) => Some(format!("/mnt/{}", v.name)),
+        };
+        if let Some(m) = &mount {
+            if !mounts.insert(m.clone()) {
+                cx.err(
+                    &at.key("mount"),
+                    format!("mount point \"{m}\" is used twice"),
+                    None,
+                );
+            }
+        }
+        let fill = match &v.fill {
+            Some(f) => cx
+                .size_or_percent(&at.key("fill"), f)
+                .unwrap_or(SizeOrPercent::Bytes(0)),
+            None => SizeOrPercent::Bytes(0),
+        };
+        if let SizeOrPercent::Bytes(b) = fill {
+            if size != 0 && b > size {
+                cx.err(
+                    &at.key("fill"),
+                    format!(
+                        "`{}` ({}) is larger than the volume ({})",
+                        at.key("fill"),
+                        units::format_size(b),
+                        units::format_size(size)
+                    ),
+                    None,
+                );
+            }
+        }
+        out.push(Volume {
+            name: v.name,
+            size,
+            fs,
+            mount,
+            backup: v.backup.unwrap_or(true),
+            fill,
+        });
+    }
+    if !out.is_empty() && !out.iter().any(|v| v.backup) {
+        cx.err(
+            &base,
+            "no volume is backed up",
+            Some("set `backup = true` on at least one volume".into()),
+        );
+    }
+    out
+}
+
+fn fs_name(kind: FsKind) -> &'static str {
+    match kind {
+        FsKind::Ext2 => "ext2",
+        FsKind::Ext4 => "ext4",
+        FsKind::Xfs => "xfs",
+        FsKind::None => "none",
+    }
+}
+
+fn validate_backup(cx: &mut Ctx, raw: RawBackup) -> BackupSpec {
+    let base = KeyPath::root().key("backup");
+    let incrementals = raw.incrementals.unwrap_or(0);
+    cx.range(&base.key("incrementals"), incrementals, 0, 100);
+    let cow_size = match &raw.cow_size {
+        Some(c) => {
+            let path = base.key("cow_size");
+            let parsed = cx.size_or_percent(&path, c);
+            match parsed {
+                Some(SizeOrPercent::Bytes(b)) if b < 4096 => {
+                    cx.err(&path, format!("`{path}` must be at least 4KiB"), None);
+                }
+                Some(SizeOrPercent::Percent(p)) if p <= 0.0 => {
+                    cx.err(&path, format!("`{path}` must be more than 0%"), None);
+                }
+                _ => {}
+            }
+            parsed.unwrap_or(SizeOrPercent::Percent(10.0))
+        }
+        None => SizeOrPercent::Percent(10.0),
+    };
+    let discovery_timeout = match &raw.discovery_timeout {
+        Some(d) => cx
+            .duration(&base.key("discovery_timeout"), d)
+            .unwrap_or_default(),
+        None => Duration::from_secs(10),
+    };
+    BackupSpec {
+        incrementals: incrementals as u32,
+        cow_size,
+        discovery_timeout,
+        pipeline: raw.pipeline.unwrap_or(Pipeline::Reference),
+    }
+}
+
+fn volume_ref(cx: &mut Ctx, path: &KeyPath, name: &str, volumes: &[Volume]) -> bool {
+    if volumes.iter().any(|v| v.name == name) {
+        return true;
+    }
+    let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    cx.err(
+        path,
+        format!("`{path}`: there is no volume \"{name}\""),
+        Some(format!("volumes: {}", quoted(&names))),
+    );
+    false
+}
+
+fn validate_workloads(
+    cx: &mut Ctx,
+    raw: Vec<RawWorkload>,
+    volumes: &[Volume],
+    backups: u32,
+    timeout: Duration,
+) -> Vec<Workload> {
+    let base = KeyPath::root().key("workloads");
+    let mut out = Vec::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let at = base.index(i);
+        let volume = match (&w.volume, volumes) {
+            (Some(name), _) => {
+                volume_ref(cx, &at.key("volume"), name, volumes);
+                name.clone()
+            }
+            (None, [only]) => only.name.clone(),
+            (None, _) => {
+                cx.err(
+                    &at,
+                    format!("`{at}` needs `volume`: the scenario has more than one volume"),
+                    Some(format!(
+                        "volumes: {}",
+                        quoted(&volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>())
+                    )),
+                );
+                String::new()
+            }
+        };
+        let target = volumes.iter().find(|v| v.name == volume);
+        if let Some(v) = target {
+            if v.fs == Filesystem::None && w.kind != WorkloadKind::Overwrite {
+                cx.err(
+                    &at.key("kind"),
+                    format!(
+                        "a `{}` workload needs a filesystem, and volume \"{}\" has `fs = \"none\"`",
+                        w.kind.name(),
+                        v.name
+                    ),
+                    Some("on a raw volume only \"overwrite\" works".into()),
+                );
+            }
+        }
+        let stamped = w.stamped.unwrap_or(false);
+        if stamped && w.kind == WorkloadKind::MetadataChurn {
+            cx.err(
+                &at.key("stamped"),
+                "a `metadata-churn` workload writes no data blocks to stamp",
+                Some("remove `stamped`, or use a data workload".into()),
+            );
+        }
+        let rate = match &w.rate {
+            Some(r) => {
+                let parsed = units::parse_rate(r);
+                match parsed {
+                    None => cx.err(
+                        &at.key("rate"),
+                        format!("`{}`: \"{r}\" is not a rate", at.key("rate")),
+                        Some(units::RATE_HELP.into()),
+                    ),
+                    Some(Rate::BytesPerSec(0) | Rate::OpsPerSec(0)) => cx.err(
+                        &at.key("rate"),
+                        format!("`{}` must be more than zero", at.key("rate")),
+                        None,
+                    ),
+                    Some(_) => {}
+                }
+                parsed
+            }
+            None => None,
+        };
+        let amount = w
+            .amount
+            .as_ref()
+            .and_then(|a| cx.size(&at.key("amount"), a));
+        if let (Some(a), Some(v)) = (amount, target) {
+            if a == 0 {
+                cx.err(
+                    &at.key("amount"),
+                    format!("`{}` must be more than zero", at.key("amount")),
+                    None,
+                );
+            } else if w.kind == WorkloadKind::FillToFull && a > v.size {
+                cx.err(
+                    &at.key("amount"),
+                    format!(
+                        "`{}` is larger than volume \"{}\"",
+                        at.key("amount"),
+                        v.name
+                    ),
+                    None,
+                );
+            }
+        }
+        if w.ops == Some(0) {
+            cx.err(
+                &at.key("ops"),
+                format!("`{}` must be more than zero", at.key("ops")),
+                None,
+            );
+        }
+        let duration = w
+            .duration
+            .as_ref()
+            .and_then(|d| cx.duration(&at.key("duration"), d));
+        if let Some(d) = duration {
+            if d >= timeout {
+                cx.err(
+                    &at.key("duration"),
+                    format!(
+                        "`{}` ({d:?}) is not shorter than the scenario's `timeout` ({timeout:?})",
+                        at.key("duration")
+                    ),
+                    None,
+                );
+            }
+        }
+        let when = w.when.unwrap_or(When::During);
+        let bounded = amount.is_some()
+            || w.ops.is_some()
+            || duration.is_some()
+            || w.kind == WorkloadKind::FillToFull;
+        if when != When::During && !bounded {
+            let name = if when == When::Before {
+                "before"
+            } else {
+                "between"
+            };
+            cx.err(
+                &at,
+                format!("a workload that runs `{name}` backups must end by itself"),
+                Some("give it `amount`, `ops` or `duration`".into()),
+            );
+        }
+        let applicable: Vec<u32> = match when {
+            When::Before => Vec::new(),
+            When::During => (1..=backups).collect(),
+            When::Between => (2..=backups).collect(),
+        };
+        if when == When::Between && applicable.is_empty() {
+            cx.err(
+                &at.key("when"),
+                "`between` needs incrementals: there is only the full backup",
+                Some("set `backup.incrementals`, or use \"before\" or \"during\"".into()),
+            );
+        }
+        let chosen = match w.backups {
+            Some(list) => {
+                let path = at.key("backups");
+                if when == When::Before {
+                    cx.err(&path, "a `before` workload runs once, before the first backup: it takes no `backups`", Some("remove `backups`".into()));
+                }
+                let mut set = BTreeSet::new();
+                for (j, b) in list.iter().enumerate() {
+                    let ok = u32::try_from(*b).ok().filter(|b| applicable.contains(b));
+                    match ok {
+                        Some(b) if !set.insert(b) => {
+                            cx.err(&path.index(j), format!("backup {b} is listed twice"), None);
+                        }
+                        Some(_) => {}
+                        None if when != When::Before => {
+                            let allowed = applicable
+                                .iter()
+                                .map(|n| n.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            cx.err(
+                                &path.index(j),
+                                format!(
+                                    "`{}`: there is no backup {b} a `{}` workload can run for",
+                                    path.index(j),
+                                    if when == When::During {
+                                        "during"
+                                    } else {
+                                        "between"
+                                    }
+                                ),
+                                Some(format!("allowed: {allowed} (1 is the full backup)")),
+                            );
+                        }
+                        None => {}
+                    }
+                }
+                set.into_iter().collect()
+            }
+            None => applicable,
+        };
+        out.push(Workload {
+            kind: w.kind,
+            volume,
+            stamped,
+            rate,
+            amount,
+            ops: w.ops,
+            duration,
+            when,
+            backups: chosen,
+        });
+    }
+    out
+}
+
+fn validate_faults(
+    cx: &mut Ctx,
+    raw: Vec<RawFault>,
+    volumes: &[Volume],
+    backups: u32,
+) -> Vec<Fault> {
+    let base = KeyPath::root().key("faults");
+    let mut out = Vec::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let at = base.index(i);
+        let Some(doc) = keys::fault_kind(&f.kind) else {
+            // The schema walk has already said the kind is unknown.
+            continue;
+        };
+        if doc.layer != f.layer.name() {
+            let same: Vec<&str> = keys::FAULT_KINDS
+                .iter()
+                .filter(|k| k.layer == f.layer.name())
+                .map(|k| k.kind)
+                .collect();
+            cx.err(
+                &at.key("kind"),
+                format!(
+                    "`{}` is a {} fault, not a {} fault",
+                    f.kind,
+                    doc.layer,
+                    f.layer.name()
+                ),
+                Some(format!(
+                    "{} faults: {}; or set `layer = \"{}\"`",
+                    f.layer.name(),
+                    quoted(&same),
+                    doc.layer
+                )),
+            );
+            continue;
+        }
+        let given: Vec<(&str, bool)> = vec![
+            ("every", f.every.is_some()),
+            ("frame", f.frame.is_some()),
+            ("after_frame", f.after_frame.is_some()),
+            ("ms", f.ms.is_some()),
+            ("after_ms", f.after_ms.is_some()),
+            ("at_percent", f.at_percent.is_some()),
+            ("volume", f.volume.is_some()),
+            ("op", f.op.is_some()),
+            ("block", f.block.is_some()),
+            ("once", f.once.is_some()),
+            ("at", f.at.is_some()),
+        ];
+        let param_names: Vec<&str> = doc.params.iter().map(|(n, _)| *n).collect();
+        let allowed_text = if param_names.is_empty() {
+            format!("`{}` takes no parameters", doc.kind)
+        } else {
+            format!("`{}` takes: {}", doc.kind, param_names.join(", "))
+        };
+        let mut params_ok = true;
+        for (name, present) in &given {
+            if *present && !param_names.contains(name) {
+                cx.err(
+                    &at.key(name),
+                    format!(
+                        "`{name}` is not a parameter of {} fault `{}`",
+                        doc.layer, doc.kind
+                    ),
+                    Some(allowed_text.clone()),
+                );
+                params_ok = false;
+            }
+        }
+        let present = |name: &str| given.iter().any(|(n, p)| *n == name && *p);
+        for (name, need) in doc.params {
+            if *need == Need::Required && !present(name) {
+                cx.err(
+                    &at,
+                    format!("{} fault `{}` needs `{name}`", doc.layer, doc.kind),
+                    Some(allowed_text.clone()),
+                );
+                params_ok = false;
+            }
+        }
+        let either: Vec<&str> = doc
+            .params
+            .iter()
+            .filter(|(_, n)| *n == Need::Either)
+            .map(|(n, _)| *n)
+            .collect();
+        if !either.is_empty() {
+            let count = either.iter().filter(|n| present(n)).count();
+            if count != 1 {
+                let what = if count == 0 {
+                    "needs"
+                } else {
+                    "takes only one of"
+                };
+                cx.err(
+                    &at,
+                    format!(
+                        "{} fault `{}` {what} `{}`",
+                        doc.layer,
+                        doc.kind,
+                        either.join("` or `")
+                    ),
+                    Some(allowed_text.clone()),
+                );
+                params_ok = false;
+            }
+        }
+        let backup = f.backup.unwrap_or(1);
+        let backup_ok = (1..=u64::from(backups)).contains(&backup);
+        if !backup_ok {
+            let path = at.key("backup");
+            let help = if backups == 1 {
+                "there is only backup 1, the full backup; add incrementals with `backup.incrementals`".to_string()
+            } else {
+                format!(
+                    "backups are 1 (the full) to {backups} (`backup.incrementals` = {})",
+                    backups - 1
+                )
+            };
+            cx.err(
+                &path,
+                format!("`{path}` is {backup}, and there is no backup {backup}"),
+                Some(help),
+            );
+        }
+        if backup_ok && doc.kind == "drop-tracking" && backup < 2 {
+            cx.err(&at.key("backup"), "`drop-tracking` acts on the tracking an incremental backup reads, and backup 1 is the full backup", Some(if backups >= 2 { format!("use a backup from 2 to {backups}") } else { "add incrementals with `backup.incrementals`".to_string() }));
+        }
+        for key in ["every", "frame", "after_frame", "ms"] {
+            let value = match key {
+                "every" => f.every,
+                "frame" => f.frame,
+                "after_frame" => f.after_frame,
+                _ => f.ms,
+            };
+            if let Some(v) = value {
+                if v == 0 && key != "after_frame" {
+                    cx.err(
+                        &at.key(key),
+                        format!("`{}` must be at least 1", at.key(key)),
+                        None,
+                    );
+                    params_ok = false;
+                }
+            }
+        }
+        if let Some(p) = f.at_percent {
+            params_ok &= cx.range(&at.key("at_percent"), p, 1, 99);
+        }
+        if let Some(v) = &f.volume {
+            params_ok &= volume_ref(cx, &at.key("volume"), v, volumes);
+        }
+        if let (Some(b), Some(v)) = (
+            f.block,
+            f.volume
+                .as_ref()
+                .and_then(|n| volumes.iter().find(|v| &v.name == n)),
+        ) {
+            if v.size != 0 && b >= v.size / 4096 {
+                cx.err(
+                    &at.key("block"),
+                    format!(
+                        "`{}` is {b}, past the end of volume \"{}\" ({} blocks)",
+                        at.key("block"),
+                        v.name,
+                        v.size / 4096
+                    ),
+                    None,
+                );
+                params_ok = false;
+            }
+        }
+        if !params_ok {
+            continue;
+        }
+        let volume = || f.volume.clone().unwrap_or_default();
+        let op = f.op.unwrap_or(Op::Read);
+        let spec = match doc.kind {
+            "cow-read-live" => FaultSpec::CowReadLive {
+                every: f.every.unwrap_or(1),
+            },
+            "drop-tracking" => FaultSpec::DropTracking {
+                every: f.every.unwrap_or(1),
+            },
+            "corrupt-cow" => FaultSpec::CorruptCow {
+                every: f.every.unwrap_or(1),
+            },
+            "delay-cow" => FaultSpec::DelayCow {
+                ms: f.ms.unwrap_or(0),
+            },
+            "hang" => FaultSpec::DiskHang {
+                volume: volume(),
+                op,
+            },
+            "eio" => FaultSpec::DiskEio {
+                volume: volume(),
+                op,
+                block: f.block,
+                once: f.once.unwrap_or(false),
+            },
+            "bit-flip" => FaultSpec::BitFlip {
+                frames: match (f.frame, f.every) {
+                    (Some(n), _) => FrameSel::Nth(n),
+                    (None, e) => FrameSel::Every(e.unwrap_or(1)),
+                },
+            },
+            "drop-frame" => FaultSpec::DropFrame {
+                frame: f.frame.unwrap_or(1),
+            },
+            "disconnect" => FaultSpec::Disconnect {
+                after_frame: f.after_frame.unwrap_or(0),
+            },
+            "wrong-offset" => FaultSpec::WrongOffset {
+                every: f.every.unwrap_or(1),
+            },
+            "skip-verify" => FaultSpec::SkipVerify,
+            "crash-before-commit" => FaultSpec::CrashBeforeCommit,
+            "reset" => FaultSpec::Reset {
+                at: match (f.after_ms, f.at_percent) {
+                    (Some(ms), _) => ResetAt::AfterMs(ms),
+                    (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),
+                },
+            },
+            "remove-disk" => FaultSpec::RemoveDisk {
+                volume: volume(),
+                at: f.at.unwrap_or(FaultAt::Freeze),
+            },
+            other => {
+                // keys::FAULT_KINDS and this match are kept in step by a test.
+                cx.err(
+                    &at.key("kind"),
+                    format!("fault kind `{other}` is listed but not implemented"),
+                    None,
+                );
+                continue;
+            }
+        };
+        out.push(Fault {
+            backup: backup as u32,
+            spec,
+        });
+    }
+    out
+}
+
+fn validate_expect(
+    cx: &mut Ctx,
+    raw: RawExpect,
+    guest: &Guest,
+    faults: &[Fault],
+    workloads: &[Workload],
+) -> Expectations {
+    let base = KeyPath::root().key("expect");
+    let classes: BTreeSet<BlockClass> = raw.classes.unwrap_or_default().into_iter().collect();
+    let outcomes: BTreeSet<Outcome> = raw.outcomes.unwrap_or_default().into_iter().collect();
+    let allow_outcomes: BTreeSet<Outcome> =
+        raw.allow_outcomes.unwrap_or_default().into_iter().collect();
+    let allow_clean = raw.allow_clean.unwrap_or(false);
+    if allow_clean && classes.is_empty() {
+        cx.err(&base.key("allow_clean"), "`allow_clean` only makes sense with `classes`: without them the run must be clean anyway", Some("list the classes the fault may produce in `expect.classes`, or remove `allow_clean`".into()));
+    }
+    if let Some(both) = outcomes.intersection(&allow_outcomes).next() {
+        cx.err(
+            &base.key("allow_outcomes"),
+            format!(
+                "\"{}\" is in both `outcomes` and `allow_outcomes`",
+                both.name()
+            ),
+            Some("`outcomes` must occur, `allow_outcomes` may: list it once".into()),
+        );
+    }
+    // A scenario that injects a fault and expects its class passes only when the class is
+    // found where the fault was injected, unless it says otherwise.
+    let at = raw
+        .at
+        .unwrap_or(if !faults.is_empty() && !classes.is_empty() {
+            Where::FaultSites
+        } else {
+            Where::Anywhere
+        });
+    if raw.at == Some(Where::FaultSites) {
+        if faults.is_empty() {
+            cx.err(
+                &base.key("at"),
+                "`at = \"fault-sites\"` needs a fault to find",
+                Some("add a `[[faults]]` entry, or remove `at`".into()),
+            );
+        }
+        if classes.is_empty() {
+            cx.err(
+                &base.key("at"),
+                "`at = \"fault-sites\"` needs `classes` to look for",
+                None,
+            );
+        }
+    }
+    let named_writes = raw.named_writes.unwrap_or(false);
+    if named_writes {
+        if !workloads.iter().any(|w| w.stamped) {
+            cx.err(
+                &base.key("named_writes"),
+                "`named_writes` needs a stamped workload",
+                Some("set `stamped = true` on a data workload".into()),
+            );
+        }
+        if !classes.contains(&BlockClass::DataFromTheFuture) {
+            cx.err(&base.key("named_writes"), "`named_writes` names the writes of data-from-the-future blocks, and `classes` does not expect any", None);
+        }
+    }
+    let skipped: BTreeSet<Skipped> = raw.skipped.unwrap_or_default().into_iter().collect();
+    if skipped.contains(&Skipped::Floppy) && guest.floppy == Floppy::None {
+        cx.err(
+            &base.key("skipped"),
+            "`skipped` names the floppy, and the guest has none",
+            Some("set `guest.floppy = \"empty\"` or \"media\"".into()),
+        );
+    }
+    if skipped.contains(&Skipped::HangDisk) && !guest.hang_disk {
+        cx.err(
+            &base.key("skipped"),
+            "`skipped` names the hang disk, and the guest has none",
+            Some("set `guest.hang_disk = true`".into()),
+        );
+    }
+    Expectations {
+        classes,
+        allow_clean,
+        outcomes,
+        allow_outcomes,
+        at,
+        named_writes,
+        fsck: raw.fsck.unwrap_or(false),
+        remount: raw.remount.unwrap_or(false),
+        skipped: skipped.into_iter().collect(),
+    }
+}

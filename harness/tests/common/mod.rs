@@ -1,0 +1,90 @@
+//! Shared set-up for the VM tests: the image (built once per test process), the
+//! accelerator decision, and scratch directories under the cache.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use blockwitness::accel::{self, AccelChoice};
+use blockwitness::image::{self, BuildOptions, BuiltImage};
+use blockwitness::paths;
+use blockwitness::qemu::{Accel, Disk, DiskFormat};
+
+/// Builds (or finds in the cache) image `name`, once per process.
+pub fn image(name: &str) -> &'static BuiltImage {
+    static IMAGES: OnceLock<std::sync::Mutex<Vec<&'static BuiltImage>>> = OnceLock::new();
+    let images = IMAGES.get_or_init(Default::default);
+    let mut images = images.lock().unwrap();
+    if let Some(img) = images.iter().find(|i| i.name == name) {
+        return img;
+    }
+    let opts = BuildOptions {
+        cache: paths::cache_dir(),
+        project_root: paths::project_root(),
+        with_bwsnap: std::env::var_os("BW_TMP_NO_KMOD").is_none(),
+    };
+    let img = image::build(name, &opts, &mut |s| eprintln!("image {name}: {s}"))
+        .unwrap_or_else(|e| panic!("building image {name}: {}", error_chain(&e)));
+    let img: &'static BuiltImage = Box::leak(Box::new(img));
+    images.push(img);
+    img
+}
+
+/// The accelerator for VM tests: `BW_ACCEL` (auto, kvm, tcg), default auto.
+pub fn accel(img: &BuiltImage) -> Accel {
+    let choice = match std::env::var("BW_ACCEL").as_deref() {
+        Ok("kvm") => AccelChoice::Kvm,
+        Ok("tcg") => AccelChoice::Tcg,
+        _ => AccelChoice::Auto,
+    };
+    let d = accel::decide(choice, &img.kernel, &img.initramfs, &paths::cache_dir());
+    eprintln!("accelerator: {} ({})", d.accel, d.reason);
+    d.accel
+}
+
+/// A scratch directory, removed at the end of the test.
+pub fn scratch(what: &str) -> tempfile::TempDir {
+    let base = paths::cache_dir().join("tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix(&format!("test-{what}-"))
+        .tempdir_in(base)
+        .unwrap()
+}
+
+/// Creates a raw disk of `mib` MiB with a filesystem made by `mkfs` on the host.
+pub fn raw_disk(dir: &Path, id: &str, mib: u64, mkfs: &[&str]) -> Disk {
+    let path: PathBuf = dir.join(format!("{id}.raw"));
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    if let Some((prog, args)) = mkfs.split_first() {
+        let out = Command::new(prog).args(args).arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Disk {
+        id: id.into(),
+        path,
+        format: DiskFormat::Raw,
+        serial: format!("bw-{id}"),
+        read_only: false,
+        blkdebug: false,
+    }
+}
+
+/// An error with its causes, one per line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str("\n  caused by: ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

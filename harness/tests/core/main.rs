@@ -1,0 +1,22 @@
+//! Integration tests of the harness core: scenario files, classification, the differ,
+//! reports, and docs/scenarios.md. One binary, a module per feature.
+
+mod classify_props;
+mod docs;
+mod field_scenarios;
+mod report;
+mod scenario_errors;
+
+use std::path::PathBuf;
+
+/// harness/tests/core/fixtures/<sub>.
+pub fn fixtures(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/core/fixtures")
+        .join(sub)
+}
+
+/// Set BW_BLESS=1 to rewrite golden files from the current output.
+pub fn bless() -> bool {
+    std::env::var_os("BW_BLESS").is_some_and(|v| v == "1")
+}

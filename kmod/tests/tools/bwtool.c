@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * bwtool: small helpers for the bwsnap guest tests (built static, run under
+ * busybox).
+ *
+ *   bwtool cmp A B [EXTENTS]   print the 4 KiB blocks where A and B differ,
+ *                              except those overlapping an extent listed in
+ *                              the file EXTENTS ("physical length" per line,
+ *                              bytes: the output of `bwsnap-ctl extents`);
+ *                              last line "differ N"
+ *   bwtool blocks FILE         print the device blocks (4 KiB) holding FILE,
+ *                              ascending, from FS_IOC_FIEMAP
+ *   bwtool badptr              call every bwsnap ioctl with bad user
+ *                              pointers; every call must fail with EFAULT
+ *                              (or EINVAL/ENOENT where the pointer is never
+ *                              read); exit 1 otherwise
+ *   bwtool readall DEV         read DEV to the end in 1 MiB O_DIRECT reads;
+ *                              print "read N errors E"
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "../../bwsnap_abi.h"
+
+#define BLK 4096
+#define CHUNK (1 << 20)
+
+struct ext {
+	uint64_t start, end;	/* blocks, [start, end) */
+};
+
+static int open_or_die(const char *path, int flags)
+{
+	int fd = open(path, flags);
+
+	if (fd < 0) {
+		fprintf(stderr, "bwtool: open %s: %s\n", path, strerror(errno));
+		exit(2);
+	}
+	return fd;
+}
+
+static ssize_t read_full(int fd, char *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = read(fd, buf + got, len - got);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		got += n;
+	}
+	return got;
+}
+
+static int cmd_cmp(int argc, char **argv)
+{
+	struct ext ex[4096];
+	int nex = 0, fa, fb;
+	uint64_t block = 0, differ = 0;
+	char *a, *b;
+
+	if (argc >= 3) {
+		FILE *f = fopen(argv[2], "r");
+		unsigned long long p, l;
+
+		if (!f) {
+			perror(argv[2]);
+			return 2;
+		}
+		while (nex < 4096 && fscanf(f, "%llu %llu", &p, &l) == 2) {
+			ex[nex].start = p / BLK;
+			ex[nex].end = (p + l + BLK - 1) / BLK;
+			nex++;
+		}
+		fclose(f);
+	}
+	fa = open_or_die(argv[0], O_RDONLY);
+	fb = open_or_die(argv[1], O_RDONLY);
+	a = malloc(CHUNK);
+	b = malloc(CHUNK);
+	for (;;) {
+		ssize_t na = read_full(fa, a, CHUNK);
+		ssize_t nb = read_full(fb, b, CHUNK);
+		ssize_t n = na < nb ? na : nb;
+		ssize_t off;
+
+		if (na < 0 || nb < 0) {
+			fprintf(stderr, "bwtool: read error at block %llu: %s\n",
+				(unsigned long long)block, strerror(errno));
+			return 2;
+		}
+		for (off = 0; off < n; off += BLK, block++) {
+			size_t len = n - off < BLK ? n - off : BLK;
+			int i, skip = 0;
+
+			if (!memcmp(a + off, b + off, len))
+				continue;
+			for (i = 0; i < nex; i++)
+				if (block >= ex[i].start && block < ex[i].end)
+					skip = 1;
+			if (skip)
+				continue;
+			printf("%llu\n", (unsigned long long)block);
+			differ++;
+		}
+		if (n < CHUNK)
+			break;
+	}
+	printf("differ %llu\n", (unsigned long long)differ);
+	return 0;
+}
+
+static int cmd_blocks(const char *path)
+{
+	size_t sz = sizeof(struct fiemap) + 4096 * sizeof(struct fiemap_extent);
+	struct fiemap *fm = calloc(1, sz);
+	int fd = open_or_die(path, O_RDONLY);
+	unsigned int i;
+
+	fm->fm_length = ~0ULL;
+	fm->fm_flags = FIEMAP_FLAG_SYNC;
+	fm->fm_extent_count = 4096;
+	if (ioctl(fd, FS_IOC_FIEMAP, fm)) {
+		perror("FS_IOC_FIEMAP");
+		return 2;
+	}
+	for (i = 0; i < fm->fm_mapped_extents; i++) {
+		struct fiemap_extent *e = &fm->fm_extents[i];
+		uint64_t b;
+
+		for (b = e->fe_physical / BLK;
+		     b < (e->fe_physical + e->fe_length + BLK - 1) / BLK; b++)
+			printf("%llu\n", (unsigned long long)b);
+	}
+	return 0;
+}
+
+static int expect(const char *what, int rc, int want1, int want2)
+{
+	int e = errno;
+
+	if (rc == 0 || (e != want1 && e != want2)) {
+		printf("badptr %s: rc=%d errno=%d (%s), want %d or %d\n", what,
+		       rc, rc ? e : 0, rc ? strerror(e) : "-", want1, want2);
+		return 1;
+	}
+	printf("badptr %s: %s ok\n", what, strerror(e));
+	return 0;
+}
+
+static int cmd_badptr(void)
+{
+	int fd = open_or_die("/dev/" BWSNAP_CTL_NAME, O_RDWR);
+	void *bad = (void *)16;				/* unmapped */
+	void *kern = (void *)0xffffffff81000000ULL;	/* kernel text */
+	void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+			-1, 0);
+	struct bwsnap_setup s = { 0 };
+	struct bwsnap_to_snapshot ts = { 0 };
+	struct bwsnap_map m = { 0 };
+	struct bwsnap_extents ex = { 0 };
+	struct bwsnap_trace t = { 0 };
+	int fails = 0;
+	unsigned int cmds[] = { BWSNAP_IOC_SETUP, BWSNAP_IOC_START,
+		BWSNAP_IOC_TO_INCREMENTAL, BWSNAP_IOC_TO_SNAPSHOT,
+		BWSNAP_IOC_DESTROY, BWSNAP_IOC_INFO, BWSNAP_IOC_READ_MAP,
+		BWSNAP_IOC_COW_EXTENTS, BWSNAP_IOC_TRACE };
+	unsigned int i;
+	char name[64];
+
+	/* The argument structure itself unreadable. */
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		snprintf(name, sizeof(name), "cmd%u-null", i + 1);
+		fails += expect(name, ioctl(fd, cmds[i], NULL), EFAULT, EFAULT);
+		snprintf(name, sizeof(name), "cmd%u-unmapped", i + 1);
+		fails += expect(name, ioctl(fd, cmds[i], bad), EFAULT, EFAULT);
+		snprintf(name, sizeof(name), "cmd%u-kernel", i + 1);
+		fails += expect(name, ioctl(fd, cmds[i], kern), EFAULT, EFAULT);
+	}
+	/* INFO writes back: a read-only mapping must fail cleanly. */
+	fails += expect("info-readonly", ioctl(fd, BWSNAP_IOC_INFO, ro),
+			EFAULT, EFAULT);
+	/* Paths behind bad pointers. */
+	s.bdev_path = (uintptr_t)bad;
+	s.cow_path = (uintptr_t)"/mnt/x";
+	fails += expect("setup-bdev-path", ioctl(fd, BWSNAP_IOC_SETUP, &s),
+			EFAULT, EFAULT);
+	s.bdev_path = (uintptr_t)"/dev/vdb";
+	s.cow_path = (uintptr_t)kern;
+	fails += expect("setup-cow-path", ioctl(fd, BWSNAP_IOC_SETUP, &s),
+			EFAULT, EFAULT);
+	ts.cow_path = (uintptr_t)bad;
+	fails += expect("to-snapshot-path",
+			ioctl(fd, BWSNAP_IOC_TO_SNAPSHOT, &ts), EFAULT, EFAULT);
+	/*
+	 * Buffers behind bad pointers on minor 0: EFAULT when it exists in a
+	 * state with data, ENOENT when it does not.
+	 */
+	m.nr_blocks = 1 << 20;
+	m.buf = (uintptr_t)bad;
+	fails += expect("read-map-buf", ioctl(fd, BWSNAP_IOC_READ_MAP, &m),
+			EFAULT, ENOENT);
+	m.buf = (uintptr_t)ro;
+	fails += expect("read-map-ro", ioctl(fd, BWSNAP_IOC_READ_MAP, &m),
+			EFAULT, ENOENT);
+	ex.count = 16;
+	ex.buf = (uintptr_t)kern;
+	ioctl(fd, BWSNAP_IOC_COW_EXTENTS, &ex);
+	printf("badptr cow-extents-buf: errno %d (no crash)\n", errno);
+	t.count = 1024;
+	t.buf = (uintptr_t)bad;
+	ioctl(fd, BWSNAP_IOC_TRACE, &t);
+	printf("badptr trace-buf: errno %d (no crash)\n", errno);
+	printf("badptr failures %d\n", fails);
+	return fails ? 1 : 0;
+}
+
+static int cmd_readall(const char *path)
+{
+	int fd = open_or_die(path, O_RDONLY | O_DIRECT);
+	char *buf;
+	uint64_t total = 0, errors = 0;
+	off_t off = 0;
+
+	if (posix_memalign((void **)&buf, 4096, CHUNK))
+		return 2;
+	for (;;) {
+		ssize_t n = pread(fd, buf, CHUNK, off);
+
+		if (n < 0) {
+			errors++;
+			off += CHUNK;
+			if (errors > 1000000)
+				break;
+			/* past the end pread returns 0, not an error */
+			continue;
+		}
+		if (n == 0)
+			break;
+		total += n;
+		off += n;
+	}
+	printf("read %llu errors %llu\n", (unsigned long long)total,
+	       (unsigned long long)errors);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 4 && !strcmp(argv[1], "cmp"))
+		return cmd_cmp(argc - 2, argv + 2);
+	if (argc == 3 && !strcmp(argv[1], "blocks"))
+		return cmd_blocks(argv[2]);
+	if (argc == 2 && !strcmp(argv[1], "badptr"))
+		return cmd_badptr();
+	if (argc == 3 && !strcmp(argv[1], "readall"))
+		return cmd_readall(argv[2]);
+	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | badptr | readall DEV\n");
+	return 2;
+}

@@ -1,0 +1,44 @@
+//! The reference backup target (`bw-target`): receives sessions over the wire protocol,
+//! stores one image per volume and generation, verifies what it wrote, commits
+//! atomically, and offers `verify` and `export` for the harness and for people.
+//!
+//! Layout: [`store`] owns files and names, [`session`] one session being received,
+//! [`serve`] the listener, connections and the session registry, [`verify`] re-reading,
+//! [`export`] copying a generation out, [`bench`] the ingest benchmark hook.
+
+pub mod bench;
+pub mod export;
+pub mod serve;
+pub mod session;
+pub mod store;
+pub mod verify;
+
+use serde::Serialize;
+
+pub use serve::{
+    EventSink, ServeOptions, Server, ServerHandle, SessionReport, SessionStatus, TargetEvent,
+};
+pub use store::{GenerationManifest, Store, StoreError};
+
+/// Fault options for the harness; all off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TargetFaults {
+    /// Write one block in N one block off its offset (the re-read catches it).
+    pub wrong_offset_every: Option<u64>,
+    /// Commit without re-reading: a buggy target that trusts its own writes.
+    pub skip_verify: bool,
+    /// abort() after the end frame is accepted and verified, before the renames.
+    pub crash_before_commit: bool,
+}
+
+/// An error and its sources on one line ("a: b: c").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
