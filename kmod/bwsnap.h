@@ -87,6 +87,14 @@ struct bwsnap_store_ops {
 	const struct bwsnap_cow_extent *(*extents)(struct bwsnap_store *store,
 						   u32 *count);
 	/*
+	 * Call @fn for each device byte range holding slots reserve() handed
+	 * out: the only blocks of the file the store ever wrote. The worker
+	 * must be idle.
+	 */
+	void (*for_each_written)(struct bwsnap_store *store,
+				 void (*fn)(void *arg, u64 physical, u64 length),
+				 void *arg);
+	/*
 	 * Stop using the backing file (it stays on the filesystem, no longer
 	 * immutable) and free the store. Process context; the caller has made
 	 * sure no store I/O is in flight.

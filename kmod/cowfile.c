@@ -29,6 +29,7 @@
 #include <linux/fs.h>
 #include <linux/hash.h>
 #include <linux/log2.h>
+#include <linux/magic.h>
 #include <linux/mman.h>
 #include <linux/mm.h>
 #include <linux/mount.h>
@@ -151,6 +152,27 @@ bwsnap_cowfile_extents(struct bwsnap_store *store, u32 *count)
 	return cf->ext;
 }
 
+static void bwsnap_cowfile_for_each_written(struct bwsnap_store *store,
+					    void (*fn)(void *arg, u64 physical,
+						       u64 length),
+					    void *arg)
+{
+	struct bwsnap_cowfile *cf = to_cowfile(store);
+	u32 i;
+
+	/* Slots are handed out in order: [0, next_slot) were written. */
+	for (i = 0; i < cf->nr_ext; i++) {
+		const struct bwsnap_cow_extent *e = &cf->ext[i];
+		u64 n;
+
+		if (cf->next_slot <= e->first_slot)
+			break;
+		n = min(cf->next_slot - e->first_slot, e->nr_slots);
+		if (n)
+			fn(arg, e->physical, n << BWSNAP_BLOCK_SHIFT);
+	}
+}
+
 static void bwsnap_cowfile_set_immutable(struct file *file, bool on)
 {
 	struct inode *inode = file_inode(file);
@@ -187,10 +209,23 @@ static const struct bwsnap_store_ops bwsnap_cowfile_ops = {
 	.lookup = bwsnap_cowfile_lookup,
 	.usage = bwsnap_cowfile_usage,
 	.extents = bwsnap_cowfile_extents,
+	.for_each_written = bwsnap_cowfile_for_each_written,
 	.release = bwsnap_cowfile_release,
 };
 
 /* ---- creation ---- */
+
+/*
+ * Filesystems whose fiemap addresses are byte offsets on sb->s_bdev, and
+ * that leave a fallocated file's blocks where they are. Not btrfs (logical
+ * addresses, may span devices, copies on write), not a network or stacked
+ * filesystem.
+ */
+static bool bwsnap_cowfile_fs_ok(struct super_block *sb)
+{
+	return sb->s_magic == EXT4_SUPER_MAGIC ||	/* ext2, ext3, ext4 */
+	       sb->s_magic == XFS_SUPER_MAGIC;
+}
 
 static struct file *bwsnap_cowfile_open(struct block_device *bdev,
 					const char *path)
@@ -471,6 +506,12 @@ struct bwsnap_store *bwsnap_cowfile_create(struct block_device *bdev,
 	if (file_inode(cf->file)->i_sb->s_bdev != bdev) {
 		pr_err("COW file %s is not on %pg\n", path, bdev);
 		err = -EXDEV;
+		goto err_fill;
+	}
+	if (!bwsnap_cowfile_fs_ok(file_inode(cf->file)->i_sb)) {
+		pr_err("COW file %s: filesystem %s not supported\n", path,
+		       file_inode(cf->file)->i_sb->s_type->name);
+		err = -EOPNOTSUPP;
 		goto err_fill;
 	}
 	err = bwsnap_cowfile_fill(cf->file, size);

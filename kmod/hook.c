@@ -195,14 +195,18 @@ void bwsnap_hook_exit(void)
 				     (unsigned long)submit_bio_noacct, 1, 0);
 		bwsnap_hook_registered = false;
 	}
-	/* Threads redirected before the unregister may still be inside. */
+	/*
+	 * Threads redirected before the unregister may still be in our text:
+	 * preempted before bwsnap_hook_submit() counted them, inside it (maybe
+	 * asleep in the pass-through call), or preempted after it uncounted
+	 * them. RCU-tasks waits until every task has passed a voluntary context
+	 * switch, which in our text happens only inside the counted region: so
+	 * wait for the uncounted ones to move on, for the counted ones to
+	 * leave, and once more for the last instructions after the count.
+	 */
+	synchronize_rcu_tasks();
 	while (atomic_read(&bwsnap_hook_inflight))
 		schedule_timeout_uninterruptible(1);
-	/*
-	 * ... and a thread that just decremented the counter may have been
-	 * preempted before its return: RCU-tasks waits for every task to pass
-	 * a voluntary context switch, i.e. to leave our text.
-	 */
 	synchronize_rcu_tasks();
 	t = rcu_dereference_protected(bwsnap_table, true);
 	RCU_INIT_POINTER(bwsnap_table, NULL);

@@ -650,24 +650,26 @@ void bwsnap_io_set_excl(struct bwsnap_dev *dev, bool set)
 	}
 }
 
+static void bwsnap_io_mark_written(void *arg, u64 physical, u64 length)
+{
+	struct bwsnap_dev *dev = arg;
+	u64 first = physical >> BWSNAP_BLOCK_SHIFT;
+	u64 last = (physical + length - 1) >> BWSNAP_BLOCK_SHIFT;
+
+	spin_lock_irq(&dev->lock);
+	atomic64_add(bwsnap_mark_range(dev->tracking, NULL, first, last),
+		     &dev->tracking_blocks);
+	spin_unlock_irq(&dev->lock);
+}
+
 /*
- * Mark every block the COW file touches as changed: the module wrote them
- * behind the filesystem's back, so the next incremental must send them.
+ * Mark every block holding a COW slot the store wrote as changed: those
+ * writes went behind the filesystem's back, so the next incremental must
+ * send them. The rest of the file was never written and still holds what
+ * the snapshot showed.
  */
 void bwsnap_io_mark_store(struct bwsnap_dev *dev)
 {
-	const struct bwsnap_cow_extent *ext;
-	u32 i, n;
-
-	ext = dev->store->ops->extents(dev->store, &n);
-	for (i = 0; i < n; i++) {
-		u64 first = ext[i].physical >> BWSNAP_BLOCK_SHIFT;
-		u64 last = (ext[i].physical + ext[i].length - 1) >>
-			   BWSNAP_BLOCK_SHIFT;
-
-		spin_lock_irq(&dev->lock);
-		atomic64_add(bwsnap_mark_range(dev->tracking, NULL, first, last),
-			     &dev->tracking_blocks);
-		spin_unlock_irq(&dev->lock);
-	}
+	dev->store->ops->for_each_written(dev->store, bwsnap_io_mark_written,
+					  dev);
 }

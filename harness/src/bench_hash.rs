@@ -76,6 +76,9 @@ pub struct BenchHashReport {
     pub sha256sum_time: Duration,
     /// openssl's single-core sha256 throughput, bytes per second.
     pub openssl_per_core: f64,
+    /// The 1-minute load average when the run started: figures are noisy when other
+    /// work shares the cores.
+    pub load_average: Option<f64>,
 }
 
 impl BenchHashReport {
@@ -110,12 +113,20 @@ impl BenchHashReport {
 impl fmt::Display for BenchHashReport {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let gb = |r: f64| r / 1e9;
-        writeln!(
+        write!(
             f,
             "bench hash: {} MiB image, {} core(s), page cache warm",
             self.size >> 20,
             self.cores
         )?;
+        match self.load_average {
+            Some(l) if l > 0.5 => writeln!(
+                f,
+                ", load average {l:.2} at start: other work shares the cores, figures are noisy"
+            )?,
+            Some(l) => writeln!(f, ", load average {l:.2}")?,
+            None => writeln!(f)?,
+        }
         writeln!(
             f,
             "  blockwitness hash+classify  {:>6.3} s  {:>6.2} GB/s  (hash {:.3} s, classify {:.3} s)",
@@ -208,6 +219,9 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
             return Err(BenchHashError::MissingTool { tool, package });
         }
     }
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|l| l.parse().ok()));
     let dir = tempfile::Builder::new()
         .prefix("bw-bench-hash")
         .tempdir_in(&opts.dir)
@@ -247,7 +261,11 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
     let start = Instant::now();
     let sum = run(Command::new("sha256sum").arg(&image))?;
     let sha256sum_time = start.elapsed();
-    if sum.split_whitespace().next().is_none_or(|h| h.len() != 64) {
+    if sum
+        .split_whitespace()
+        .next()
+        .map_or(true, |h| h.len() != 64)
+    {
         return Err(BenchHashError::Tool {
             command: "sha256sum".into(),
             detail: format!("unexpected output {sum:?}"),
@@ -275,6 +293,7 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
         classify_time,
         sha256sum_time,
         openssl_per_core,
+        load_average,
     })
 }
 
@@ -299,6 +318,7 @@ mod tests {
             classify_time: Duration::from_millis(100),
             sha256sum_time: Duration::from_secs(4),
             openssl_per_core: 1.0e9,
+            load_average: Some(0.1),
         };
         assert!((r.ours() - (1u64 << 30) as f64 / 0.5).abs() < 1.0);
         assert!((r.ratio_to_limit() - r.ours() / 2.0e9).abs() < 1e-9);

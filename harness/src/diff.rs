@@ -199,6 +199,76 @@ fn read_block(file: &File, path: &Path, block: u64) -> Result<Option<[u8; BLOCK]
     }
 }
 
+/// Decodes the stamps `held` holds at `blocks` (at most [`MAX_STAMP_READS`] of them),
+/// with the truth image's stamp at the same block when it has one. Blocks without a valid
+/// stamp in `held`, or past its end, are left out.
+pub fn read_stamps(
+    truth: &Path,
+    held: &Path,
+    blocks: &[u64],
+) -> Result<BTreeMap<u64, StampEvidence>, DiffError> {
+    let open = |p: &Path| {
+        File::open(p).map_err(|source| DiffError::ReadBlock {
+            path: p.to_owned(),
+            block: 0,
+            source,
+        })
+    };
+    let (ft, fh) = (open(truth)?, open(held)?);
+    let mut out = BTreeMap::new();
+    for &block in blocks.iter().take(MAX_STAMP_READS) {
+        let Some(data) = read_block(&fh, held, block)? else {
+            continue;
+        };
+        if let Ok(stamp) = bw_guest::stamp::Stamp::decode(&data) {
+            let t = read_block(&ft, truth, block)?
+                .and_then(|t| bw_guest::stamp::Stamp::decode(&t).ok());
+            out.insert(
+                block,
+                StampEvidence {
+                    held: stamp,
+                    truth: t,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// For the run, after a generation is recorded: classifies it, then fills in the owning
+/// file of every problem block (from the truth image) and the stamp each one holds (from
+/// the target's stored image, when there is one). Returns notes for the report.
+pub fn annotate_generation(
+    volume: &str,
+    g: &mut GenerationRecord,
+    fs: Filesystem,
+    truth_image: &Path,
+    target_image: Option<&Path>,
+) -> Result<Vec<String>, DiffError> {
+    let problems: Vec<u64> = crate::classify::classify_generation(volume, g)
+        .findings
+        .iter()
+        .map(|f| f.block)
+        .collect();
+    let mut notes = Vec::new();
+    if problems.is_empty() {
+        return Ok(notes);
+    }
+    let owners = fsmap::map_blocks(truth_image, fs, &problems).map_err(DiffError::FsMap)?;
+    g.owners
+        .extend(owners.into_iter().map(|(b, o)| (b, o.to_string())));
+    if let Some(target) = target_image {
+        g.stamps
+            .extend(read_stamps(truth_image, target, &problems)?);
+        if problems.len() > MAX_STAMP_READS {
+            notes.push(format!(
+                "volume {volume}: only the first {MAX_STAMP_READS} problem blocks were read for stamps"
+            ));
+        }
+    }
+    Ok(notes)
+}
+
 /// The filesystem of an image, if e2fsprogs recognise it.
 fn detect_ext(image: &Path) -> Option<Filesystem> {
     let out = Command::new("dumpe2fs")
@@ -248,25 +318,7 @@ fn diff_images(a: &Path, b: &Path, out: &Path) -> Result<DiffOutcome, DiffError>
         .filter(|&i| hb.get(i) != Some(&ha[i]))
         .map(|i| i as u64)
         .collect();
-    let fa = File::open(a).map_err(|source| DiffError::ReadBlock {
-        path: a.to_owned(),
-        block: 0,
-        source,
-    })?;
-    let fb = File::open(b).map_err(|source| DiffError::ReadBlock {
-        path: b.to_owned(),
-        block: 0,
-        source,
-    })?;
-    for &block in differing.iter().take(MAX_STAMP_READS) {
-        let (Some(held), truth) = (read_block(&fb, b, block)?, read_block(&fa, a, block)?) else {
-            continue;
-        };
-        if let Ok(held) = bw_guest::stamp::Stamp::decode(&held) {
-            let truth = truth.and_then(|t| bw_guest::stamp::Stamp::decode(&t).ok());
-            g.stamps.insert(block, StampEvidence { held, truth });
-        }
-    }
+    g.stamps = read_stamps(a, b, &differing)?;
     if differing.len() > MAX_STAMP_READS {
         notes.push(format!(
             "only the first {MAX_STAMP_READS} differing blocks were read for stamps"
@@ -459,6 +511,32 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("report/blocks.csv")).unwrap();
         assert!(csv.contains("write #11"), "{csv}");
         assert!(dir.path().join("report/index.html").is_file());
+    }
+
+    #[test]
+    fn annotate_fills_stamps_and_says_raw_volumes_are_not_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, b) = (dir.path().join("truth.img"), dir.path().join("target.img"));
+        let mut truth = vec![0u8; 8 * BLOCK];
+        truth[2 * BLOCK..3 * BLOCK].copy_from_slice(&stamped(2, 4));
+        let mut target = truth.clone();
+        target[2 * BLOCK..3 * BLOCK].copy_from_slice(&stamped(2, 6));
+        std::fs::write(&t, &truth).unwrap();
+        std::fs::write(&b, &target).unwrap();
+        let mut g = GenerationRecord::new(1, BackupKind::Full, crate::hash::hash_bytes(&truth));
+        g.target = Some(
+            crate::hash::hash_bytes(&target)
+                .into_iter()
+                .map(Some)
+                .collect(),
+        );
+        g.committed = true;
+        annotate_generation("data", &mut g, Filesystem::None, &t, Some(&b)).unwrap();
+        assert_eq!(g.stamps[&2].held.seq, 6);
+        assert_eq!(g.stamps[&2].truth.map(|s| s.seq), Some(4));
+        assert!(g.owners[&2].starts_with("not mapped"), "{}", g.owners[&2]);
+        let r = crate::classify::classify_generation("data", &g);
+        assert_eq!(r.findings[0].class, BlockClass::DataFromTheFuture);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use blockwitness::accel::{self, AccelChoice};
 use blockwitness::image::{self, BuildOptions, BuiltImage};
+use blockwitness::plan::Plan;
+use blockwitness::run::RunOptions;
 use blockwitness::vm::{BootOptions, Vm};
 use blockwitness::{doctor, paths};
 use clap::{Parser, Subcommand};
@@ -48,6 +50,38 @@ enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Run scenarios: boot, back up, record every block, classify, report.
+    Run {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Image to run on (default: the scenario's first image).
+        #[arg(long)]
+        image: Option<String>,
+        /// Seed (default: the scenario's seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Keep the work directory (disks, truth layers, target store) for inspection.
+        #[arg(long)]
+        keep_work: bool,
+        /// Plain progress lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Validate scenario files without booting (default: scenarios/).
+    Check { paths: Vec<PathBuf> },
+    /// Classify two raw images (truth, backup) or two report directories block by block.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Where to write the report (default: reports/diff-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Rebuild a report's summary, CSV, JUnit and HTML from its recording.
+    Report { dir: PathBuf },
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
@@ -71,6 +105,8 @@ enum ImagesCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Hash and classify a 1 GiB image against sha256sum and openssl's sha256 limit.
+    Hash,
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -224,7 +260,52 @@ fn main() -> ExitCode {
             without_bwsnap,
             argv,
         } => exec_cmd(&image, accel, without_bwsnap, argv).map(|c| c as u8),
+        Command::Run {
+            files,
+            image,
+            seed,
+            accel,
+            keep_work,
+            plain,
+        } => run_cmd(files, image, seed, accel, keep_work, plain),
+        Command::Check { paths } => {
+            let report = blockwitness::scenario::check(&paths);
+            print!("{report}");
+            Ok(report.exit_code() as u8)
+        }
+        Command::Diff { a, b, out } => {
+            let out = out.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                paths::reports_dir().join(format!("diff-{now}"))
+            });
+            blockwitness::diff::diff(&a, &b, &out)
+                .map(|outcome| {
+                    println!("{outcome}");
+                    outcome.exit_code() as u8
+                })
+                .map_err(Into::into)
+        }
+        Command::Report { dir } => blockwitness::report::rebuild_report(&dir)
+            .map(|outcome| {
+                println!(
+                    "{}: {} ({})",
+                    outcome.dir.display(),
+                    outcome.verdict.name(),
+                    outcome.verdict.reasons().join("; ")
+                );
+                outcome.verdict.exit_code() as u8
+            })
+            .map_err(Into::into),
         Command::Bench { bench } => match bench {
+            BenchCommand::Hash => blockwitness::bench_hash::bench_hash(&Default::default())
+                .map(|r| {
+                    println!("{r}");
+                    0
+                })
+                .map_err(Into::into),
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| 0)
             }
@@ -239,6 +320,55 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_cmd(
+    files: Vec<PathBuf>,
+    image: Option<String>,
+    seed: Option<u64>,
+    accel: AccelChoice,
+    keep_work: bool,
+    plain: bool,
+) -> anyhow::Result<u8> {
+    let reporter = blockwitness::ui::Terminal::new(plain);
+    let mut opts = RunOptions::standard(accel);
+    opts.keep_work = keep_work;
+    let mut worst = 0;
+    for file in files {
+        let scenario = match blockwitness::scenario::load(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                worst = worst.max(2);
+                continue;
+            }
+        };
+        let image = image
+            .clone()
+            .unwrap_or_else(|| scenario.images.first().cloned().unwrap_or_default());
+        let plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        let result = blockwitness::run::run_plan(&plan, &scenario.source, &opts, &reporter);
+        println!(
+            "{} {} on {} seed {}: {}{}\n  report: {}\n  repro: {}",
+            if result.exit_code() == 0 {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            result.scenario,
+            result.image,
+            result.seed,
+            result.verdict.name(),
+            match result.verdict.reasons() {
+                [] => String::new(),
+                r => format!(" ({})", r.join("; ")),
+            },
+            result.report_dir.join("index.html").display(),
+            plan.repro,
+        );
+        worst = worst.max(result.exit_code() as u8);
+    }
+    Ok(worst)
+}
+
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {
     doctor::require(doctor::FOR_BOOT)?;
     let img = build_image(image, true)?;
@@ -246,6 +376,5 @@ fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> 
     let dir = run_temp_dir("bench-boot")?;
     let report = blockwitness::bench::boot(&img, decision.accel, runs, dir.path())?;
     println!("{report}");
-    let _ = PathBuf::new();
     Ok(())
 }

@@ -690,9 +690,12 @@ mod tests {
         }
     }
 
+    /// A map, the blocks it holds, and those blocks as ranges.
+    type MapCase<'a> = (ChangedMap, &'a [u64], &'a [(u64, u64)]);
+
     #[test]
     fn map_blocks_and_ranges() {
-        let cases: &[(ChangedMap, &[u64], &[(u64, u64)])] = &[
+        let cases: &[MapCase] = &[
             (map(0, 0, &[]), &[], &[]),
             (map(0, 10, &[0b1011]), &[0, 1, 3], &[(0, 1), (3, 3)]),
             (map(64, 128, &[1 << 63, 1]), &[127, 128], &[(127, 128)]),

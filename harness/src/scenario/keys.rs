@@ -108,7 +108,7 @@ pub const WORKLOAD_KINDS: &[&str] = &[
 ];
 pub const WHEN: &[&str] = &["before", "during", "between"];
 pub const PIPELINES: &[&str] = &["reference"];
-pub const LAYERS: &[&str] = &["module", "disk", "transport", "target", "guest"];
+pub const LAYERS: &[&str] = &["module", "disk", "transport", "target", "guest", "agent"];
 pub const OPS: &[&str] = &["read", "write"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
@@ -234,6 +234,12 @@ pub const FAULT_KINDS: &[FaultKindDoc] = &[
         params: &[("volume", Required), ("at", Optional)],
         doc: "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
     },
+    FaultKindDoc {
+        layer: "agent",
+        kind: "skip-blocks",
+        params: &[("every", Required)],
+        doc: "the agent leaves 1 block in `every` out of a full backup: it never crosses the transport; `backup` must be the full backup",
+    },
 ];
 
 /// Every fault kind name, in table order (for the `faults[].kind` key).
@@ -252,6 +258,7 @@ pub const FAULT_KIND_NAMES: &[&str] = &[
     "crash-before-commit",
     "reset",
     "remove-disk",
+    "skip-blocks",
 ];
 
 /// The fault parameters: every key of `faults[]` other than layer, kind and backup.
@@ -410,15 +417,24 @@ pub fn reference_markdown() -> String {
         "### Fault kinds\n\n| layer | kind | parameters | what it does |\n|---|---|---|---|\n",
     );
     for f in FAULT_KINDS {
-        let params: Vec<String> = f
+        let either: Vec<String> = f
             .params
             .iter()
-            .map(|(name, need)| match need {
-                Required => format!("`{name}`"),
-                Optional => format!("`{name}` (optional)"),
-                Either => format!("`{name}` (or)"),
+            .filter(|(_, need)| *need == Either)
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        let mut params: Vec<String> = f
+            .params
+            .iter()
+            .filter_map(|(name, need)| match need {
+                Required => Some(format!("`{name}`")),
+                Optional => Some(format!("`{name}` (optional)")),
+                Either => None,
             })
             .collect();
+        if !either.is_empty() {
+            params.insert(0, format!("exactly one of {}", either.join(", ")));
+        }
         let params = if params.is_empty() {
             "none".to_string()
         } else {

@@ -181,6 +181,10 @@ pub enum FaultSpec {
     },
     SkipVerify,
     CrashBeforeCommit,
+    /// The agent leaves 1 block in `every` out of a full backup.
+    SkipBlocks {
+        every: u64,
+    },
     Reset {
         at: ResetAt,
     },
@@ -205,6 +209,7 @@ impl FaultSpec {
             | FaultSpec::SkipVerify
             | FaultSpec::CrashBeforeCommit => Layer::Target,
             FaultSpec::Reset { .. } | FaultSpec::RemoveDisk { .. } => Layer::Guest,
+            FaultSpec::SkipBlocks { .. } => Layer::Agent,
         }
     }
 
@@ -223,6 +228,7 @@ impl FaultSpec {
             FaultSpec::WrongOffset { .. } => "wrong-offset",
             FaultSpec::SkipVerify => "skip-verify",
             FaultSpec::CrashBeforeCommit => "crash-before-commit",
+            FaultSpec::SkipBlocks { .. } => "skip-blocks",
             FaultSpec::Reset { .. } => "reset",
             FaultSpec::RemoveDisk { .. } => "remove-disk",
         }

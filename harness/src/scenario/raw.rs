@@ -161,6 +161,7 @@ pub enum Layer {
     Transport,
     Target,
     Guest,
+    Agent,
 }
 
 impl Layer {
@@ -171,6 +172,7 @@ impl Layer {
             Layer::Transport => "transport",
             Layer::Target => "target",
             Layer::Guest => "guest",
+            Layer::Agent => "agent",
         }
     }
 }

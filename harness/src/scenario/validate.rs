@@ -780,6 +780,13 @@ fn validate_faults(
         if backup_ok && doc.kind == "drop-tracking" && backup < 2 {
             cx.err(&at.key("backup"), "`drop-tracking` acts on the tracking an incremental backup reads, and backup 1 is the full backup", Some(if backups >= 2 { format!("use a backup from 2 to {backups}") } else { "add incrementals with `backup.incrementals`".to_string() }));
         }
+        if backup_ok && doc.kind == "skip-blocks" && backup != 1 {
+            cx.err(
+                &at.key("backup"),
+                "`skip-blocks` leaves blocks out of a full backup, and only backup 1 is full",
+                Some("use backup = 1".to_string()),
+            );
+        }
         for key in ["every", "frame", "after_frame", "ms"] {
             let value = match key {
                 "every" => f.every,
@@ -869,6 +876,9 @@ fn validate_faults(
             },
             "skip-verify" => FaultSpec::SkipVerify,
             "crash-before-commit" => FaultSpec::CrashBeforeCommit,
+            "skip-blocks" => FaultSpec::SkipBlocks {
+                every: f.every.unwrap_or(1),
+            },
             "reset" => FaultSpec::Reset {
                 at: match (f.after_ms, f.at_percent) {
                     (Some(ms), _) => ResetAt::AfterMs(ms),

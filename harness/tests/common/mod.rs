@@ -23,7 +23,7 @@ pub fn image(name: &str) -> &'static BuiltImage {
     let opts = BuildOptions {
         cache: paths::cache_dir(),
         project_root: paths::project_root(),
-        with_bwsnap: std::env::var_os("BW_TMP_NO_KMOD").is_none(),
+        with_bwsnap: true,
     };
     let img = image::build(name, &opts, &mut |s| eprintln!("image {name}: {s}"))
         .unwrap_or_else(|e| panic!("building image {name}: {}", error_chain(&e)));

@@ -8,8 +8,8 @@ mount $VOL /mnt || die "mount $VOL"
 prefill 2 4
 dd if=/dev/urandom of=/mnt/victim bs=1M count=4 2>/dev/null
 sync
-bwtool blocks /mnt/victim > /tmp/vblocks
-vblock() { sed -n "$(( $1 + 1 ))p" /tmp/vblocks; }
+# vblocks FIRST LAST: device blocks holding victim file blocks FIRST..LAST (4 KiB)
+vblocks() { bwtool phys /mnt/victim $(($1 * 4096)) $(( ($2 - $1 + 1) * 4096 )); }
 overwrite() { # overwrite victim blocks FIRST..LAST, one O_DIRECT write each
 	k=$1
 	while [ $k -le $2 ]; do
@@ -49,7 +49,7 @@ check "fires on every 3rd eligible read" test "$fired" -eq $(( (cow + fired) / 3
 check "at least 10 firings (30 overwritten blocks)" test "$fired" -ge 10
 grep -v -x -F -f /tmp/fired /tmp/diff > /tmp/x
 check "every wrong block is a logged firing" test ! -s /tmp/x
-for k in $(seq 0 29); do vblock $k; done | grep -x -F -f /tmp/fired > /tmp/vf
+vblocks 0 29 | grep -x -F -f /tmp/fired > /tmp/vf
 grep -v -x -F -f /tmp/diff /tmp/vf > /tmp/x
 check "every firing on an overwritten block leaked live data" test ! -s /tmp/x
 check "trace marks the firings" test "$(grep -c ' live fault$' /tmp/trace)" -eq "$fired"
@@ -71,7 +71,7 @@ echo "corrupt-cow: copies $copies, fired $(wc -l < /tmp/fired), differing $(wc -
 check "at least 10 firings (20 copies of victim blocks)" test "$(wc -l < /tmp/fired)" -ge 10
 grep -v -x -F -f /tmp/fired /tmp/diff > /tmp/x
 check "every wrong block is a logged firing" test ! -s /tmp/x
-for k in $(seq 40 59); do vblock $k; done | grep -x -F -f /tmp/fired > /tmp/vf
+vblocks 40 59 | grep -x -F -f /tmp/fired > /tmp/vf
 grep -v -x -F -f /tmp/diff /tmp/vf > /tmp/x
 check "every firing on a victim block corrupted the snapshot" test ! -s /tmp/x
 b=$(head -1 /tmp/vf)
@@ -93,7 +93,7 @@ echo "drop-tracking: kept $kept dropped $dropped"
 check "half the period's blocks dropped" test "$dropped" -eq $(( (kept + dropped) / 2 ))
 check "dropped blocks are not in the map" sh -c "! grep -x -F -f /tmp/fired /tmp/map"
 check "info agrees" test "$(info_field 0 changed_blocks)" -eq "$kept"
-for k in $(seq 60 79); do vblock $k; done > /tmp/vw
+vblocks 60 79 > /tmp/vw
 check "some overwritten victim blocks were dropped" sh -c "grep -q -x -F -f /tmp/fired /tmp/vw"
 echo > $F
 

@@ -8,14 +8,20 @@
  *                              the file EXTENTS ("physical length" per line,
  *                              bytes: the output of `bwsnap-ctl extents`);
  *                              last line "differ N"
- *   bwtool blocks FILE         print the device blocks (4 KiB) holding FILE,
- *                              ascending, from FS_IOC_FIEMAP
+ *   bwtool blocks FILE         print the device blocks (4 KiB) lying wholly
+ *                              inside FILE's extents (FS_IOC_FIEMAP)
+ *   bwtool phys FILE OFF LEN   print the device blocks that bytes
+ *                              [OFF, OFF + LEN) of FILE lie in
  *   bwtool badptr              call every bwsnap ioctl with bad user
  *                              pointers; every call must fail with EFAULT
  *                              (or EINVAL/ENOENT where the pointer is never
  *                              read); exit 1 otherwise
  *   bwtool readall DEV         read DEV to the end in 1 MiB O_DIRECT reads;
  *                              print "read N errors E"
+ *   bwtool wbench FILE rand4k|seq1m SECONDS
+ *                              O_DIRECT overwrites inside the existing FILE
+ *                              (random 4 KiB or sequential 1 MiB, wrapping)
+ *                              for SECONDS; print "MODE MiB/s N writes"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,6 +34,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../bwsnap_abi.h"
@@ -127,27 +135,67 @@ static int cmd_cmp(int argc, char **argv)
 	return 0;
 }
 
-static int cmd_blocks(const char *path)
+static struct fiemap *get_fiemap(const char *path)
 {
 	size_t sz = sizeof(struct fiemap) + 4096 * sizeof(struct fiemap_extent);
 	struct fiemap *fm = calloc(1, sz);
 	int fd = open_or_die(path, O_RDONLY);
-	unsigned int i;
 
 	fm->fm_length = ~0ULL;
 	fm->fm_flags = FIEMAP_FLAG_SYNC;
 	fm->fm_extent_count = 4096;
 	if (ioctl(fd, FS_IOC_FIEMAP, fm)) {
 		perror("FS_IOC_FIEMAP");
-		return 2;
+		exit(2);
 	}
+	close(fd);
+	return fm;
+}
+
+/* Device blocks lying wholly inside FILE's extents, ascending by extent. */
+static int cmd_blocks(const char *path)
+{
+	struct fiemap *fm = get_fiemap(path);
+	unsigned int i;
+
 	for (i = 0; i < fm->fm_mapped_extents; i++) {
 		struct fiemap_extent *e = &fm->fm_extents[i];
 		uint64_t b;
 
-		for (b = e->fe_physical / BLK;
-		     b < (e->fe_physical + e->fe_length + BLK - 1) / BLK; b++)
+		for (b = (e->fe_physical + BLK - 1) / BLK;
+		     b < (e->fe_physical + e->fe_length) / BLK; b++)
 			printf("%llu\n", (unsigned long long)b);
+	}
+	return 0;
+}
+
+/* Device blocks that bytes [off, off + len) of FILE lie in. */
+static int cmd_phys(const char *path, uint64_t off, uint64_t len)
+{
+	struct fiemap *fm = get_fiemap(path);
+	uint64_t pos, last = ~0ULL;
+	unsigned int i;
+
+	for (pos = off; pos < off + len; pos += 512) {
+		for (i = 0; i < fm->fm_mapped_extents; i++) {
+			struct fiemap_extent *e = &fm->fm_extents[i];
+
+			if (pos >= e->fe_logical &&
+			    pos < e->fe_logical + e->fe_length) {
+				uint64_t b = (e->fe_physical + pos -
+					      e->fe_logical) / BLK;
+
+				if (b != last)
+					printf("%llu\n", (unsigned long long)b);
+				last = b;
+				break;
+			}
+		}
+		if (i == fm->fm_mapped_extents) {
+			fprintf(stderr, "bwtool: offset %llu not mapped\n",
+				(unsigned long long)pos);
+			return 2;
+		}
 	}
 	return 0;
 }
@@ -262,8 +310,57 @@ static int cmd_readall(const char *path)
 	return 0;
 }
 
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmd_wbench(const char *path, const char *mode, double secs)
+{
+	int fd = open_or_die(path, O_WRONLY | O_DIRECT);
+	int rnd = !strcmp(mode, "rand4k");
+	size_t bs = rnd ? 4096 : CHUNK;
+	uint64_t n = 0, x = 88172645463325252ULL, off = 0, size;
+	struct stat st;
+	double t0, t;
+	char *buf;
+
+	if (fstat(fd, &st) || st.st_size < (off_t)CHUNK)
+		return 2;
+	size = st.st_size / bs * bs;
+	if (posix_memalign((void **)&buf, 4096, bs))
+		return 2;
+	memset(buf, 0x5a, bs);
+	t0 = now();
+	do {
+		if (rnd) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			off = x % (size / bs) * bs;
+		} else {
+			off = (off + bs) % size;
+		}
+		buf[0] = (char)n;
+		if (pwrite(fd, buf, bs, off) != (ssize_t)bs) {
+			perror("pwrite");
+			return 2;
+		}
+		n++;
+		t = now() - t0;
+	} while (t < secs);
+	printf("%s %.2f MiB/s %llu writes\n", mode, n * bs / t / (1 << 20),
+	       (unsigned long long)n);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 5 && !strcmp(argv[1], "wbench"))
+		return cmd_wbench(argv[2], argv[3], atof(argv[4]));
 	if (argc >= 4 && !strcmp(argv[1], "cmp"))
 		return cmd_cmp(argc - 2, argv + 2);
 	if (argc == 3 && !strcmp(argv[1], "blocks"))
@@ -272,6 +369,9 @@ int main(int argc, char **argv)
 		return cmd_badptr();
 	if (argc == 3 && !strcmp(argv[1], "readall"))
 		return cmd_readall(argv[2]);
-	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | badptr | readall DEV\n");
+	if (argc == 5 && !strcmp(argv[1], "phys"))
+		return cmd_phys(argv[2], strtoull(argv[3], NULL, 0),
+				strtoull(argv[4], NULL, 0));
+	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | phys FILE OFF LEN | badptr | readall DEV\n");
 	return 2;
 }

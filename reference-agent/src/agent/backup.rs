@@ -26,11 +26,59 @@ use crate::witness::{self, BlockRecord, LiveCompare, SessionEnd, SessionStart, W
 /// Block size of the whole pipeline.
 const BLOCK: u64 = bwsnap::BLOCK_SIZE;
 
-/// A volume to back up: its mount point and the id the target stores it under.
+/// A volume to back up: its mount point, the id the target stores it under, and its COW
+/// file size when it differs from the run's default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeArg {
     pub mount: PathBuf,
     pub id: String,
+    pub cow_size: Option<CowSize>,
+}
+
+impl std::str::FromStr for VolumeArg {
+    type Err = String;
+
+    /// `MOUNT[=ID[,cow=BYTES]]`
+    fn from_str(text: &str) -> Result<VolumeArg, String> {
+        let (mount, rest) = match text.split_once('=') {
+            Some((m, r)) => (m, Some(r)),
+            None => (text, None),
+        };
+        if !mount.starts_with('/') {
+            return Err(format!(
+                "volume {text:?}: the mount point must be an absolute path"
+            ));
+        }
+        let mut arg = VolumeArg {
+            mount: mount.into(),
+            id: mount.to_string(),
+            cow_size: None,
+        };
+        if let Some(rest) = rest {
+            let mut parts = rest.split(',');
+            let id = parts.next().unwrap_or_default();
+            if id.is_empty() {
+                return Err(format!("volume {text:?}: empty id after '='"));
+            }
+            arg.id = id.to_string();
+            for opt in parts {
+                match opt.split_once('=') {
+                    Some(("cow", bytes)) => {
+                        let n: u64 = bytes.parse().map_err(|_| {
+                            format!("volume {text:?}: cow={bytes} is not a byte count")
+                        })?;
+                        arg.cow_size = Some(CowSize::Bytes(n));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "volume {text:?}: unknown option {opt:?} (allowed: cow=BYTES)"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(arg)
+    }
 }
 
 /// How to run a backup.
@@ -47,6 +95,9 @@ pub struct BackupOptions {
     pub hook_timeout: Duration,
     pub sender: SenderOptions,
     pub discovery: discover::Options,
+    /// Fault for the harness (0 = off): leave 1 in N blocks out of a full backup, as a
+    /// buggy agent would; the summary lists them.
+    pub fault_skip_blocks: u64,
 }
 
 /// What the agent remembers between runs (kept on tmpfs in the guest).
@@ -83,6 +134,8 @@ pub struct VolumeSummary {
     pub error: Option<String>,
     pub frames_resent: u64,
     pub reconnects: u64,
+    /// Blocks an injected agent fault left out.
+    pub fault_sites: Vec<u64>,
 }
 
 /// The final JSON summary: the agent's honest word on the run.
@@ -374,7 +427,11 @@ fn arm(
         let info = control.info(k.minor).map_err(|e| error_chain(&e))?;
         if info.state == State::Incremental && info.bdev_path == device {
             control
-                .to_snapshot(k.minor, &vol.cow_path, opts.cow_size)
+                .to_snapshot(
+                    k.minor,
+                    &vol.cow_path,
+                    vol.arg.cow_size.unwrap_or(opts.cow_size),
+                )
                 .map_err(|e| format!("TO_SNAPSHOT on minor {}: {}", k.minor, error_chain(&e)))?;
             vol.minor = k.minor;
             vol.full = opts.force_full || !k.chain_ok || k.last_committed.is_none();
@@ -389,7 +446,12 @@ fn arm(
     }
     let minor = free_minor(control, taken).ok_or("no free bwsnap minor")?;
     control
-        .setup(minor, &vol.device, &vol.cow_path, opts.cow_size)
+        .setup(
+            minor,
+            &vol.device,
+            &vol.cow_path,
+            vol.arg.cow_size.unwrap_or(opts.cow_size),
+        )
         .map_err(|e| format!("SETUP of {device} as minor {minor}: {}", error_chain(&e)))?;
     let last = state
         .volumes
@@ -440,6 +502,7 @@ fn send_volume(
     index: u32,
     instant_ns: u64,
     witness: Option<&mut Witness>,
+    skip_every: u64,
 ) -> Result<Committed, String> {
     let info = control.info(vol.minor).map_err(|e| error_chain(&e))?;
     if info.dev_size % BLOCK != 0 {
@@ -450,7 +513,28 @@ fn send_volume(
         ));
     }
     let blocks = info.dev_size / BLOCK;
-    let extents: Vec<BlockExtent> = if vol.full {
+    let extents: Vec<BlockExtent> = if vol.full && skip_every > 0 {
+        // The injected agent bug: every `skip_every`-th block is never sent.
+        let mut ex = Vec::new();
+        let mut start = 0;
+        for b in (skip_every - 1..blocks).step_by(skip_every as usize) {
+            if b > start {
+                ex.push(BlockExtent {
+                    start,
+                    count: b - start,
+                });
+            }
+            vol.summary.fault_sites.push(b);
+            start = b + 1;
+        }
+        if start < blocks {
+            ex.push(BlockExtent {
+                start,
+                count: blocks - start,
+            });
+        }
+        ex
+    } else if vol.full {
         vec![BlockExtent {
             start: 0,
             count: blocks,
@@ -748,6 +832,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
             i as u32,
             instant_ns,
             witness.as_mut(),
+            opts.fault_skip_blocks,
         ) {
             Ok(c) => {
                 vol.summary.committed = c.generation == vol.generation;

@@ -35,8 +35,8 @@ enum Command {
     },
     /// Back up mounted volumes through bwsnap snapshots to a target.
     Backup {
-        /// A mount point to back up, optionally `MOUNT=ID` (the id the target stores it
-        /// under; default: the mount point).
+        /// A mount point to back up: `MOUNT[=ID[,cow=BYTES]]` (ID: what the target
+        /// stores it under, default the mount point; cow: this volume's COW file size).
         #[arg(long = "volume", required = true)]
         volumes: Vec<String>,
         /// The target: unix:PATH, tcp:HOST:PORT, dev:PATH or port:NAME (virtio-serial).
@@ -63,6 +63,9 @@ enum Command {
         hook_timeout: u64,
         #[arg(long)]
         probe_floppy: bool,
+        /// Fault for the harness: leave 1 in N blocks out of a full backup.
+        #[arg(long, default_value_t = 0, hide = true)]
+        fault_skip_blocks: u64,
     },
     /// (internal) Probe one device and print its filesystem type.
     #[command(name = "__probe", hide = true)]
@@ -143,22 +146,14 @@ fn main() -> ExitCode {
             full,
             hook_timeout,
             probe_floppy,
+            fault_skip_blocks,
         } => {
             let opts = (|| -> anyhow::Result<BackupOptions> {
                 Ok(BackupOptions {
                     volumes: volumes
                         .iter()
-                        .map(|v| match v.split_once('=') {
-                            Some((m, id)) => VolumeArg {
-                                mount: m.into(),
-                                id: id.into(),
-                            },
-                            None => VolumeArg {
-                                mount: v.into(),
-                                id: v.clone(),
-                            },
-                        })
-                        .collect(),
+                        .map(|v| v.parse::<VolumeArg>().map_err(anyhow::Error::msg))
+                        .collect::<anyhow::Result<_>>()?,
                     target: address(&target)?,
                     hook: hook.as_deref().map(address).transpose()?,
                     witness: witness.as_deref().map(address).transpose()?,
@@ -174,6 +169,7 @@ fn main() -> ExitCode {
                         probe_floppy,
                         ..Options::default()
                     },
+                    fault_skip_blocks,
                 })
             })();
             let opts = match opts {

@@ -85,6 +85,8 @@ pub struct SessionReport {
     pub blocks: u64,
     pub bad_total: u64,
     pub bad_blocks: Vec<u64>,
+    /// Blocks an injected fault touched (for the harness's fault-site check).
+    pub fault_sites: Vec<u64>,
     /// Whether the stored blocks were re-read and matched before the commit.
     pub verified: bool,
     pub resumes: u64,
@@ -374,6 +376,7 @@ fn report(
         blocks: r.map_or(0, |r| r.blocks),
         bad_total,
         bad_blocks,
+        fault_sites: r.map_or_else(Vec::new, |r| r.counters.fault_sites.clone()),
         verified: r.is_some_and(|r| r.counters.verified),
         resumes: r.map_or(0, |r| r.counters.resumes),
         nacks: r.map_or(0, |r| r.counters.nacks),

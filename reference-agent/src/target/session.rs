@@ -56,14 +56,20 @@ pub enum EndOutcome {
 }
 
 /// Counters for the session report.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionCounters {
     pub started: Instant,
     pub nacks: u64,
     pub ignored: u64,
     pub resumes: u64,
     pub verified: bool,
+    /// Blocks an injected fault touched: for wrong-offset, the block meant and the block
+    /// written instead (capped at [`MAX_FAULT_SITES`]).
+    pub fault_sites: Vec<u64>,
 }
+
+/// Most fault sites a session report lists.
+pub const MAX_FAULT_SITES: usize = 4096;
 
 pub struct Receiving {
     pub header: SessionHeader,
@@ -161,6 +167,7 @@ impl Receiving {
                 ignored: 0,
                 resumes: 0,
                 verified: false,
+                fault_sites: Vec::new(),
             },
         })
     }
@@ -249,6 +256,9 @@ impl Receiving {
         } else {
             off
         };
+        if self.counters.fault_sites.len() + 2 <= MAX_FAULT_SITES {
+            self.counters.fault_sites.extend([off / bs, wrong / bs]);
+        }
         self.img
             .write_all_at(data, wrong)
             .map_err(io_err("write", &self.tmp.img))

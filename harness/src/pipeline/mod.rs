@@ -1,0 +1,153 @@
+//! The seam between a run and the pipeline under test.
+//!
+//! A run owns the timeline (disks, boot, workloads, the truth at each instant, guest
+//! faults, checks, classification); a [`Pipeline`] owns everything that is specific to
+//! one backup product: what it loads in the guest, what it runs for a backup, how it
+//! announces its snapshot instant, where its target keeps what it stored, and whatever
+//! recordings it can offer (witness, transport). The reference pipeline (bwsnap +
+//! bw-agent + bw-target) is the first implementation; the kernel's dm-snapshot or a
+//! vendor's agent would be the next, recorded and classified the same way.
+
+pub mod reference;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::plan::{BackupStep, Plan};
+use crate::record::{Claim, Exclusion, Live, Source};
+use crate::vm::Vm;
+
+/// Why the pipeline could not be driven (infrastructure: a harness error, never a
+/// product verdict).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{what}: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("guest control channel")]
+    Guest(#[from] crate::guest::GuestError),
+    #[error("QEMU")]
+    Qemu(#[from] crate::qemu::QemuError),
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PipelineError {
+    pub fn failed(what: impl Into<String>, detail: impl std::fmt::Display) -> PipelineError {
+        PipelineError::Failed {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// A volume as the pipeline sees it in the guest.
+#[derive(Clone, Debug)]
+pub struct GuestVolume {
+    pub name: String,
+    /// e.g. /dev/vdb
+    pub device: String,
+    pub mount: Option<String>,
+    pub cow_bytes: u64,
+}
+
+/// What the run lets the pipeline do at the snapshot instant and while a backup runs.
+pub trait RunHooks {
+    /// Called once per backup while the pipeline holds the volumes frozen: the run takes
+    /// the truth here (and injects faults that belong to the instant). An error aborts
+    /// the backup.
+    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), String>;
+    /// Called regularly while the backup runs, with what the pipeline knows of its
+    /// progress; the run injects time- or progress-triggered guest faults here.
+    fn tick(&mut self, vm: &mut Vm, progress: Progress);
+}
+
+/// How far a backup has got.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    pub elapsed: Duration,
+    /// Blocks that crossed the transport so far, when the pipeline can tell.
+    pub blocks_crossed: Option<u64>,
+    /// Blocks the backup will send, when known.
+    pub blocks_expected: Option<u64>,
+}
+
+/// One block as the pipeline's witness recorded it.
+#[derive(Clone, Copy, Debug)]
+pub struct WitnessBlock {
+    pub snapshot: crate::record::BlockHash,
+    pub live: Live,
+    pub source: Option<Source>,
+}
+
+/// What one backup produced for one volume.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeBackup {
+    pub volume: String,
+    /// The generation the pipeline meant to make.
+    pub generation: Option<u32>,
+    pub incremental: bool,
+    /// The agent's word for this volume.
+    pub agent: Option<Claim>,
+    /// The target's word.
+    pub target: Option<Claim>,
+    /// Witness records by block (None: the pipeline keeps none).
+    pub witness: Option<BTreeMap<u64, WitnessBlock>>,
+    /// The last frame hash that crossed the transport, by block (None: not recorded).
+    pub transport: Option<BTreeMap<u64, crate::record::BlockHash>>,
+    pub retransmits: BTreeMap<u64, u32>,
+    /// Blocks the pipeline's sender sent (an incremental's changed-block map as read).
+    pub sent: BTreeSet<u64>,
+    pub excluded: Vec<Exclusion>,
+    pub fault_sites: BTreeSet<u64>,
+    pub instant_ns: Option<u64>,
+}
+
+/// What one backup produced.
+#[derive(Clone, Debug, Default)]
+pub struct BackupResult {
+    /// The agent's overall word (exit status and summary).
+    pub agent: Option<Claim>,
+    /// The instant was reached (the run's `at_instant` ran).
+    pub instant_reached: bool,
+    pub volumes: Vec<VolumeBackup>,
+    /// Facts for the report (faults injected, retries, ...).
+    pub notes: Vec<String>,
+    /// The agent's raw output, kept for the report.
+    pub agent_output: String,
+}
+
+/// A pipeline under test.
+pub trait Pipeline {
+    /// Short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// virtio-serial ports it needs in the guest.
+    fn ports(&self) -> Vec<String>;
+
+    /// After boot: start host services and prepare the guest.
+    fn start(&mut self, vm: &mut Vm, volumes: &[GuestVolume]) -> Result<(), PipelineError>;
+
+    /// Runs one backup of `volumes`, with the faults of `step` that belong to the
+    /// pipeline's layers (module, transport, target, agent).
+    fn backup(
+        &mut self,
+        vm: &mut Vm,
+        plan: &Plan,
+        step: &BackupStep,
+        volumes: &[GuestVolume],
+        hooks: &mut dyn RunHooks,
+        deadline: Duration,
+    ) -> Result<BackupResult, PipelineError>;
+
+    /// Where the target keeps `generation` of `volume`, for the harness's own re-read;
+    /// None when it committed no such generation.
+    fn stored_image(&self, volume: &str, generation: u32) -> Option<PathBuf>;
+
+    /// Stops host services; returns notes for the report.
+    fn stop(&mut self) -> Vec<String>;
+}

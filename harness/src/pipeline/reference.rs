@@ -1,0 +1,839 @@
+//! The reference pipeline: bwsnap.ko and bw-agent in the guest, bw-target on the host,
+//! the harness's transport proxy between them, the agent's witness stream and the
+//! module's fault log as extra recordings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reference_agent::transport::Address;
+use reference_agent::witness::{self, LiveCompare, Record, WitnessDecoder, WitnessEvent};
+use serde_json::Value;
+
+use super::{
+    BackupResult, GuestVolume, Pipeline, PipelineError, Progress, RunHooks, VolumeBackup,
+    WitnessBlock,
+};
+use crate::image::BuiltImage;
+use crate::plan::{BackupStep, Plan};
+use crate::proxy::{self, InjectedFault, ProxyConfig, ProxyEvent, ProxyHandle, TransportFault};
+use crate::record::{BlockHash, Claim, Exclusion, Live, Source, BLOCK};
+use crate::scenario::{FaultSpec, FrameSel};
+use crate::vm::Vm;
+
+/// Where bwsnap.ko sits in every image.
+const BWSNAP_KO: &str = "/lib/modules/bwsnap.ko";
+const FAULT_LOG: &str = "/sys/kernel/debug/bwsnap/faults";
+const MODULE_KNOBS: [&str; 4] = [
+    "fault_cow_read_live",
+    "fault_drop_tracking",
+    "fault_corrupt_cow",
+    "fault_delay_cow_ms",
+];
+
+/// Options bw-target runs with during one backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TargetFlags {
+    wrong_offset: Option<u64>,
+    skip_verify: bool,
+    crash_before_commit: bool,
+}
+
+impl TargetFlags {
+    fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(n) = self.wrong_offset {
+            a.extend(["--fault-wrong-offset".to_string(), n.to_string()]);
+        }
+        if self.skip_verify {
+            a.push("--fault-skip-verify".into());
+        }
+        if self.crash_before_commit {
+            a.push("--fault-crash-before-commit".into());
+        }
+        a
+    }
+}
+
+/// A running bw-target, with its JSON event lines collected.
+struct TargetProc {
+    child: Child,
+    flags: TargetFlags,
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+impl TargetProc {
+    fn start(
+        exe: &Path,
+        store: &Path,
+        socket: &Path,
+        flags: TargetFlags,
+        log: &Path,
+    ) -> Result<TargetProc, PipelineError> {
+        let _ = std::fs::remove_file(socket);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| PipelineError::Io {
+                path: log.to_path_buf(),
+                source,
+            })?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--store")
+            .arg(store)
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--json")
+            .args(flags.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| PipelineError::failed(format!("starting {}", exe.display()), e))?;
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let out = child.stdout.take().expect("piped stdout");
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    ev.lock().unwrap().push(v);
+                }
+            }
+        });
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(PipelineError::failed(
+                    "bw-target exited at start",
+                    format!("{status}; see {}", log.display()),
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return Err(PipelineError::failed(
+                    "bw-target",
+                    "did not listen within 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(TargetProc {
+            child,
+            flags,
+            events,
+        })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for TargetProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes from the witness port, decoded as they arrive.
+struct WitnessCollector {
+    events: Arc<Mutex<Vec<WitnessEvent>>>,
+}
+
+impl WitnessCollector {
+    fn start(mut stream: UnixStream) -> WitnessCollector {
+        let events: Arc<Mutex<Vec<WitnessEvent>>> = Arc::default();
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            let mut decoder = WitnessDecoder::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        decoder.push(&buf[..n]);
+                        let mut out = Vec::new();
+                        while let Some(e) = decoder.next_event() {
+                            out.push(e);
+                        }
+                        if !out.is_empty() {
+                            ev.lock().unwrap().extend(out);
+                        }
+                    }
+                }
+            }
+        });
+        WitnessCollector { events }
+    }
+
+    fn session_ends(&self) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, WitnessEvent::Record(Record::SessionEnd(_))))
+            .count()
+    }
+
+    fn take(&self) -> Vec<WitnessEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+/// Reads the agent's hook announcements.
+struct Hook {
+    stream: UnixStream,
+    pending: Vec<u8>,
+}
+
+impl Hook {
+    /// A complete line if one arrives within `wait`.
+    fn poll_line(&mut self, wait: Duration) -> Option<String> {
+        if let Some(line) = self.take_line() {
+            return Some(line);
+        }
+        let _ = self.stream.set_read_timeout(Some(wait));
+        let mut buf = [0u8; 4096];
+        match self.stream.read(&mut buf) {
+            Ok(n) if n > 0 => self.pending.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
+        self.take_line()
+    }
+
+    fn take_line(&mut self) -> Option<String> {
+        let at = self.pending.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.pending.drain(..=at).collect();
+        Some(String::from_utf8_lossy(&line).trim().to_string())
+    }
+
+    fn reply(&mut self, msg: &str) {
+        let _ = self.stream.write_all(format!("{msg}\n").as_bytes());
+    }
+}
+
+/// The reference pipeline.
+pub struct Reference {
+    bw_target: PathBuf,
+    work: PathBuf,
+    target: Option<TargetProc>,
+    proxy: Option<ProxyHandle>,
+    proxy_events: Vec<ProxyEvent>,
+    witness: Option<WitnessCollector>,
+    hook: Option<Hook>,
+    /// bwsnap minor of each volume, from the agent's summaries.
+    minors: BTreeMap<String, u32>,
+    notes: Vec<String>,
+}
+
+impl Reference {
+    /// `work` holds the target's store, sockets and logs.
+    pub fn new(image: &BuiltImage, work: &Path) -> Reference {
+        Reference {
+            bw_target: image.bw_target.clone(),
+            work: work.to_path_buf(),
+            target: None,
+            proxy: None,
+            proxy_events: Vec::new(),
+            witness: None,
+            hook: None,
+            minors: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.work.join("store")
+    }
+
+    fn target_socket(&self) -> PathBuf {
+        self.work.join("target.sock")
+    }
+
+    fn ensure_target(&mut self, flags: TargetFlags) -> Result<(), PipelineError> {
+        let restart = match &mut self.target {
+            Some(t) => !t.alive() || t.flags != flags,
+            None => true,
+        };
+        if restart {
+            // Keep the old process's events: they are the claims of earlier backups.
+            let old = self.target.take().map(|t| t.events.clone());
+            let t = TargetProc::start(
+                &self.bw_target,
+                &self.store(),
+                &self.target_socket(),
+                flags,
+                &self.work.join("bw-target.log"),
+            )?;
+            if let Some(old) = old {
+                let prev = std::mem::take(&mut *old.lock().unwrap());
+                t.events.lock().unwrap().splice(0..0, prev);
+            }
+            self.target = Some(t);
+        }
+        Ok(())
+    }
+
+    fn drain_proxy(&mut self) {
+        if let Some(p) = &self.proxy {
+            while let Ok(e) = p.events().try_recv() {
+                self.proxy_events.push(e);
+            }
+        }
+    }
+
+    fn blocks_crossed(&self) -> u64 {
+        self.proxy_events
+            .iter()
+            .map(|e| match e {
+                ProxyEvent::Block(r) if r.delivered && !r.retransmit => {
+                    (r.length as u64).div_ceil(BLOCK as u64)
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The target's claim for (volume, generation): its last session event.
+    fn target_claim(&self, volume: &str, generation: u32) -> Option<Claim> {
+        let t = self.target.as_ref()?;
+        let events = t.events.lock().unwrap();
+        let ev = events.iter().rev().find(|e| {
+            e["event"] == "session"
+                && e["volume"] == volume
+                && e["generation"].as_u64() == Some(u64::from(generation))
+        })?;
+        Some(match ev["status"].as_str() {
+            Some("committed") => Claim::Success,
+            Some(status) => Claim::Failure(format!(
+                "{status}: {}",
+                ev["message"].as_str().unwrap_or("no message")
+            )),
+            None => Claim::Silent,
+        })
+    }
+
+    fn target_fault_sites(&self, volume: &str, generation: u32) -> BTreeSet<u64> {
+        let Some(t) = self.target.as_ref() else {
+            return BTreeSet::new();
+        };
+        let events = t.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| {
+                e["event"] == "session"
+                    && e["volume"] == volume
+                    && e["generation"].as_u64() == Some(u64::from(generation))
+            })
+            .flat_map(|e| {
+                e["fault_sites"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| v.as_u64())
+            })
+            .collect()
+    }
+}
+
+/// Module fault log lines: `cow-read-live minor=0 block=1234`.
+fn parse_fault_log(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut minor = None;
+            let mut block = None;
+            for word in line.split_whitespace() {
+                if let Some(v) = word.strip_prefix("minor=") {
+                    minor = v.parse().ok();
+                } else if let Some(v) = word.strip_prefix("block=") {
+                    block = v.parse().ok();
+                }
+            }
+            Some((minor?, block?))
+        })
+        .collect()
+}
+
+fn byte_ranges_to_blocks(ranges: &[witness::ByteRange]) -> Vec<Exclusion> {
+    ranges
+        .iter()
+        .filter(|r| r.len > 0)
+        .map(|r| Exclusion {
+            start: r.offset / BLOCK as u64,
+            end: (r.offset + r.len).div_ceil(BLOCK as u64),
+            reason: "bwsnap COW file: the module's own scratch space, written behind the \
+                     filesystem's back"
+                .into(),
+        })
+        .collect()
+}
+
+fn agent_volume_claim(v: &Value) -> Claim {
+    if v["committed"].as_bool() == Some(true) {
+        Claim::Success
+    } else {
+        Claim::Failure(v["error"].as_str().unwrap_or("not committed").to_string())
+    }
+}
+
+impl Pipeline for Reference {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn ports(&self) -> Vec<String> {
+        vec!["bw.hook".into(), "bw.witness".into(), "bw.transport".into()]
+    }
+
+    fn start(&mut self, vm: &mut Vm, _volumes: &[GuestVolume]) -> Result<(), PipelineError> {
+        std::fs::create_dir_all(self.store()).map_err(|source| PipelineError::Io {
+            path: self.store(),
+            source,
+        })?;
+        self.ensure_target(TargetFlags::default())?;
+        let upstream = vm.machine.run_dir().join("bw.transport.sock");
+        let mut cfg = ProxyConfig::new(upstream, Address::Unix(self.target_socket()));
+        cfg.connect_timeout = Duration::from_secs(10);
+        self.proxy = Some(ProxyHandle::start(cfg));
+        self.witness = Some(WitnessCollector::start(
+            vm.machine.connect_port("bw.witness")?,
+        ));
+        self.hook = Some(Hook {
+            stream: vm.machine.connect_port("bw.hook")?,
+            pending: Vec::new(),
+        });
+        vm.guest.insmod(BWSNAP_KO, "")?;
+        vm.guest
+            .sh("test -c /dev/bwsnap-ctl", Duration::from_secs(10))
+            .map_err(|e| {
+                PipelineError::failed("bwsnap loaded but /dev/bwsnap-ctl is missing", e)
+            })?;
+        Ok(())
+    }
+
+    fn backup(
+        &mut self,
+        vm: &mut Vm,
+        plan: &Plan,
+        step: &BackupStep,
+        volumes: &[GuestVolume],
+        hooks: &mut dyn RunHooks,
+        deadline: Duration,
+    ) -> Result<BackupResult, PipelineError> {
+        let started = Instant::now();
+        let mut result = BackupResult::default();
+
+        // Faults of this backup that belong to the pipeline.
+        let mut knobs: BTreeMap<&str, u64> = MODULE_KNOBS.iter().map(|k| (*k, 0)).collect();
+        let mut transport = Vec::new();
+        let mut flags = TargetFlags::default();
+        let mut skip_blocks = 0u64;
+        for f in &step.faults {
+            match &f.spec {
+                FaultSpec::CowReadLive { every } => {
+                    knobs.insert("fault_cow_read_live", *every);
+                }
+                FaultSpec::DropTracking { every } => {
+                    knobs.insert("fault_drop_tracking", *every);
+                }
+                FaultSpec::CorruptCow { every } => {
+                    knobs.insert("fault_corrupt_cow", *every);
+                }
+                FaultSpec::DelayCow { ms } => {
+                    knobs.insert("fault_delay_cow_ms", *ms);
+                }
+                FaultSpec::BitFlip { frames } => {
+                    transport.push(TransportFault::BitFlip(match frames {
+                        FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
+                        FrameSel::Every(n) => proxy::FrameSel::Every(*n),
+                    }))
+                }
+                FaultSpec::DropFrame { frame } => {
+                    transport.push(TransportFault::DropFrame { frame: *frame })
+                }
+                FaultSpec::Disconnect { after_frame } => {
+                    transport.push(TransportFault::Disconnect {
+                        after_frame: *after_frame,
+                    })
+                }
+                FaultSpec::WrongOffset { every } => flags.wrong_offset = Some(*every),
+                FaultSpec::SkipVerify => flags.skip_verify = true,
+                FaultSpec::CrashBeforeCommit => flags.crash_before_commit = true,
+                FaultSpec::SkipBlocks { every } => skip_blocks = *every,
+                // The run's layers (disk, guest).
+                FaultSpec::DiskHang { .. }
+                | FaultSpec::DiskEio { .. }
+                | FaultSpec::Reset { .. }
+                | FaultSpec::RemoveDisk { .. } => {}
+            }
+        }
+        for (knob, value) in &knobs {
+            vm.guest.write_file(
+                &format!("/sys/module/bwsnap/parameters/{knob}"),
+                &value.to_string(),
+            )?;
+            if *value != 0 {
+                result.notes.push(format!("module knob {knob}={value}"));
+            }
+        }
+        vm.guest.write_file(FAULT_LOG, "0")?;
+        if let Some(p) = &self.proxy {
+            if !transport.is_empty() {
+                result
+                    .notes
+                    .push(format!("transport faults: {transport:?}"));
+            }
+            p.set_faults(transport);
+        }
+        if flags != TargetFlags::default() {
+            result
+                .notes
+                .push(format!("target faults: {}", flags.args().join(" ")));
+        }
+        self.ensure_target(flags.clone())?;
+        self.drain_proxy();
+        self.proxy_events.clear();
+        if let Some(w) = &self.witness {
+            w.take();
+        }
+
+        // The agent.
+        let mut argv: Vec<String> = vec!["/bin/bw-agent".into(), "backup".into()];
+        for v in volumes {
+            let Some(mount) = &v.mount else {
+                return Err(PipelineError::failed(
+                    "reference pipeline",
+                    format!(
+                        "volume {} has no filesystem: bw-agent backs up mounted volumes",
+                        v.name
+                    ),
+                ));
+            };
+            argv.push("--volume".into());
+            argv.push(format!("{mount}={},cow={}", v.name, v.cow_bytes));
+        }
+        argv.extend(
+            [
+                "--target",
+                "port:bw.transport",
+                "--hook",
+                "port:bw.hook",
+                "--witness",
+                "port:bw.witness",
+            ]
+            .map(String::from),
+        );
+        if skip_blocks > 0 {
+            argv.push("--fault-skip-blocks".into());
+            argv.push(skip_blocks.to_string());
+            result
+                .notes
+                .push(format!("agent fault: skip 1 block in {skip_blocks}"));
+        }
+        let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let handle = vm.guest.spawn(&argv_ref)?;
+        let blocks_expected: u64 = match step.number {
+            1 => plan.backed_up().map(|v| v.blocks).sum(),
+            _ => 0,
+        };
+
+        let mut finished = None;
+        let mut crash_restarts = 0;
+        loop {
+            match vm.guest.wait(handle, Duration::from_millis(150)) {
+                Ok(Some(done)) => {
+                    finished = Some(done);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    result
+                        .notes
+                        .push(format!("lost the guest while the agent ran: {e}"));
+                    break;
+                }
+            }
+            if let Some(line) = self
+                .hook
+                .as_mut()
+                .and_then(|h| h.poll_line(Duration::from_millis(50)))
+            {
+                let answer = match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v["type"] == "frozen" => match hooks.at_instant(vm) {
+                        Ok(()) => {
+                            result.instant_reached = true;
+                            r#"{"type":"continue"}"#.to_string()
+                        }
+                        Err(reason) => {
+                            result.notes.push(format!("instant aborted: {reason}"));
+                            serde_json::json!({"type": "abort", "reason": reason}).to_string()
+                        }
+                    },
+                    _ => {
+                        result
+                            .notes
+                            .push(format!("unexpected hook message: {line}"));
+                        serde_json::json!({"type": "abort", "reason": "unexpected message"})
+                            .to_string()
+                    }
+                };
+                if let Some(h) = self.hook.as_mut() {
+                    h.reply(&answer);
+                }
+            }
+            self.drain_proxy();
+            // A target that died (an injected crash) is restarted as an appliance's
+            // service manager would; the agent may then resume or start over.
+            if let Some(t) = self.target.as_mut() {
+                if !t.alive() && crash_restarts < 1 {
+                    crash_restarts += 1;
+                    result.notes.push(
+                        "bw-target exited during the backup; restarted without faults".into(),
+                    );
+                    self.ensure_target(TargetFlags::default())?;
+                }
+            }
+            let crossed = self.blocks_crossed();
+            hooks.tick(
+                vm,
+                Progress {
+                    elapsed: started.elapsed(),
+                    blocks_crossed: Some(crossed),
+                    blocks_expected: (blocks_expected > 0).then_some(blocks_expected),
+                },
+            );
+            if vm.machine.exited().is_some() {
+                result
+                    .notes
+                    .push("the guest stopped while the agent ran".into());
+                break;
+            }
+            if started.elapsed() > deadline {
+                result.notes.push(format!(
+                    "the agent did not finish within {deadline:?}; killed"
+                ));
+                let _ = vm.guest.kill(handle, libc::SIGKILL);
+                break;
+            }
+        }
+
+        // The agent's word.
+        let mut summary = Value::Null;
+        match &finished {
+            Some(done) => {
+                result.agent_output = format!("{}{}", done.stdout, done.stderr);
+                summary = done
+                    .stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .unwrap_or(Value::Null);
+                result.agent = Some(if done.success() && summary["result"] == "ok" {
+                    Claim::Success
+                } else {
+                    Claim::Failure(
+                        summary["message"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| done.describe()),
+                    )
+                });
+            }
+            None => result.agent = Some(Claim::Silent),
+        }
+
+        // Let the last witness records and frames arrive.
+        let sessions = summary["volumes"]
+            .as_array()
+            .map(|v| v.iter().filter(|x| x["generation"].is_u64()).count())
+            .unwrap_or(0);
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(5) {
+            let ends = self.witness.as_ref().map_or(0, |w| w.session_ends());
+            if ends >= sessions {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        self.drain_proxy();
+
+        // The module's fault log, then every knob back to off.
+        let mut module_sites: Vec<(u32, u64)> = Vec::new();
+        if vm.machine.exited().is_none() {
+            if let Ok(text) = vm.guest.read_file(FAULT_LOG, 16 << 20) {
+                module_sites = parse_fault_log(&text);
+            }
+            for knob in MODULE_KNOBS {
+                let _ = vm
+                    .guest
+                    .write_file(&format!("/sys/module/bwsnap/parameters/{knob}"), "0");
+            }
+        }
+        if let Some(vols) = summary["volumes"].as_array() {
+            for v in vols {
+                if let (Some(id), Some(minor)) = (v["id"].as_str(), v["minor"].as_u64()) {
+                    self.minors.insert(id.to_string(), minor as u32);
+                }
+            }
+        }
+
+        // Witness records by volume.
+        let events = self.witness.as_ref().map(|w| w.take()).unwrap_or_default();
+        let mut starts: BTreeMap<u32, witness::SessionStart> = BTreeMap::new();
+        let mut blocks: BTreeMap<String, BTreeMap<u64, WitnessBlock>> = BTreeMap::new();
+        for e in events {
+            match e {
+                WitnessEvent::Record(Record::SessionStart(s)) => {
+                    blocks.entry(s.volume_id.clone()).or_default();
+                    starts.insert(s.volume_index, *s);
+                }
+                WitnessEvent::Record(Record::Block(b)) => {
+                    let Some(s) = starts.get(&b.volume_index) else {
+                        continue;
+                    };
+                    let live = match b.live {
+                        LiveCompare::Equal => Live::Equal,
+                        LiveCompare::Differs => Live::Differs(BlockHash(b.live_sha256)),
+                        LiveCompare::NotRead => Live::NotRead,
+                    };
+                    let source = match b.source {
+                        witness::Source::Live => Some(Source::Live),
+                        witness::Source::Cow => Some(Source::Cow),
+                        witness::Source::Error => Some(Source::Error),
+                        witness::Source::Unknown => None,
+                    };
+                    blocks.entry(s.volume_id.clone()).or_default().insert(
+                        b.block,
+                        WitnessBlock {
+                            snapshot: BlockHash(b.snapshot_sha256),
+                            live,
+                            source,
+                        },
+                    );
+                }
+                WitnessEvent::Record(Record::SessionEnd(_)) => {}
+                WitnessEvent::Issue(issue) => result.notes.push(format!("witness stream: {issue}")),
+            }
+        }
+
+        for v in volumes {
+            let agent_v = summary["volumes"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|x| x["id"] == v.name.as_str()))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let generation = agent_v["generation"].as_u64().map(|g| g as u32);
+            let start = starts.values().find(|s| s.volume_id == v.name);
+            let mut vb = VolumeBackup {
+                volume: v.name.clone(),
+                generation,
+                incremental: agent_v["kind"] == "incremental",
+                agent: (!agent_v.is_null()).then(|| agent_volume_claim(&agent_v)),
+                target: generation.and_then(|g| self.target_claim(&v.name, g)),
+                witness: blocks.remove(&v.name),
+                instant_ns: start.map(|s| s.instant_monotonic_ns),
+                excluded: start
+                    .map(|s| byte_ranges_to_blocks(&s.cow_extents))
+                    .unwrap_or_default(),
+                ..VolumeBackup::default()
+            };
+            if let Some(g) = generation {
+                let mut crossed: BTreeMap<u64, BlockHash> = BTreeMap::new();
+                for e in &self.proxy_events {
+                    let ProxyEvent::Block(r) = e else { continue };
+                    if r.volume != v.name || r.generation != g || !r.delivered {
+                        if r.volume == v.name && r.generation == g {
+                            if let Some(InjectedFault::Dropped) = r.fault {
+                                let first = r.offset / BLOCK as u64;
+                                vb.fault_sites
+                                    .extend(first..first + r.block_hashes.len() as u64);
+                            }
+                        }
+                        continue;
+                    }
+                    let first = r.offset / BLOCK as u64;
+                    for (i, h) in r.block_hashes.iter().enumerate() {
+                        let b = first + i as u64;
+                        if crossed.insert(b, BlockHash(*h)).is_some() {
+                            *vb.retransmits.entry(b).or_default() += 1;
+                        }
+                    }
+                    if let Some(InjectedFault::BitFlip { byte, .. }) = r.fault {
+                        vb.fault_sites.insert(first + byte / BLOCK as u64);
+                    }
+                }
+                vb.transport = Some(crossed);
+                vb.fault_sites.extend(self.target_fault_sites(&v.name, g));
+            }
+            if let Some(w) = &vb.witness {
+                vb.sent = w.keys().copied().collect();
+            } else if let Some(t) = &vb.transport {
+                vb.sent = t.keys().copied().collect();
+            }
+            if let Some(sites) = agent_v["fault_sites"].as_array() {
+                vb.fault_sites
+                    .extend(sites.iter().filter_map(Value::as_u64));
+            }
+            if let Some(minor) = self.minors.get(&v.name) {
+                vb.fault_sites.extend(
+                    module_sites
+                        .iter()
+                        .filter(|(m, _)| m == minor)
+                        .map(|(_, b)| *b),
+                );
+            }
+            result.volumes.push(vb);
+        }
+        Ok(result)
+    }
+
+    fn stored_image(&self, volume: &str, generation: u32) -> Option<PathBuf> {
+        let dir = self.store().join(volume);
+        let stem = format!("gen-{generation:06}");
+        dir.join(format!("{stem}.json"))
+            .is_file()
+            .then(|| dir.join(format!("{stem}.img")))
+    }
+
+    fn stop(&mut self) -> Vec<String> {
+        if let Some(p) = self.proxy.take() {
+            let stats = p.shutdown();
+            self.notes.push(format!(
+                "proxy: {} block frames, {} faults injected, {} disconnects",
+                stats.block_frames, stats.faults_injected, stats.disconnects
+            ));
+        }
+        self.target.take();
+        std::mem::take(&mut self.notes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_log_lines() {
+        let text = "cow-read-live minor=0 block=1234\ndrop-tracking minor=1 block=7\ndropped 3\n";
+        assert_eq!(parse_fault_log(text), [(0, 1234), (1, 7)]);
+    }
+
+    #[test]
+    fn cow_extents_round_outward_to_blocks() {
+        let ex = byte_ranges_to_blocks(&[witness::ByteRange {
+            offset: 4096 * 10 + 1024,
+            len: 4096,
+        }]);
+        assert_eq!((ex[0].start, ex[0].end), (10, 12));
+    }
+}

@@ -1,0 +1,191 @@
+//! Turning what a run saw into the recording classification works on: per volume and
+//! backup, the truth image hashed, the pipeline's recordings laid out per block, the
+//! harness's own re-read of what the target stored, owners and stamps of problem blocks.
+
+use std::path::Path;
+
+use crate::pipeline::{BackupResult, Pipeline};
+use crate::plan::Plan;
+use crate::record::{
+    BackupKind, BlockHash, Claim, GenerationRecord, IncrementalRecord, Live, VolumeRecord,
+};
+use crate::truth::Truth;
+
+use super::chain;
+
+/// One backup of the run and what the pipeline made of it.
+#[derive(Clone, Debug)]
+pub struct BackupRecord {
+    pub number: u32,
+    pub result: BackupResult,
+}
+
+/// True when `target` equals `truth` at every block not excluded.
+fn matches_truth(g: &GenerationRecord, target: &[BlockHash]) -> bool {
+    g.truth
+        .iter()
+        .zip(target)
+        .enumerate()
+        .all(|(b, (t, s))| t == s || g.exclusion(b as u64).is_some())
+}
+
+fn hash(
+    path: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    total: u64,
+) -> Result<Vec<BlockHash>, String> {
+    crate::hash::hash_image_with_progress(path, &|done| progress(done, total))
+        .map_err(|e| chain(&e))
+}
+
+/// The recording of every backed-up volume. Errors are infrastructure problems (a
+/// truth image that cannot be read); they go to the report as harness errors.
+pub(super) fn volumes(
+    plan: &Plan,
+    truth: &Truth,
+    pipeline: &dyn Pipeline,
+    backups: &[BackupRecord],
+    work: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> (Vec<VolumeRecord>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    if backups.is_empty() {
+        return (out, errors);
+    }
+    let scratch = work.join("truth-scratch.raw");
+    for v in plan.backed_up() {
+        let mut gens = Vec::new();
+        // The last committed generation: its target hashes and whether it matched truth.
+        let mut previous: Option<(u32, Vec<BlockHash>, bool)> = None;
+        for br in backups {
+            let step = plan.backups.iter().find(|s| s.number == br.number);
+            let vb = br.result.volumes.iter().find(|x| x.volume == v.name);
+            let generation = vb
+                .and_then(|x| x.generation)
+                .or(step.map(|s| s.generation))
+                .unwrap_or(br.number);
+            let kind = if vb.is_some_and(|x| x.incremental) {
+                BackupKind::Incremental
+            } else {
+                BackupKind::Full
+            };
+            let agent = vb
+                .and_then(|x| x.agent.clone())
+                .or_else(|| br.result.agent.clone())
+                .unwrap_or(Claim::Silent);
+            let target_claim = vb.and_then(|x| x.target.clone()).unwrap_or(Claim::Silent);
+            let stored = pipeline.stored_image(&v.name, generation);
+            let previous_intact = previous.as_ref().map(|(_, _, ok)| *ok);
+
+            if !truth.taken(br.number) {
+                // No instant, no truth: nothing to compare, but the claims still count
+                // (a backup that failed before its instant is a failure, or a lie).
+                let mut g = GenerationRecord::new(generation, kind, Vec::new());
+                g.agent = agent;
+                g.target_claim = target_claim;
+                g.committed = stored.is_some();
+                g.previous_intact = previous_intact;
+                gens.push(g);
+                continue;
+            }
+            let (image, is_scratch) = match truth.image(&v.name, br.number, &scratch) {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.push(format!(
+                        "truth of volume {} backup {}: {}",
+                        v.name,
+                        br.number,
+                        chain(&e)
+                    ));
+                    continue;
+                }
+            };
+            let truth_hashes = match hash(&image, progress, v.size_bytes) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("hashing the truth of volume {}: {e}", v.name));
+                    continue;
+                }
+            };
+            let blocks = truth_hashes.len();
+            let mut g = GenerationRecord::new(generation, kind, truth_hashes);
+            g.agent = agent;
+            g.target_claim = target_claim;
+            g.previous_intact = previous_intact;
+            if let Some(vb) = vb {
+                g.snapshot_instant_ns = vb.instant_ns;
+                g.excluded = vb.excluded.clone();
+                g.fault_sites = vb.fault_sites.clone();
+                g.retransmits = vb.retransmits.clone();
+                if let Some(w) = &vb.witness {
+                    let mut snap = vec![None; blocks];
+                    let mut live = vec![Live::NotRead; blocks];
+                    let mut source = vec![None; blocks];
+                    for (&b, rec) in w.range(..blocks as u64) {
+                        snap[b as usize] = Some(rec.snapshot);
+                        live[b as usize] = rec.live;
+                        source[b as usize] = rec.source;
+                    }
+                    g.snapshot = Some(snap);
+                    g.live = Some(live);
+                    g.source = Some(source);
+                }
+                if let Some(t) = &vb.transport {
+                    let mut col = vec![None; blocks];
+                    for (&b, h) in t.range(..blocks as u64) {
+                        col[b as usize] = Some(*h);
+                    }
+                    g.transport = Some(col);
+                }
+                if kind == BackupKind::Incremental {
+                    g.incremental = Some(IncrementalRecord {
+                        sent: vb.sent.clone(),
+                        previous: previous
+                            .as_ref()
+                            .map(|(_, h, _)| h.iter().copied().map(Some).collect()),
+                    });
+                }
+            }
+            let mut target_hashes = None;
+            if let Some(img) = &stored {
+                match hash(img, progress, v.size_bytes) {
+                    Ok(h) => {
+                        g.committed = true;
+                        g.target = Some(h.iter().copied().map(Some).collect());
+                        target_hashes = Some(h);
+                    }
+                    Err(e) => errors.push(format!(
+                        "re-reading generation {generation} of volume {} at the target: {e}",
+                        v.name
+                    )),
+                }
+            }
+            if let Err(e) =
+                crate::diff::annotate_generation(&v.name, &mut g, v.fs, &image, stored.as_deref())
+            {
+                errors.push(format!(
+                    "mapping problem blocks of volume {}: {}",
+                    v.name,
+                    chain(&e)
+                ));
+            }
+            if is_scratch {
+                let _ = std::fs::remove_file(&image);
+            }
+            if let Some(h) = target_hashes {
+                let ok = matches_truth(&g, &h);
+                previous = Some((generation, h, ok));
+            }
+            gens.push(g);
+        }
+        if !gens.is_empty() {
+            out.push(VolumeRecord {
+                name: v.name.clone(),
+                fs: v.fs.name().to_string(),
+                generations: gens,
+            });
+        }
+    }
+    (out, errors)
+}

@@ -1,0 +1,433 @@
+//! What the run does inside the guest through the control channel: find and mount the
+//! volumes, fill them, run workloads, check discovery, list files, and the checks that
+//! follow a run (fsck on the host, the second boot).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{chain, disks, skip_kind};
+use crate::events::{Event, Reporter};
+use crate::pipeline::GuestVolume;
+use crate::plan::{Plan, WorkloadRun};
+use crate::qemu::DiskFormat;
+use crate::record::{CheckKind, CheckResult};
+use crate::scenario::{Filesystem, Rate, Skipped};
+use crate::truth::Truth;
+use crate::vm::Vm;
+
+const SHORT: Duration = Duration::from_secs(60);
+
+/// Serial → device name of every disk the guest sees (sysfs only: no I/O to the disks).
+fn serials(vm: &mut Vm) -> Result<BTreeMap<String, String>, String> {
+    let out = vm
+        .guest
+        .sh(
+            r#"for d in /sys/block/*; do [ -f "$d/serial" ] && echo "$(cat "$d/serial") ${d##*/}"; done; true"#,
+            SHORT,
+        )
+        .map_err(|e| chain(&e))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (s, d) = l.trim().split_once(' ')?;
+            Some((s.to_string(), d.to_string()))
+        })
+        .collect())
+}
+
+fn mount_type(fs: Filesystem) -> Option<&'static str> {
+    match fs {
+        Filesystem::Ext2 { .. } => Some("ext2"),
+        Filesystem::Ext4 { .. } => Some("ext4"),
+        Filesystem::Xfs => Some("xfs"),
+        Filesystem::None => None,
+    }
+}
+
+/// Finds every volume's device by its serial and mounts it.
+pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, String> {
+    let serials = serials(vm)?;
+    let mut out = Vec::new();
+    for v in &plan.volumes {
+        let serial = disks::serial(v.index);
+        let dev = serials.get(&serial).ok_or_else(|| {
+            format!(
+                "volume {}: no disk with serial {serial} in the guest (found: {:?})",
+                v.name, serials
+            )
+        })?;
+        let device = format!("/dev/{dev}");
+        if let (Some(mount), Some(fstype)) = (&v.mount, mount_type(v.fs)) {
+            vm.guest
+                .sh(
+                    &format!("mkdir -p {mount} && mount -t {fstype} {device} {mount}"),
+                    SHORT,
+                )
+                .map_err(|e| format!("mounting volume {}: {}", v.name, chain(&e)))?;
+        }
+        out.push(GuestVolume {
+            name: v.name.clone(),
+            device,
+            mount: v.mount.clone(),
+            cow_bytes: v.cow_bytes,
+        });
+    }
+    Ok(out)
+}
+
+fn target_args(vol: &GuestVolume) -> Vec<String> {
+    match &vol.mount {
+        Some(m) => vec!["--dir".into(), m.clone()],
+        None => vec!["--device".into(), vol.device.clone()],
+    }
+}
+
+/// The bw-workload command line of one workload run.
+pub fn workload_argv(w: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
+    let mut argv = vec!["/bin/bw-workload".to_string(), w.kind.name().to_string()];
+    argv.extend(target_args(vol));
+    argv.extend([
+        "--seed".into(),
+        w.seed.to_string(),
+        "--writer".into(),
+        w.writer.to_string(),
+    ]);
+    if w.stamped {
+        argv.push("--stamped".into());
+    }
+    if let Some(rate) = w.rate {
+        argv.push("--rate".into());
+        argv.push(match rate {
+            Rate::BytesPerSec(b) => format!("{b}/s"),
+            Rate::OpsPerSec(o) => format!("{o}ops/s"),
+        });
+    }
+    if let Some(a) = w.amount {
+        argv.extend(["--bytes".into(), a.to_string()]);
+    }
+    if let Some(o) = w.ops {
+        argv.extend(["--ops".into(), o.to_string()]);
+    }
+    if let Some(d) = w.duration {
+        argv.extend(["--duration".into(), format!("{}ms", d.as_millis())]);
+    }
+    argv
+}
+
+fn volume<'v>(volumes: &'v [GuestVolume], name: &str) -> Result<&'v GuestVolume, String> {
+    volumes
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| format!("no volume named {name}"))
+}
+
+fn run_to_end(vm: &mut Vm, argv: &[String], timeout: Duration) -> Result<String, String> {
+    let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let done = vm.guest.exec(&argv_ref, timeout).map_err(|e| chain(&e))?;
+    if done.success() {
+        Ok(done.stdout)
+    } else {
+        Err(format!("`{}` {}", argv.join(" "), done.describe()))
+    }
+}
+
+/// The initial fill of every volume, then the `before` workloads, then a sync.
+pub(super) fn fill(
+    vm: &mut Vm,
+    plan: &Plan,
+    volumes: &[GuestVolume],
+    reporter: &dyn Reporter,
+    run_id: &str,
+) -> Result<(), String> {
+    for v in &plan.volumes {
+        if v.fill_bytes == 0 {
+            continue;
+        }
+        let gv = volume(volumes, &v.name)?;
+        let mut argv = vec!["/bin/bw-workload".to_string(), "fill".to_string()];
+        argv.extend(target_args(gv));
+        argv.extend([
+            "--bytes".into(),
+            v.fill_bytes.to_string(),
+            "--seed".into(),
+            v.fill_seed.to_string(),
+        ]);
+        reporter.event(&Event::Note {
+            run_id: run_id.to_string(),
+            text: format!("filling volume {} with {} MiB", v.name, v.fill_bytes >> 20),
+        });
+        run_to_end(vm, &argv, Duration::from_secs(1800))?;
+    }
+    run_workloads(vm, &plan.before, volumes, Duration::from_secs(1800))?;
+    vm.guest.sh("sync", SHORT).map_err(|e| chain(&e))?;
+    Ok(())
+}
+
+/// Runs workloads one after another, each to its end.
+pub(super) fn run_workloads(
+    vm: &mut Vm,
+    runs: &[WorkloadRun],
+    volumes: &[GuestVolume],
+    limit: Duration,
+) -> Result<(), String> {
+    for w in runs {
+        let argv = workload_argv(w, volume(volumes, &w.volume)?);
+        run_to_end(vm, &argv, limit)?;
+    }
+    Ok(())
+}
+
+/// Starts the `during` workloads in the background.
+pub(super) fn start_workloads(
+    vm: &mut Vm,
+    runs: &[WorkloadRun],
+    volumes: &[GuestVolume],
+) -> Result<Vec<(u64, String)>, String> {
+    let mut handles = Vec::new();
+    for w in runs {
+        let argv = workload_argv(w, volume(volumes, &w.volume)?);
+        let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let h = vm
+            .guest
+            .spawn(&argv_ref)
+            .map_err(|e| format!("starting `{}`: {}", argv.join(" "), chain(&e)))?;
+        handles.push((h, format!("{} on {}", w.kind.name(), w.volume)));
+    }
+    Ok(handles)
+}
+
+/// Stops background workloads (SIGTERM, then waits) and summarises what they did.
+pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (h, what) in handles {
+        if vm.machine.exited().is_some() {
+            notes.push(format!("workload {what}: the guest is gone"));
+            continue;
+        }
+        let _ = vm.guest.kill(h, libc::SIGTERM);
+        match vm.guest.wait(h, Duration::from_secs(20)) {
+            Ok(Some(done)) => {
+                let summary: serde_json::Value = done
+                    .stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| serde_json::from_str(l).ok())
+                    .unwrap_or_default();
+                notes.push(format!(
+                    "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
+                    summary["writes"],
+                    summary["bytes"].as_u64().unwrap_or(0) >> 20,
+                    summary["first_seq"],
+                    summary["last_seq"],
+                    match summary["errors"].as_array() {
+                        Some(e) if !e.is_empty() => format!(", errors: {e:?}"),
+                        _ => String::new(),
+                    }
+                ));
+            }
+            Ok(None) => {
+                let _ = vm.guest.kill(h, libc::SIGKILL);
+                notes.push(format!("workload {what}: did not stop on SIGTERM; killed"));
+            }
+            Err(e) => notes.push(format!("workload {what}: {}", chain(&e))),
+        }
+    }
+    notes
+}
+
+/// The volumes whose device is gone from the guest.
+pub(super) fn check_volumes_present(
+    vm: &mut Vm,
+    volumes: &[GuestVolume],
+) -> Result<(), Vec<String>> {
+    if vm.machine.exited().is_some() {
+        return Ok(());
+    }
+    let Ok(serials) = serials(vm) else {
+        return Ok(());
+    };
+    let present: Vec<&String> = serials.values().collect();
+    let gone: Vec<String> = volumes
+        .iter()
+        .filter(|v| {
+            let name = v.device.trim_start_matches("/dev/");
+            !present.iter().any(|p| p.as_str() == name)
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    if gone.is_empty() {
+        Ok(())
+    } else {
+        Err(gone)
+    }
+}
+
+/// Runs the agent's discovery and checks it skipped what the scenario expects, with a
+/// reason, within the discovery timeout.
+pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
+    let limit = plan.discovery_timeout;
+    let hang_name = serials(vm).ok().and_then(|s| s.get("bw-hang").cloned());
+    let probe = (limit / 4).max(Duration::from_millis(500));
+    let started = Instant::now();
+    let result = vm.guest.exec(
+        &[
+            "/bin/bw-agent",
+            "list",
+            "--json",
+            "--probe-timeout",
+            &format!("{:.3}", probe.as_secs_f64()),
+        ],
+        limit + Duration::from_secs(5),
+    );
+    let took = started.elapsed();
+    plan.expect
+        .skipped
+        .iter()
+        .map(|want| {
+            let kind = skip_kind(*want);
+            let fail = |detail: String| CheckResult {
+                kind,
+                passed: false,
+                detail,
+            };
+            let done = match &result {
+                Ok(d) => d,
+                Err(e) => return fail(format!("bw-agent list: {}", chain(e))),
+            };
+            if done.timed_out || took > limit {
+                return fail(format!(
+                    "discovery took {took:?}, over its limit of {limit:?}"
+                ));
+            }
+            let found: serde_json::Value = serde_json::from_str(&done.stdout).unwrap_or_default();
+            let skipped = found["skipped"].as_array().cloned().unwrap_or_default();
+            let name = match want {
+                Skipped::Floppy => Some("fd0".to_string()),
+                Skipped::HangDisk => hang_name.clone(),
+            };
+            let Some(name) = name else {
+                return fail("the never-answering disk is not in the guest".into());
+            };
+            match skipped.iter().find(|s| s["name"] == name.as_str()) {
+                Some(s) if s["reason"].as_str().is_some_and(|r| !r.is_empty()) => CheckResult {
+                    kind,
+                    passed: true,
+                    detail: format!(
+                        "{name} skipped in {:.1}s: {}",
+                        took.as_secs_f64(),
+                        s["reason"].as_str().unwrap_or_default()
+                    ),
+                },
+                _ => fail(format!(
+                    "{name} was not skipped with a reason (discovery said: {})",
+                    done.stdout.trim()
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Every regular file of every mounted volume with its md5 (busybox), for the second
+/// boot to compare.
+pub(super) fn file_lists(
+    vm: &mut Vm,
+    volumes: &[GuestVolume],
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for v in volumes {
+        let Some(m) = &v.mount else { continue };
+        let list = vm
+            .guest
+            .sh(
+                &format!(
+                    "cd {m} && find . -type f ! -name '.bwsnap-cow-*' | sort | xargs -r md5sum"
+                ),
+                Duration::from_secs(600),
+            )
+            .map_err(|e| format!("volume {}: {}", v.name, chain(&e)))?;
+        out.push((v.name.clone(), list));
+    }
+    Ok(out)
+}
+
+/// On the second boot: mount every volume and compare its files with the first boot's.
+pub(super) fn remount_compare(
+    vm: &mut Vm,
+    plan: &Plan,
+    before: &[(String, String)],
+) -> Result<String, String> {
+    let volumes = setup(vm, plan)?;
+    let after = file_lists(vm, &volumes)?;
+    let mut files = 0;
+    for (name, list) in before {
+        let now = after
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.as_str())
+            .unwrap_or("");
+        if now != list {
+            let a: Vec<&str> = list.lines().collect();
+            let b: Vec<&str> = now.lines().collect();
+            let differ = a.iter().filter(|l| !b.contains(l)).count();
+            return Err(format!(
+                "volume {name}: {differ} of {} files differ or are missing after the second boot",
+                a.len()
+            ));
+        }
+        files += list.lines().count();
+    }
+    Ok(format!("every volume mounted again; {files} files intact"))
+}
+
+/// `e2fsck -fn` on every ext2/ext4 volume as it is after the run.
+pub(super) fn fsck(plan: &Plan, truth: Option<&Truth>, work: &Path) -> CheckResult {
+    let mut details = Vec::new();
+    let mut passed = true;
+    for v in plan.volumes.iter().filter(|v| v.fs.is_ext()) {
+        let top = truth.and_then(|t| t.top(&v.name));
+        let (path, scratch) = match top {
+            Some((p, DiskFormat::Qcow2)) => {
+                let out = work.join(format!("fsck-d{}.raw", v.index));
+                if let Err(e) = crate::truth::flatten(&p, &out) {
+                    passed = false;
+                    details.push(format!("{}: {}", v.name, chain(&e)));
+                    continue;
+                }
+                (out, true)
+            }
+            Some((p, DiskFormat::Raw)) => (p, false),
+            None => (work.join(format!("d{}.raw", v.index)), false),
+        };
+        let out = std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => details.push(format!("{}: clean", v.name)),
+            Ok(o) => {
+                passed = false;
+                let text = String::from_utf8_lossy(&o.stdout);
+                let tail: Vec<&str> = text.lines().rev().take(4).collect();
+                details.push(format!(
+                    "{}: e2fsck -fn exit {}: {}",
+                    v.name,
+                    o.status.code().unwrap_or(-1),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            Err(e) => {
+                passed = false;
+                details.push(format!("{}: cannot run e2fsck: {e}", v.name));
+            }
+        }
+        if scratch {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    CheckResult {
+        kind: CheckKind::Fsck,
+        passed,
+        detail: details.join("; "),
+    }
+}

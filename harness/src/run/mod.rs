@@ -1,0 +1,798 @@
+//! One run: a plan becomes disks on the host, a booted guest, workloads, backups with
+//! the truth taken at every instant, the checks the scenario asks for, a recording, a
+//! classification and a report under reports/<run-id>/.
+//!
+//! Anything that goes wrong with the infrastructure is recorded as a harness error (exit
+//! 2), never as a product pass or failure; the report is written either way.
+
+mod assemble;
+mod disks;
+mod guestops;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::accel::{self, AccelChoice};
+use crate::classify::Verdict;
+use crate::events::{Event, Reporter, Unit};
+use crate::image::{self, BuildOptions, BuiltImage};
+use crate::pipeline::reference::Reference;
+use crate::pipeline::{BackupResult, GuestVolume, Pipeline, Progress, RunHooks};
+use crate::plan::{BackupStep, Plan};
+use crate::qemu::{Accel, Disk, DiskFormat, Floppy as QFloppy};
+use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
+use crate::scenario::{FaultSpec, Floppy, ResetAt, Skipped};
+use crate::truth::Truth;
+use crate::vm::{BootOptions, Vm};
+
+pub use assemble::BackupRecord;
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub accel: AccelChoice,
+    pub reports_dir: PathBuf,
+    pub cache: PathBuf,
+    pub project_root: PathBuf,
+    /// Keep the work directory (disks, truth layers, target store) after the run.
+    pub keep_work: bool,
+}
+
+impl RunOptions {
+    /// The defaults every command uses.
+    pub fn standard(accel: AccelChoice) -> RunOptions {
+        RunOptions {
+            accel,
+            reports_dir: crate::paths::reports_dir(),
+            cache: crate::paths::cache_dir(),
+            project_root: crate::paths::project_root(),
+            keep_work: false,
+        }
+    }
+}
+
+/// What a run ended with.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub run_id: String,
+    pub scenario: String,
+    pub image: String,
+    pub seed: u64,
+    pub report_dir: PathBuf,
+    pub verdict: Verdict,
+    pub elapsed: Duration,
+}
+
+impl RunResult {
+    pub fn exit_code(&self) -> i32 {
+        self.verdict.exit_code()
+    }
+}
+
+/// A unique, readable run id: scenario, image, seed and the start time.
+pub fn run_id(plan: &Plan) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{}-s{}-{}{:03}",
+        plan.scenario,
+        plan.image,
+        plan.seed,
+        now.as_secs(),
+        now.subsec_millis()
+    )
+}
+
+/// Runs one plan end to end and writes its report. Never panics on a failure of the
+/// product or the infrastructure: both end up in the report.
+pub fn run_plan(
+    plan: &Plan,
+    scenario_text: &str,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> RunResult {
+    let started = Instant::now();
+    let run_id = run_id(plan);
+    let report_dir = opts.reports_dir.join(&run_id);
+    reporter.event(&Event::RunStarted {
+        run_id: run_id.clone(),
+        scenario: plan.scenario.clone(),
+        image: plan.image.clone(),
+        seed: plan.seed,
+    });
+    let mut run = Runner::new(plan, opts, reporter, &run_id);
+    run.execute();
+    let recording = run.recording();
+    let console = run.work.join("run/console.log");
+    let verdict = match crate::report::write(&report_dir, &recording, Some(scenario_text)) {
+        Ok(outcome) => {
+            let _ = std::fs::copy(&console, report_dir.join("console.log"));
+            outcome.verdict
+        }
+        Err(e) => Verdict::CouldNotRun {
+            errors: vec![format!("writing the report: {}", chain(&e))],
+        },
+    };
+    if !opts.keep_work {
+        let _ = std::fs::remove_dir_all(&run.work);
+    }
+    let elapsed = started.elapsed();
+    reporter.event(&Event::RunFinished {
+        run_id: run_id.clone(),
+        verdict: verdict.name().to_string(),
+        report_dir: report_dir.display().to_string(),
+        elapsed,
+    });
+    RunResult {
+        run_id,
+        scenario: plan.scenario.clone(),
+        image: plan.image.clone(),
+        seed: plan.seed,
+        report_dir,
+        verdict,
+        elapsed,
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The state of one run.
+struct Runner<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    reporter: &'a dyn Reporter,
+    run_id: String,
+    work: PathBuf,
+    started: Instant,
+    started_unix: u64,
+    image: Option<BuiltImage>,
+    accel: Option<(Accel, String)>,
+    events: RunEvents,
+    timings: Vec<Timing>,
+    notes: Vec<String>,
+    backups: Vec<BackupRecord>,
+    truth: Option<Truth>,
+    pipeline: Option<Box<dyn Pipeline>>,
+    /// Files on each volume before the first shutdown, for the remount check.
+    file_lists: Vec<(String, String)>,
+}
+
+/// The disks a run made: volume disks and extra devices.
+struct RunDisks {
+    volumes: Vec<Disk>,
+    hang: Option<Disk>,
+    floppy: QFloppy,
+}
+
+impl<'a> Runner<'a> {
+    fn new(plan: &'a Plan, opts: &'a RunOptions, reporter: &'a dyn Reporter, run_id: &str) -> Self {
+        Runner {
+            plan,
+            opts,
+            reporter,
+            run_id: run_id.to_string(),
+            work: opts.cache.join("runs").join(run_id),
+            started: Instant::now(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            image: None,
+            accel: None,
+            events: RunEvents::default(),
+            timings: Vec::new(),
+            notes: Vec::new(),
+            backups: Vec::new(),
+            truth: None,
+            pipeline: None,
+            file_lists: Vec::new(),
+        }
+    }
+
+    fn phase(&self, name: impl Into<String>) {
+        self.reporter.event(&Event::Phase {
+            run_id: self.run_id.clone(),
+            name: name.into(),
+        });
+    }
+
+    fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.reporter.event(&Event::Note {
+            run_id: self.run_id.clone(),
+            text: text.clone(),
+        });
+        self.notes.push(text);
+    }
+
+    fn timed<T>(&mut self, phase: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let t = Instant::now();
+        let out = f(self);
+        self.timings.push(Timing {
+            phase: phase.to_string(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        out
+    }
+
+    fn harness_error(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.reporter.event(&Event::Note {
+            run_id: self.run_id.clone(),
+            text: format!("harness error: {text}"),
+        });
+        self.events.harness_errors.push(text);
+    }
+
+    fn remaining(&self) -> Duration {
+        self.plan.timeout.saturating_sub(self.started.elapsed())
+    }
+
+    fn execute(&mut self) {
+        if let Err(e) = crate::doctor::require(crate::doctor::FOR_RUN) {
+            self.harness_error(e.to_string());
+            return;
+        }
+        if let Some(f) = self.unsupported_fault() {
+            self.harness_error(f);
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(self.work.join("run")) {
+            self.harness_error(format!("creating {}: {e}", self.work.display()));
+            return;
+        }
+        self.phase(format!("building image {}", self.plan.image));
+        let built = self.timed("image", |r| {
+            let opts = BuildOptions {
+                cache: r.opts.cache.clone(),
+                project_root: r.opts.project_root.clone(),
+                with_bwsnap: true,
+            };
+            let reporter = r.reporter;
+            let run_id = r.run_id.clone();
+            image::build(&r.plan.image, &opts, &mut |step| {
+                reporter.event(&Event::Note {
+                    run_id: run_id.clone(),
+                    text: step.to_string(),
+                })
+            })
+        });
+        let image = match built {
+            Ok(i) => i,
+            Err(e) => {
+                return self.harness_error(format!(
+                    "building image {}: {}",
+                    self.plan.image,
+                    chain(&e)
+                ))
+            }
+        };
+        let decision = accel::decide(
+            self.opts.accel,
+            &image.kernel,
+            &image.initramfs,
+            &self.opts.cache,
+        );
+        self.note(format!(
+            "accelerator {} ({})",
+            decision.accel, decision.reason
+        ));
+        self.accel = Some((decision.accel, decision.reason));
+        self.image = Some(image);
+
+        self.phase("creating disks");
+        let disks = match self.timed("disks", |r| disks::create(r.plan, &r.work)) {
+            Ok(d) => d,
+            Err(e) => return self.harness_error(e),
+        };
+        self.truth = Some(Truth::new(
+            &self.work,
+            &disks
+                .volumes
+                .iter()
+                .zip(&self.plan.volumes)
+                .filter(|(_, v)| v.backup)
+                .map(|(d, v)| (v.name.clone(), d.id.clone(), d.path.clone()))
+                .collect::<Vec<_>>(),
+        ));
+        self.pipeline = Some(Box::new(Reference::new(
+            self.image.as_ref().expect("set above"),
+            &self.work,
+        )));
+        self.guest_life(&disks);
+        if let Some(p) = self.pipeline.as_mut() {
+            let notes = p.stop();
+            self.notes.extend(notes);
+        }
+        self.after_guest(&disks);
+    }
+
+    /// Fault kinds this harness cannot inject yet: a harness error, never a silent skip.
+    fn unsupported_fault(&self) -> Option<String> {
+        self.plan
+            .backups
+            .iter()
+            .flat_map(|b| &b.faults)
+            .find_map(|f| match &f.spec {
+                FaultSpec::DiskEio { .. } => Some(
+                    "fault `eio` (disk layer) is not implemented by the run yet: blkdebug cannot \
+                 be armed mid-run for errors"
+                        .to_string(),
+                ),
+                FaultSpec::DiskHang { .. } => Some(
+                    "fault `hang` (disk layer) on a volume is not implemented by the run yet; \
+                 use guest.hang_disk for a device that never answers"
+                        .to_string(),
+                ),
+                _ => None,
+            })
+    }
+
+    /// Boot, set up, back up, shut down.
+    fn guest_life(&mut self, disks: &RunDisks) {
+        let image = self.image.clone().expect("image built");
+        let (accel, _) = self.accel.clone().expect("accel decided");
+        let mut boot = BootOptions::new(accel, self.work.join("run"));
+        boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
+        boot.cpus = self.plan.guest.cpus;
+        boot.disks = disks.volumes.clone();
+        boot.disks.extend(disks.hang.clone());
+        boot.floppy = disks.floppy.clone();
+        boot.extra_modules = self.plan.guest.modules.clone();
+        boot.ports = self.pipeline.as_ref().expect("set").ports();
+        self.phase("booting");
+        let booted = self.timed("boot", |_| Vm::boot(&image, boot));
+        let mut vm = match booted {
+            Ok(vm) => vm,
+            Err(e) => return self.harness_error(format!("booting: {}", chain(&e))),
+        };
+        vm.machine.arm_watchdog(self.remaining());
+        self.note(format!(
+            "guest ready after {:.1}s (kernel {})",
+            vm.boot_to_ready.as_secs_f64(),
+            vm.ready.kernel
+        ));
+
+        let volumes = match self.timed("guest setup", |r| guestops::setup(&mut vm, r.plan)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.finish_guest(vm);
+                return self.harness_error(format!("setting up the guest: {e}"));
+            }
+        };
+        if disks.hang.is_some() {
+            if let Err(e) = vm.qmp_hmp(r#"qemu-io hang "break read_aio bwhang""#) {
+                self.finish_guest(vm);
+                return self.harness_error(format!("arming the never-answering disk: {e}"));
+            }
+            self.note("the extra disk `hang` now never answers a read");
+        }
+        let backed: Vec<GuestVolume> = volumes
+            .iter()
+            .filter(|v| {
+                self.plan
+                    .volumes
+                    .iter()
+                    .any(|p| p.name == v.name && p.backup)
+            })
+            .cloned()
+            .collect();
+        let started = self.timed("pipeline start", |r| {
+            r.pipeline.as_mut().expect("set").start(&mut vm, &backed)
+        });
+        if let Err(e) = started {
+            self.finish_guest(vm);
+            return self.harness_error(format!(
+                "starting the {} pipeline: {}",
+                "reference",
+                chain(&e)
+            ));
+        }
+
+        self.phase("filling volumes");
+        if let Err(e) = self.timed("fill", |r| {
+            guestops::fill(&mut vm, r.plan, &volumes, r.reporter, &r.run_id)
+        }) {
+            self.finish_guest(vm);
+            return self.harness_error(format!("initial fill: {e}"));
+        }
+        if !self.plan.expect.skipped.is_empty() {
+            let checks = guestops::discovery_check(&mut vm, self.plan);
+            self.events.checks.extend(checks);
+        }
+
+        for step in &self.plan.backups {
+            if vm.machine.exited().is_some() {
+                self.note(format!("backup {} not run: the guest is gone", step.number));
+                break;
+            }
+            if self.remaining().is_zero() {
+                self.note(format!(
+                    "backup {} not run: the scenario timeout passed",
+                    step.number
+                ));
+                break;
+            }
+            self.phase(format!(
+                "backup {} ({})",
+                step.number,
+                if step.number == 1 {
+                    "full"
+                } else {
+                    "incremental"
+                }
+            ));
+            if let Err(e) =
+                guestops::run_workloads(&mut vm, &step.between, &volumes, self.remaining())
+            {
+                self.harness_error(format!(
+                    "between-backup workloads of backup {}: {e}",
+                    step.number
+                ));
+                break;
+            }
+            let label = format!("backup {}", step.number);
+            let outcome = self.timed(&label, |r| r.backup(&mut vm, step, &volumes, &backed));
+            match outcome {
+                Ok(rec) => self.backups.push(rec),
+                Err(e) => {
+                    self.harness_error(format!("backup {}: {e}", step.number));
+                    break;
+                }
+            }
+            if let Err(e) = guestops::check_volumes_present(&mut vm, &volumes) {
+                for v in e {
+                    if !self.events.vanished.contains(&v) {
+                        self.note(format!("volume {v}: its device vanished from the guest"));
+                        self.events.vanished.push(v);
+                    }
+                }
+            }
+        }
+
+        if self.plan.expect.remount && vm.machine.exited().is_none() {
+            match guestops::file_lists(&mut vm, &volumes) {
+                Ok(lists) => self.file_lists = lists,
+                Err(e) => self.harness_error(format!("listing files before shutdown: {e}")),
+            }
+        }
+        self.finish_guest(vm);
+    }
+
+    /// Shuts the guest down (or notes why it was already down) and scans its console.
+    fn finish_guest(&mut self, vm: Vm) {
+        if vm.machine.watchdog_fired() {
+            self.events.watchdog_fired = true;
+            self.note(format!(
+                "the watchdog ended the guest after {:?}",
+                self.plan.timeout
+            ));
+        } else if vm.machine.exited().is_none() {
+            self.phase("shutting down");
+            if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
+                self.note(format!("shutdown: {}", chain(&e)));
+            }
+        }
+        let console =
+            std::fs::read_to_string(self.work.join("run/console.log")).unwrap_or_default();
+        self.events.console = crate::record::scan_console(&console);
+    }
+
+    /// One backup: workloads during it, the pipeline's run with the truth at the
+    /// instant, guest faults on their triggers.
+    fn backup(
+        &mut self,
+        vm: &mut Vm,
+        step: &BackupStep,
+        volumes: &[GuestVolume],
+        backed: &[GuestVolume],
+    ) -> Result<BackupRecord, String> {
+        let during = guestops::start_workloads(vm, &step.during, volumes)?;
+        let mut hooks = Hooks {
+            truth: self.truth.as_mut().expect("set"),
+            step,
+            plan: self.plan,
+            reset_done: false,
+            notes: Vec::new(),
+            instant_at: None,
+            reporter: self.reporter,
+            run_id: &self.run_id,
+        };
+        let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
+        let result = self
+            .pipeline
+            .as_mut()
+            .expect("set")
+            .backup(vm, self.plan, step, backed, &mut hooks, deadline);
+        let hook_notes = std::mem::take(&mut hooks.notes);
+        let took_instant = hooks.instant_at;
+        for n in hook_notes {
+            self.note(n);
+        }
+        let workload_notes = guestops::stop_workloads(vm, during);
+        for n in workload_notes {
+            self.note(n);
+        }
+        let result: BackupResult = result.map_err(|e| chain(&e))?;
+        for n in &result.notes {
+            self.note(n.clone());
+        }
+        if let Some(t) = took_instant {
+            self.note(format!("truth taken in {:.0} ms", t.as_secs_f64() * 1000.0));
+        }
+        Ok(BackupRecord {
+            number: step.number,
+            result,
+        })
+    }
+
+    /// After the guest is down: the checks that need the disks, then the recording.
+    fn after_guest(&mut self, disks: &RunDisks) {
+        let _ = disks;
+        let fsck = self.plan.expect.fsck;
+        let remount = self.plan.expect.remount;
+        if fsck {
+            self.phase("fsck");
+            let result = self.timed("fsck", |r| {
+                guestops::fsck(r.plan, r.truth.as_ref(), &r.work)
+            });
+            self.events.checks.push(result);
+        }
+        if remount {
+            self.phase("second boot");
+            let result = self.timed("remount", |r| r.remount_check());
+            self.events.checks.push(result);
+        }
+    }
+
+    /// Boots again from the disks as they are now and checks every volume mounts with
+    /// the files it had before the shutdown.
+    fn remount_check(&mut self) -> CheckResult {
+        let fail = |detail: String| CheckResult {
+            kind: CheckKind::Remount,
+            passed: false,
+            detail,
+        };
+        let (Some(image), Some((accel, _)), Some(truth)) = (&self.image, &self.accel, &self.truth)
+        else {
+            return fail("not run: the first boot never happened".into());
+        };
+        if self.file_lists.is_empty() {
+            return fail("not run: no file list was taken before the shutdown".into());
+        }
+        let mut boot = BootOptions::new(*accel, self.work.join("run2"));
+        boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
+        boot.extra_modules = self.plan.guest.modules.clone();
+        for v in &self.plan.volumes {
+            let (path, format) = truth
+                .top(&v.name)
+                .unwrap_or_else(|| (self.work.join(format!("d{}.raw", v.index)), DiskFormat::Raw));
+            boot.disks.push(Disk {
+                id: format!("d{}", v.index),
+                path,
+                format,
+                serial: disks::serial(v.index),
+                read_only: false,
+                blkdebug: false,
+            });
+        }
+        let mut vm = match Vm::boot(image, boot) {
+            Ok(vm) => vm,
+            Err(e) => return fail(format!("second boot failed: {}", chain(&e))),
+        };
+        let result = guestops::remount_compare(&mut vm, self.plan, &self.file_lists);
+        let _ = vm.shutdown(Duration::from_secs(60));
+        match result {
+            Ok(detail) => CheckResult {
+                kind: CheckKind::Remount,
+                passed: true,
+                detail,
+            },
+            Err(detail) => fail(detail),
+        }
+    }
+
+    /// Truth, target re-reads and the pipeline's recordings, assembled per volume and
+    /// generation.
+    fn recording(&mut self) -> Recording {
+        let (accel, reason) = self
+            .accel
+            .clone()
+            .map(|(a, r)| (a.to_string(), r))
+            .unwrap_or_else(|| ("none".into(), "no guest was started".into()));
+        if !self.backups.is_empty() {
+            self.phase("hashing truth and target");
+        }
+        let t = Instant::now();
+        let volumes = match (&self.truth, &self.pipeline) {
+            (Some(truth), Some(pipeline)) => {
+                let (vols, errors) = assemble::volumes(
+                    self.plan,
+                    truth,
+                    pipeline.as_ref(),
+                    &self.backups,
+                    &self.work,
+                    &|done, total| {
+                        self.reporter.event(&Event::Progress {
+                            run_id: self.run_id.clone(),
+                            what: "hashing".into(),
+                            done,
+                            total,
+                            unit: Unit::Bytes,
+                        })
+                    },
+                );
+                for e in errors {
+                    self.events.harness_errors.push(e);
+                }
+                vols
+            }
+            _ => Vec::new(),
+        };
+        self.timings.push(Timing {
+            phase: "hashing and classification input".into(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        if volumes.is_empty() && self.events.harness_errors.is_empty() {
+            self.events
+                .harness_errors
+                .push("nothing was recorded: no backup reached its snapshot instant".into());
+        }
+        let image = self.image.as_ref();
+        let mut events = self.events.clone();
+        events.harness_errors.dedup();
+        Recording {
+            run: RunInfo {
+                run_id: self.run_id.clone(),
+                scenario: self.plan.scenario.clone(),
+                scenario_file: self.plan.scenario_file.display().to_string(),
+                seed: self.plan.seed,
+                image: self.plan.image.clone(),
+                kernel: image.map(|i| i.kernel_release.clone()).unwrap_or_default(),
+                packages: image
+                    .map(|i| {
+                        i.packages
+                            .iter()
+                            .map(|p| crate::record::Package {
+                                name: p.package.clone(),
+                                version: p.version.clone(),
+                                sha256: p.sha256.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                accelerator: format!("{accel} ({reason})"),
+                pipeline: "reference".into(),
+                started_unix: self.started_unix,
+                timings: self.timings.clone(),
+                repro: self.plan.repro.clone(),
+                blockwitness_version: env!("CARGO_PKG_VERSION").into(),
+            },
+            expect: self.plan.expect.clone(),
+            volumes,
+            events,
+        }
+    }
+}
+
+/// The run's side of a backup: the truth at the instant, guest faults on their triggers.
+struct Hooks<'a> {
+    truth: &'a mut Truth,
+    step: &'a BackupStep,
+    plan: &'a Plan,
+    reset_done: bool,
+    notes: Vec<String>,
+    instant_at: Option<Duration>,
+    reporter: &'a dyn Reporter,
+    run_id: &'a str,
+}
+
+impl RunHooks for Hooks<'_> {
+    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), String> {
+        let took = self
+            .truth
+            .take(vm.machine.qmp(), self.step.number)
+            .map_err(|e| chain(&e))?;
+        self.instant_at = Some(took);
+        for f in &self.step.faults {
+            if let FaultSpec::RemoveDisk { volume, .. } = &f.spec {
+                let Some(v) = self.plan.volumes.iter().find(|v| &v.name == volume) else {
+                    continue;
+                };
+                let id = format!("d{}-dev", v.index);
+                match vm.machine.qmp().execute(
+                    "device_del",
+                    serde_json::json!({ "id": id }),
+                    Duration::from_secs(10),
+                ) {
+                    Ok(_) => self.notes.push(format!(
+                        "fault: removed the disk of volume {volume} during the freeze"
+                    )),
+                    Err(e) => self
+                        .notes
+                        .push(format!("fault: device_del of {volume} failed: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, vm: &mut Vm, progress: Progress) {
+        let total = progress.blocks_expected.unwrap_or(0);
+        self.reporter.event(&Event::Progress {
+            run_id: self.run_id.to_string(),
+            what: format!("backup {}", self.step.number),
+            done: progress.blocks_crossed.unwrap_or(0),
+            total: total.max(progress.blocks_crossed.unwrap_or(0)),
+            unit: Unit::Blocks,
+        });
+        if self.reset_done {
+            return;
+        }
+        for f in &self.step.faults {
+            let FaultSpec::Reset { at } = &f.spec else {
+                continue;
+            };
+            let due = match at {
+                ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),
+                ResetAt::AtPercent(p) => {
+                    match (progress.blocks_crossed, progress.blocks_expected) {
+                        (Some(c), Some(t)) if t > 0 => c * 100 >= t * u64::from(*p),
+                        _ => false,
+                    }
+                }
+            };
+            if due {
+                self.reset_done = true;
+                let r = vm.machine.qmp().execute(
+                    "system_reset",
+                    serde_json::json!({}),
+                    Duration::from_secs(10),
+                );
+                self.notes.push(match r {
+                    Ok(_) => format!(
+                        "fault: guest reset {:.1}s into backup {} ({} blocks crossed)",
+                        progress.elapsed.as_secs_f64(),
+                        self.step.number,
+                        progress.blocks_crossed.unwrap_or(0)
+                    ),
+                    Err(e) => format!("fault: guest reset failed: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// The floppy drive a plan asks for.
+fn floppy_for(plan: &Plan, work: &Path) -> Result<QFloppy, String> {
+    Ok(match plan.guest.floppy {
+        Floppy::None => QFloppy::None,
+        Floppy::Empty => QFloppy::Empty,
+        Floppy::Media => {
+            let path = work.join("floppy.img");
+            let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.set_len(1_474_560)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            QFloppy::Media(path)
+        }
+    })
+}
+
+/// Which expected skips a discovery result satisfies.
+fn skip_kind(s: Skipped) -> CheckKind {
+    match s {
+        Skipped::Floppy => CheckKind::SkippedFloppy,
+        Skipped::HangDisk => CheckKind::SkippedHangDisk,
+    }
+}
