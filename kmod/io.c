@@ -595,12 +595,23 @@ int bwsnap_io_disk_alloc(struct bwsnap_dev *dev)
 	return 0;
 }
 
+/*
+ * Make the snapshot device visible. A gendisk whose add_disk() failed cannot
+ * be added again: it is dropped, and a retry allocates a new one.
+ */
 int bwsnap_io_disk_add(struct bwsnap_dev *dev)
 {
-	int err = add_disk(dev->disk);
+	int err;
 
+	if (!dev->disk) {
+		err = bwsnap_io_disk_alloc(dev);
+		if (err)
+			return err;
+	}
+	err = add_disk(dev->disk);
 	if (err) {
 		pr_err("cannot add %s: %d\n", dev->disk->disk_name, err);
+		bwsnap_io_disk_free(dev);
 		return err;
 	}
 	set_disk_ro(dev->disk, true);

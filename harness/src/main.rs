@@ -10,6 +10,7 @@ use anyhow::Context;
 use blockwitness::accel::{self, AccelChoice};
 use blockwitness::image::{self, BuildOptions, BuiltImage};
 use blockwitness::plan::Plan;
+use blockwitness::qemu::{Disk, DiskFormat};
 use blockwitness::run::RunOptions;
 use blockwitness::vm::{BootOptions, Vm};
 use blockwitness::{doctor, paths};
@@ -46,6 +47,13 @@ enum Command {
         /// Boot an image without bwsnap.ko.
         #[arg(long)]
         without_bwsnap: bool,
+        /// Attach a scratch disk: `SIZE_MIB[:FS]` with FS ext2, ext4 or xfs (made on the
+        /// host); serials bw-d0, bw-d1, ... in order.
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// Extra modules to load at boot.
+        #[arg(long = "module")]
+        modules: Vec<String>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -204,10 +212,45 @@ fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
         .tempdir_in(base)?)
 }
 
+/// A scratch disk for `exec`: `SIZE_MIB[:FS]`.
+fn scratch_disk(dir: &std::path::Path, index: usize, spec: &str) -> anyhow::Result<Disk> {
+    let (size, fs) = match spec.split_once(':') {
+        Some((s, f)) => (s, Some(f)),
+        None => (spec, None),
+    };
+    let mib: u64 = size
+        .parse()
+        .with_context(|| format!("disk {spec:?}: size in MiB expected"))?;
+    let path = dir.join(format!("d{index}.raw"));
+    std::fs::File::create(&path)?.set_len(mib << 20)?;
+    if let Some(fs) = fs {
+        let mkfs = match fs {
+            "ext2" | "ext4" => vec![format!("mkfs.{fs}"), "-q".into(), "-F".into()],
+            "xfs" => vec!["mkfs.xfs".into(), "-q".into(), "-f".into()],
+            other => anyhow::bail!("disk {spec:?}: unknown filesystem {other:?} (ext2, ext4, xfs)"),
+        };
+        let status = std::process::Command::new(&mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&path)
+            .status()?;
+        anyhow::ensure!(status.success(), "{} failed", mkfs.join(" "));
+    }
+    Ok(Disk {
+        id: format!("d{index}"),
+        path,
+        format: DiskFormat::Raw,
+        serial: format!("bw-d{index}"),
+        read_only: false,
+        blkdebug: false,
+    })
+}
+
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
     without_bwsnap: bool,
+    disks: &[String],
+    modules: Vec<String>,
     argv: Vec<String>,
 ) -> anyhow::Result<i32> {
     doctor::require(doctor::FOR_BOOT)?;
@@ -215,10 +258,12 @@ fn exec_cmd(
     let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
     eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
     let dir = run_temp_dir("exec")?;
-    let mut vm = Vm::boot(
-        &img,
-        BootOptions::new(decision.accel, dir.path().to_path_buf()),
-    )?;
+    let mut opts = BootOptions::new(decision.accel, dir.path().to_path_buf());
+    for (i, spec) in disks.iter().enumerate() {
+        opts.disks.push(scratch_disk(dir.path(), i, spec)?);
+    }
+    opts.extra_modules = modules;
+    let mut vm = Vm::boot(&img, opts)?;
     eprintln!("==> ready after {:.1}s", vm.boot_to_ready.as_secs_f64());
     let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
     let done = vm.guest.exec(&argv_ref, Duration::from_secs(600))?;
@@ -258,8 +303,10 @@ fn main() -> ExitCode {
             image,
             accel,
             without_bwsnap,
+            disks,
+            modules,
             argv,
-        } => exec_cmd(&image, accel, without_bwsnap, argv).map(|c| c as u8),
+        } => exec_cmd(&image, accel, without_bwsnap, &disks, modules, argv).map(|c| c as u8),
         Command::Run {
             files,
             image,

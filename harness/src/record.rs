@@ -306,6 +306,10 @@ pub struct RunEvents {
     /// Infrastructure problems: never counted as a product pass or fail.
     pub harness_errors: Vec<String>,
     pub checks: Vec<CheckResult>,
+    /// What happened along the way (faults injected, workload summaries, timings of
+    /// the instant), in order.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

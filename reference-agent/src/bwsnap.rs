@@ -10,7 +10,8 @@
 //! range, call not allowed in the current state), `ENOENT` (minor not set up, or a
 //! path that does not exist), `EBUSY` (minor in use, device already tracked), `EEXIST`
 //! / `EISDIR` (COW path exists / is a directory), `EXDEV` (COW file not on the
-//! tracked device), `ENOSPC` (no room for the COW file), `EFAULT` (bad user pointer).
+//! tracked device), `ENOSPC` (no room for the COW file), `EOPNOTSUPP` (COW file on a
+//! filesystem other than ext2/3/4 or xfs), `EFAULT` (bad user pointer).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};

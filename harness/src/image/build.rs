@@ -16,7 +16,7 @@ use crate::doctor;
 const FORMAT: &str = "blockwitness-image-v1";
 
 /// Guest binaries packed into /bin (bw-init becomes /init).
-const GUEST_BINARIES: &[&str] = &["bw-agent", "bw-workload", "bwsnap-ctl"];
+const GUEST_BINARIES: &[&str] = &["bw-agent", "bw-workload", "bwsnap-ctl", "bw-target"];
 /// Binaries that must exist; the others are packed when the workspace has them.
 const REQUIRED_BINARIES: &[&str] = &["bw-init", "bw-agent", "bw-workload", "bw-target"];
 
@@ -321,6 +321,10 @@ pub fn build(
     }
     let busybox_sha256 = sha256_path(busybox)?;
     key.update(&busybox_sha256);
+    // What is packed, not only what was built, decides the image.
+    for name in GUEST_BINARIES {
+        key.update(format!("packed {name}\n"));
+    }
     let key = hex::encode(key.finalize())[..16].to_string();
 
     let dir = cache.join("images").join(name).join(&key);

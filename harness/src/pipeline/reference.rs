@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -83,8 +84,8 @@ impl TargetProc {
                 path: log.to_path_buf(),
                 source,
             })?;
-        let mut child = Command::new(exe)
-            .arg("serve")
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
             .arg("--store")
             .arg(store)
             .arg("--listen")
@@ -93,7 +94,15 @@ impl TargetProc {
             .args(flags.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(stderr);
+        // SAFETY: prctl only sets this child's parent-death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| PipelineError::failed(format!("starting {}", exe.display()), e))?;
         let events: Arc<Mutex<Vec<Value>>> = Arc::default();

@@ -299,6 +299,13 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
         }
         h.push_str("</ul>\n");
     }
+    if !rec.events.notes.is_empty() {
+        h.push_str("<h2>Run log</h2><ul class=\"notes\">");
+        for n in &rec.events.notes {
+            let _ = write!(h, "<li>{}</li>", escape(n));
+        }
+        h.push_str("</ul>\n");
+    }
     if !rec.events.harness_errors.is_empty() {
         h.push_str("<h2>Harness errors</h2><ul>");
         for e in &rec.events.harness_errors {

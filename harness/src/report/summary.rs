@@ -37,6 +37,8 @@ pub struct Summary {
     pub console_findings: Vec<String>,
     pub harness_errors: Vec<String>,
     pub checks: Vec<String>,
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,6 +166,7 @@ impl Summary {
                     )
                 })
                 .collect(),
+            notes: rec.events.notes.clone(),
         }
     }
 }

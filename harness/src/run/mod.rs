@@ -108,6 +108,10 @@ pub fn run_plan(
     let verdict = match crate::report::write(&report_dir, &recording, Some(scenario_text)) {
         Ok(outcome) => {
             let _ = std::fs::copy(&console, report_dir.join("console.log"));
+            for n in 1..=plan.backups.len() {
+                let name = format!("agent-backup-{n}.log");
+                let _ = std::fs::copy(run.work.join("run").join(&name), report_dir.join(&name));
+            }
             outcome.verdict
         }
         Err(e) => Verdict::CouldNotRun {
@@ -166,7 +170,16 @@ struct Runner<'a> {
     pipeline: Option<Box<dyn Pipeline>>,
     /// Files on each volume before the first shutdown, for the remount check.
     file_lists: Vec<(String, String)>,
+    /// The never-answering disk holds a suspended read.
+    hang_armed: bool,
 }
+
+/// Suspends the next read of the extra disk `hang` (blkdebug), forever.
+const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
+/// Lets the suspended read of `hang` complete. QEMU drains every disk before a
+/// snapshot, a device removal or its exit, and a drain waits for that read: the hang
+/// is lifted around those moments only.
+const HANG_RELEASE: &str = r#"qemu-io hang "resume bwhang""#;
 
 /// The disks a run made: volume disks and extra devices.
 struct RunDisks {
@@ -197,6 +210,7 @@ impl<'a> Runner<'a> {
             truth: None,
             pipeline: None,
             file_lists: Vec::new(),
+            hang_armed: false,
         }
     }
 
@@ -372,10 +386,11 @@ impl<'a> Runner<'a> {
             }
         };
         if disks.hang.is_some() {
-            if let Err(e) = vm.qmp_hmp(r#"qemu-io hang "break read_aio bwhang""#) {
+            if let Err(e) = vm.qmp_hmp(HANG_ARM) {
                 self.finish_guest(vm);
                 return self.harness_error(format!("arming the never-answering disk: {e}"));
             }
+            self.hang_armed = true;
             self.note("the extra disk `hang` now never answers a read");
         }
         let backed: Vec<GuestVolume> = volumes
@@ -480,6 +495,17 @@ impl<'a> Runner<'a> {
             ));
         } else if vm.machine.exited().is_none() {
             self.phase("shutting down");
+            if self.hang_armed {
+                let mut vm = vm;
+                let _ = vm.qmp_hmp(HANG_RELEASE);
+                if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
+                    self.note(format!("shutdown: {}", chain(&e)));
+                }
+                let console =
+                    std::fs::read_to_string(self.work.join("run/console.log")).unwrap_or_default();
+                self.events.console = crate::record::scan_console(&console);
+                return;
+            }
             if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
                 self.note(format!("shutdown: {}", chain(&e)));
             }
@@ -500,6 +526,7 @@ impl<'a> Runner<'a> {
     ) -> Result<BackupRecord, String> {
         let during = guestops::start_workloads(vm, &step.during, volumes)?;
         let mut hooks = Hooks {
+            hang_armed: self.hang_armed,
             truth: self.truth.as_mut().expect("set"),
             step,
             plan: self.plan,
@@ -527,6 +554,12 @@ impl<'a> Runner<'a> {
         let result: BackupResult = result.map_err(|e| chain(&e))?;
         for n in &result.notes {
             self.note(n.clone());
+        }
+        let log = self
+            .work
+            .join(format!("run/agent-backup-{}.log", step.number));
+        if let Err(e) = std::fs::write(&log, &result.agent_output) {
+            self.note(format!("cannot keep the agent's output: {e}"));
         }
         if let Some(t) = took_instant {
             self.note(format!("truth taken in {:.0} ms", t.as_secs_f64() * 1000.0));
@@ -652,6 +685,7 @@ impl<'a> Runner<'a> {
         let image = self.image.as_ref();
         let mut events = self.events.clone();
         events.harness_errors.dedup();
+        events.notes = self.notes.clone();
         Recording {
             run: RunInfo {
                 run_id: self.run_id.clone(),
@@ -688,6 +722,7 @@ impl<'a> Runner<'a> {
 
 /// The run's side of a backup: the truth at the instant, guest faults on their triggers.
 struct Hooks<'a> {
+    hang_armed: bool,
     truth: &'a mut Truth,
     step: &'a BackupStep,
     plan: &'a Plan,
@@ -700,10 +735,18 @@ struct Hooks<'a> {
 
 impl RunHooks for Hooks<'_> {
     fn at_instant(&mut self, vm: &mut Vm) -> Result<(), String> {
-        let took = self
-            .truth
-            .take(vm.machine.qmp(), self.step.number)
-            .map_err(|e| chain(&e))?;
+        if self.hang_armed {
+            // Nothing is suspended if no one read the disk since the last arming.
+            let _ = vm.qmp_hmp(HANG_RELEASE);
+        }
+        let taken = self.truth.take(vm.machine.qmp(), self.step.number);
+        if self.hang_armed {
+            if let Err(e) = vm.qmp_hmp(HANG_ARM) {
+                self.notes
+                    .push(format!("re-arming the never-answering disk failed: {e}"));
+            }
+        }
+        let took = taken.map_err(|e| chain(&e))?;
         self.instant_at = Some(took);
         for f in &self.step.faults {
             if let FaultSpec::RemoveDisk { volume, .. } = &f.spec {

@@ -1,7 +1,9 @@
 # Helpers for the bwsnap guest tests (busybox sh). Sourced by each test.
 # Conventions: the volume under test is $VOL (/dev/vda) mounted on /mnt; $S1 and
 # $S2 (/dev/vdb, /dev/vdc) are scratch disks of the same size where a test needs them.
-VOL=/dev/vda
+# bwvol=DEV on the kernel command line tests another volume (e.g. a partition).
+VOL=$(sed -n 's/.*bwvol=\([^ ]*\).*/\1/p' /proc/cmdline)
+VOL=${VOL:-/dev/vda}
 S1=/dev/vdb
 S2=/dev/vdc
 

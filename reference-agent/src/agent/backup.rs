@@ -136,6 +136,11 @@ pub struct VolumeSummary {
     pub reconnects: u64,
     /// Blocks an injected agent fault left out.
     pub fault_sites: Vec<u64>,
+    /// Where the time went, in milliseconds: reading the snapshot device, reading the
+    /// live device and comparing (witness), and the whole session.
+    pub snapshot_read_ms: u64,
+    pub witness_ms: u64,
+    pub session_ms: u64,
 }
 
 /// The final JSON summary: the agent's honest word on the run.
@@ -285,6 +290,8 @@ struct SnapshotSource<'a> {
     sources: HashMap<u64, (ModSource, bool)>,
     witness_error: Option<String>,
     recorded: u64,
+    read_time: Duration,
+    witness_time: Duration,
 }
 
 impl SnapshotSource<'_> {
@@ -299,8 +306,11 @@ impl SnapshotSource<'_> {
 
 impl BlockSource for SnapshotSource<'_> {
     fn read_blocks(&mut self, first_block: u64, buf: &mut [u8]) -> io::Result<()> {
+        let t = Instant::now();
         let aligned = self.buf.slice(buf.len());
-        pread_exact(&self.snapshot, aligned, first_block * BLOCK)?;
+        let read = pread_exact(&self.snapshot, aligned, first_block * BLOCK);
+        self.read_time += t.elapsed();
+        read?;
         buf.copy_from_slice(aligned);
         if self.witness.is_some() {
             self.drain_trace();
@@ -318,6 +328,7 @@ impl BlockSource for SnapshotSource<'_> {
         if resend || self.witness.is_none() {
             return Ok(());
         }
+        let t = Instant::now();
         // Read the same blocks from the live device right after the snapshot read.
         let live_ok = match &self.live {
             Some(live) => {
@@ -370,6 +381,7 @@ impl BlockSource for SnapshotSource<'_> {
             }
         }
         self.recorded += records.len() as u64;
+        self.witness_time += t.elapsed();
         Ok(())
     }
 }
@@ -624,9 +636,14 @@ fn send_volume(
         sources: HashMap::new(),
         witness_error: None,
         recorded: 0,
+        read_time: Duration::ZERO,
+        witness_time: Duration::ZERO,
     };
     let result = sender.send(&spec, &mut source);
     let stats = sender.stats().clone();
+    vol.summary.snapshot_read_ms = source.read_time.as_millis() as u64;
+    vol.summary.witness_ms = source.witness_time.as_millis() as u64;
+    vol.summary.session_ms = stats.duration.as_millis() as u64;
     vol.summary.blocks_sent = stats.blocks;
     vol.summary.bytes_sent = stats.data_bytes_sent;
     vol.summary.frames_resent = stats.frames_resent;
@@ -783,9 +800,15 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
         }
     }
 
-    // The instant: sync, freeze all, START all, hook, thaw all.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    // The instant: sync, freeze all, START all, hook, thaw all. Only the backed-up
+    // filesystems are synced: a global sync(2) also waits on every other device, and a
+    // device that never answers would hang the agent right there.
+    for vol in &vols {
+        if let Ok(dir) = File::open(&vol.arg.mount) {
+            // SAFETY: syncfs on a descriptor we own.
+            unsafe { libc::syncfs(dir.as_raw_fd()) };
+        }
+    }
     let mounts: Vec<PathBuf> = vols.iter().map(|v| v.arg.mount.clone()).collect();
     let frozen = match Frozen::freeze_all(&mounts) {
         Ok(f) => f,

@@ -164,7 +164,12 @@ fn main() -> ExitCode {
                     state_dir,
                     force_full: full,
                     hook_timeout: Duration::from_secs(hook_timeout),
-                    sender: SenderOptions::default(),
+                    // Whole-MiB frames: snapshot reads cost per request, so fewer, larger
+                    // reads stream faster.
+                    sender: SenderOptions {
+                        frame_bytes: 1 << 20,
+                        ..SenderOptions::default()
+                    },
                     discovery: Options {
                         probe_floppy,
                         ..Options::default()
