@@ -15,6 +15,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod vm;
 
+pub mod bench_cow;
 pub mod bench_hash;
 pub mod classify;
 pub mod diff;

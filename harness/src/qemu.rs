@@ -240,8 +240,11 @@ pub fn qmp_args(path: &Path) -> Vec<String> {
     ]
 }
 
-/// The whole command line (without the program name).
-pub fn qemu_args(spec: &MachineSpec) -> Vec<String> {
+/// Longest path a unix socket may have (sun_path holds 108 bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 100;
+
+/// The whole command line (without the program name); sockets go in `socket_dir`.
+pub fn qemu_args(spec: &MachineSpec, socket_dir: &Path) -> Vec<String> {
     let mut args: Vec<String> = ["-nodefaults", "-no-user-config", "-display", "none"]
         .map(String::from)
         .to_vec();
@@ -250,12 +253,12 @@ pub fn qemu_args(spec: &MachineSpec) -> Vec<String> {
     args.extend(machine_args(spec.accel, spec.memory_mb, spec.cpus));
     args.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.append));
     args.extend(console_args(&spec.run_dir.join("console.log")));
-    args.extend(qmp_args(&spec.run_dir.join("qmp.sock")));
+    args.extend(qmp_args(&socket_dir.join("qmp.sock")));
     for disk in &spec.disks {
         args.extend(disk_args(disk));
     }
     args.extend(floppy_args(&spec.floppy));
-    args.extend(ports_args(&spec.run_dir, &spec.ports));
+    args.extend(ports_args(socket_dir, &spec.ports));
     args
 }
 
@@ -318,6 +321,9 @@ pub struct Machine {
     guard: Arc<Mutex<Guard>>,
     qmp: Qmp,
     run_dir: PathBuf,
+    socket_dir: PathBuf,
+    /// Removes the short socket directory when the machine goes.
+    _socket_tmp: Option<tempfile::TempDir>,
     started: Instant,
     watchdog_fired: Arc<AtomicBool>,
     watchdog_stop: Option<mpsc::Sender<()>>,
@@ -331,10 +337,26 @@ impl Machine {
             path: spec.run_dir.clone(),
             source,
         })?;
-        let qmp_path = spec.run_dir.join("qmp.sock");
+        // A deep run directory makes socket paths too long for sun_path: use a short
+        // directory of our own then.
+        let longest = spec.ports.iter().map(String::len).max().unwrap_or(0).max(3) + 6;
+        let (socket_dir, socket_tmp) =
+            if spec.run_dir.as_os_str().len() + longest <= SOCKET_PATH_MAX {
+                (spec.run_dir.clone(), None)
+            } else {
+                let tmp = tempfile::Builder::new()
+                    .prefix("bw-")
+                    .tempdir_in("/tmp")
+                    .map_err(|source| QemuError::RunDir {
+                        path: "/tmp".into(),
+                        source,
+                    })?;
+                (tmp.path().to_path_buf(), Some(tmp))
+            };
+        let qmp_path = socket_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_path);
         for name in &spec.ports {
-            let _ = std::fs::remove_file(port_socket(&spec.run_dir, name));
+            let _ = std::fs::remove_file(port_socket(&socket_dir, name));
         }
         let stderr_path = spec.run_dir.join("qemu.stderr.log");
         let stderr = File::create(&stderr_path).map_err(|source| QemuError::RunDir {
@@ -342,7 +364,7 @@ impl Machine {
             source,
         })?;
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(qemu_args(spec))
+        cmd.args(qemu_args(spec, &socket_dir))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -378,11 +400,26 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let qmp = Qmp::connect(&qmp_path, Duration::from_secs(20))?;
+        let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(20)) {
+            Ok(q) => q,
+            Err(e) => {
+                // Give a dying QEMU a moment to exit, so its own words reach the error.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(status) = guard.lock().unwrap().try_wait().map_err(QemuError::Wait)? {
+                    return Err(QemuError::EarlyExit {
+                        status: status.to_string(),
+                        stderr: crate::console::tail(&stderr_path, 10),
+                    });
+                }
+                return Err(e.into());
+            }
+        };
         Ok(Machine {
             guard,
             qmp,
             run_dir: spec.run_dir.clone(),
+            socket_dir,
+            _socket_tmp: socket_tmp,
             started: Instant::now(),
             watchdog_fired: Arc::default(),
             watchdog_stop: None,
@@ -391,7 +428,7 @@ impl Machine {
 
     /// Connects to the host end of a virtio-serial port.
     pub fn connect_port(&self, name: &str) -> Result<UnixStream, QemuError> {
-        let path = port_socket(&self.run_dir, name);
+        let path = self.port_path(name);
         UnixStream::connect(&path).map_err(|source| QemuError::Port {
             name: name.to_string(),
             path,
@@ -401,6 +438,11 @@ impl Machine {
 
     pub fn qmp(&mut self) -> &mut Qmp {
         &mut self.qmp
+    }
+
+    /// The host socket of a virtio-serial port.
+    pub fn port_path(&self, name: &str) -> PathBuf {
+        port_socket(&self.socket_dir, name)
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -515,7 +557,7 @@ mod tests {
 
     #[test]
     fn command_line_has_no_defaults_no_network_and_named_nodes() {
-        let args = qemu_args(&spec());
+        let args = qemu_args(&spec(), Path::new("/r"));
         let line = args.join(" ");
         assert!(line.starts_with("-nodefaults"));
         assert!(!line.contains("-netdev") && !line.contains("-nic"));

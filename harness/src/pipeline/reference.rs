@@ -241,12 +241,22 @@ pub struct Reference {
     /// bwsnap minor of each volume, from the agent's summaries.
     minors: BTreeMap<String, u32>,
     notes: Vec<String>,
+    /// A short directory for the target's socket (sun_path is 108 bytes).
+    sockets: tempfile::TempDir,
 }
 
 impl Reference {
-    /// `work` holds the target's store, sockets and logs.
-    pub fn new(image: &BuiltImage, work: &Path) -> Reference {
-        Reference {
+    /// `work` holds the target's store and logs.
+    pub fn new(image: &BuiltImage, work: &Path) -> Result<Reference, PipelineError> {
+        let sockets = tempfile::Builder::new()
+            .prefix("bw-target-")
+            .tempdir_in("/tmp")
+            .map_err(|source| PipelineError::Io {
+                path: "/tmp".into(),
+                source,
+            })?;
+        Ok(Reference {
+            sockets,
             bw_target: image.bw_target.clone(),
             work: work.to_path_buf(),
             target: None,
@@ -256,7 +266,7 @@ impl Reference {
             hook: None,
             minors: BTreeMap::new(),
             notes: Vec::new(),
-        }
+        })
     }
 
     fn store(&self) -> PathBuf {
@@ -264,7 +274,7 @@ impl Reference {
     }
 
     fn target_socket(&self) -> PathBuf {
-        self.work.join("target.sock")
+        self.sockets.path().join("target.sock")
     }
 
     fn ensure_target(&mut self, flags: TargetFlags) -> Result<(), PipelineError> {
@@ -409,7 +419,7 @@ impl Pipeline for Reference {
             source,
         })?;
         self.ensure_target(TargetFlags::default())?;
-        let upstream = vm.machine.run_dir().join("bw.transport.sock");
+        let upstream = vm.machine.port_path("bw.transport");
         let mut cfg = ProxyConfig::new(upstream, Address::Unix(self.target_socket()));
         cfg.connect_timeout = Duration::from_secs(10);
         self.proxy = Some(ProxyHandle::start(cfg));

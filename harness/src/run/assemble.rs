@@ -2,6 +2,7 @@
 //! backup, the truth image hashed, the pipeline's recordings laid out per block, the
 //! harness's own re-read of what the target stored, owners and stamps of problem blocks.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::pipeline::{BackupResult, Pipeline};
@@ -18,15 +19,9 @@ use super::chain;
 pub struct BackupRecord {
     pub number: u32,
     pub result: BackupResult,
-}
-
-/// True when `target` equals `truth` at every block not excluded.
-fn matches_truth(g: &GenerationRecord, target: &[BlockHash]) -> bool {
-    g.truth
-        .iter()
-        .zip(target)
-        .enumerate()
-        .all(|(b, (t, s))| t == s || g.exclusion(b as u64).is_some())
+    /// The harness's re-read, right after this backup, of every generation the target
+    /// had committed then, by (volume, generation): the reference for "intact later".
+    pub stored_after: BTreeMap<(String, u32), Vec<BlockHash>>,
 }
 
 fn hash(
@@ -56,8 +51,11 @@ pub(super) fn volumes(
     let scratch = work.join("truth-scratch.raw");
     for v in plan.backed_up() {
         let mut gens = Vec::new();
-        // The last committed generation: its target hashes and whether it matched truth.
-        let mut previous: Option<(u32, Vec<BlockHash>, bool)> = None;
+        // The last committed generation and its target hashes now.
+        let mut previous: Option<(u32, Vec<BlockHash>)> = None;
+        // Fault sites of the generations an incremental is built from: a change the
+        // module failed to track stays wrong in every later generation.
+        let mut inherited_sites: BTreeSet<u64> = BTreeSet::new();
         for br in backups {
             let step = plan.backups.iter().find(|s| s.number == br.number);
             let vb = br.result.volumes.iter().find(|x| x.volume == v.name);
@@ -76,7 +74,15 @@ pub(super) fn volumes(
                 .unwrap_or(Claim::Silent);
             let target_claim = vb.and_then(|x| x.target.clone()).unwrap_or(Claim::Silent);
             let stored = pipeline.stored_image(&v.name, generation);
-            let previous_intact = previous.as_ref().map(|(_, _, ok)| *ok);
+            // After a failed backup: is the previous generation as it was right after
+            // its own backup? (Its correctness is judged in its own record.)
+            let previous_intact = match &previous {
+                Some((pg, now)) if stored.is_none() => backups
+                    .iter()
+                    .find_map(|b| b.stored_after.get(&(v.name.clone(), *pg)))
+                    .map(|then| then == now),
+                _ => None,
+            };
 
             if !truth.taken(br.number) {
                 // No instant, no truth: nothing to compare, but the claims still count
@@ -117,6 +123,9 @@ pub(super) fn volumes(
                 g.snapshot_instant_ns = vb.instant_ns;
                 g.excluded = vb.excluded.clone();
                 g.fault_sites = vb.fault_sites.clone();
+                if kind == BackupKind::Incremental {
+                    g.fault_sites.extend(inherited_sites.iter().copied());
+                }
                 g.retransmits = vb.retransmits.clone();
                 if let Some(w) = &vb.witness {
                     let mut snap = vec![None; blocks];
@@ -143,7 +152,7 @@ pub(super) fn volumes(
                         sent: vb.sent.clone(),
                         previous: previous
                             .as_ref()
-                            .map(|(_, h, _)| h.iter().copied().map(Some).collect()),
+                            .map(|(_, h)| h.iter().copied().map(Some).collect()),
                     });
                 }
             }
@@ -174,8 +183,12 @@ pub(super) fn volumes(
                 let _ = std::fs::remove_file(&image);
             }
             if let Some(h) = target_hashes {
-                let ok = matches_truth(&g, &h);
-                previous = Some((generation, h, ok));
+                inherited_sites = if kind == BackupKind::Incremental {
+                    g.fault_sites.clone()
+                } else {
+                    vb.map(|x| x.fault_sites.clone()).unwrap_or_default()
+                };
+                previous = Some((generation, h));
             }
             gens.push(g);
         }

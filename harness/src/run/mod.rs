@@ -320,10 +320,10 @@ impl<'a> Runner<'a> {
                 .map(|(d, v)| (v.name.clone(), d.id.clone(), d.path.clone()))
                 .collect::<Vec<_>>(),
         ));
-        self.pipeline = Some(Box::new(Reference::new(
-            self.image.as_ref().expect("set above"),
-            &self.work,
-        )));
+        match Reference::new(self.image.as_ref().expect("set above"), &self.work) {
+            Ok(p) => self.pipeline = Some(Box::new(p)),
+            Err(e) => return self.harness_error(format!("preparing the pipeline: {}", chain(&e))),
+        }
         self.guest_life(&disks);
         if let Some(p) = self.pipeline.as_mut() {
             let notes = p.stop();
@@ -564,9 +564,29 @@ impl<'a> Runner<'a> {
         if let Some(t) = took_instant {
             self.note(format!("truth taken in {:.0} ms", t.as_secs_f64() * 1000.0));
         }
+        // Re-read each generation this backup committed, right away: a later failed
+        // backup must leave it exactly so.
+        let mut stored_after = std::collections::BTreeMap::new();
+        let mut problems = Vec::new();
+        let pipeline = self.pipeline.as_ref().expect("set");
+        for vb in &result.volumes {
+            let Some(g) = vb.generation else { continue };
+            if let Some(img) = pipeline.stored_image(&vb.volume, g) {
+                match crate::hash::hash_image(&img) {
+                    Ok(h) => {
+                        stored_after.insert((vb.volume.clone(), g), h);
+                    }
+                    Err(e) => problems.push(format!("re-reading {}: {}", img.display(), chain(&e))),
+                }
+            }
+        }
+        for p in problems {
+            self.note(p);
+        }
         Ok(BackupRecord {
             number: step.number,
             result,
+            stored_after,
         })
     }
 

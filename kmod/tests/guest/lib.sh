@@ -1,11 +1,18 @@
 # Helpers for the bwsnap guest tests (busybox sh). Sourced by each test.
-# Conventions: the volume under test is $VOL (/dev/vda) mounted on /mnt; $S1 and
-# $S2 (/dev/vdb, /dev/vdc) are scratch disks of the same size where a test needs them.
-# bwvol=DEV on the kernel command line tests another volume (e.g. a partition).
-VOL=$(sed -n 's/.*bwvol=\([^ ]*\).*/\1/p' /proc/cmdline)
-VOL=${VOL:-/dev/vda}
-S1=/dev/vdb
-S2=/dev/vdc
+# Conventions: the volume under test is $VOL mounted on /mnt; $S1 and $S2 are scratch
+# disks of the same size where a test needs them ($S1 holds a filesystem). The harness
+# (harness/tests/kmod.rs) passes them in the environment, found by disk serial; the
+# defaults are a bare QEMU guest's first three virtio disks. bwvol=DEV on the kernel
+# command line overrides $VOL (e.g. a partition).
+CMDVOL=$(sed -n 's/.*bwvol=\([^ ]*\).*/\1/p' /proc/cmdline)
+VOL=${CMDVOL:-${VOL:-/dev/vda}}
+S1=${S1:-/dev/vdb}
+S2=${S2:-/dev/vdc}
+mkdir -p /mnt
+# Mark the kernel log so that `finish` judges only what this test caused. A test run
+# in several steps (race.sh) names itself in $TEST and marks only its first step.
+TEST=${TEST:-$(basename "$0" .sh)}
+[ -n "$BWTEST_CONTINUE" ] || echo "bwtest-begin $TEST" > /dev/kmsg
 
 CTL=bwsnap-ctl
 FAILS=0
@@ -44,9 +51,14 @@ expect_state() { # expect_state MINOR STATE
 
 load() { insmod /lib/modules/bwsnap.ko "$@" || die "insmod bwsnap"; }
 
+# The kernel log since this test last began.
+test_dmesg() {
+	dmesg | awk -v m="bwtest-begin $TEST" 'substr($0, length($0) - length(m) + 1) == m { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
+}
+
 finish() {
-	if dmesg | grep -E "BUG:|WARNING:|Oops|Call Trace|blocked for more than" >/dev/null; then
-		dmesg | grep -E -A20 "BUG:|WARNING:|Oops|blocked for more than" | head -60
+	if test_dmesg | grep -E "BUG:|WARNING:|Oops|Call Trace|blocked for more than" >/dev/null; then
+		test_dmesg | grep -E -A20 "BUG:|WARNING:|Oops|blocked for more than" | head -60
 		fail "kernel log has a splat"
 	fi
 	echo "FAILS $FAILS"
@@ -62,4 +74,16 @@ prefill() {
 		i=$((i + 1))
 	done
 	sync
+}
+
+# After a failed test: take down whatever it left (best effort), so the next test in
+# the same guest starts clean.
+reset_all() {
+	fsfreeze --unfreeze /mnt 2>/dev/null
+	m=0
+	while [ $m -lt 32 ]; do bwsnap-ctl destroy $m 2>/dev/null; m=$((m + 1)); done
+	for d in /mnt2 /mnt; do umount $d 2>/dev/null; done
+	rmmod bwsnap 2>/dev/null
+	rm -f /tmp/stop
+	true
 }

@@ -1,0 +1,503 @@
+//! `blockwitness bench cow`: write throughput on a volume's origin while a snapshot is
+//! active, for bwsnap and for the kernel's own dm-snapshot, in one guest, against the
+//! same volume with no snapshot.
+//!
+//! Also owns the guest test tools of kmod/ (the static `bwtool` helper and the shell
+//! scripts of kmod/tests/guest), which reach a guest on a small read-only ext4 "tools"
+//! disk built on the host, so the image stays as it is. The kmod VM tests
+//! (harness/tests/kmod.rs) use the same disk.
+//!
+//! dm-snapshot without dmsetup (not in busybox): `bwtool dm` creates the snapshot-origin
+//! and snapshot devices through the device-mapper ioctls. The origin disk has two
+//! partitions: 1 holds the ext4 filesystem that is written (and bwsnap's COW file), 2 is
+//! dm-snapshot's exception store, so both snapshots keep their copies on the same disk.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::guest::{Guest, GuestError};
+use crate::image::BuiltImage;
+use crate::qemu::{Accel, Disk, DiskFormat};
+use crate::vm::{BootOptions, Vm, VmError};
+
+/// Where the tools disk is mounted in the guest: `bwtool` at the top, the scripts of
+/// kmod/tests/guest under `guest/`.
+pub const TOOLS_MOUNT: &str = "/tools";
+/// The tools disk's id (its serial is `bw-tools`).
+pub const TOOLS_ID: &str = "tools";
+
+/// Why the guest tools could not be prepared or the benchmark could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchCowError {
+    #[error("image {image} was built without bwsnap.ko")]
+    NoModule { image: String },
+    #[error("`{command}` failed: {detail}")]
+    Tool { command: String, detail: String },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("booting the benchmark guest")]
+    Vm(#[from] VmError),
+    #[error("in the benchmark guest")]
+    Guest(#[from] GuestError),
+    #[error("the guest benchmark script failed ({how}):\n{output}")]
+    Script { how: String, output: String },
+    #[error("the guest benchmark printed no figure for {mode} {setup}; output:\n{output}")]
+    MissingFigure {
+        mode: &'static str,
+        setup: &'static str,
+        output: String,
+    },
+    #[error("{setup} made no copies during the {mode} run: the snapshot was not active, the figure means nothing")]
+    NoCopies {
+        mode: &'static str,
+        setup: &'static str,
+    },
+    #[error("the guest kernel reported trouble during the benchmark: {line}")]
+    Kernel { line: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchCowError + '_ {
+    move |source| BenchCowError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs a host command, failing with its stderr.
+fn run(cmd: &mut Command) -> Result<(), BenchCowError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| BenchCowError::Tool {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchCowError::Tool {
+            command,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// Builds the tools disk in `dir`: `bwtool` compiled static from
+/// kmod/tests/tools/bwtool.c, and kmod/tests/guest/*.sh, on an 8 MiB ext4 image made
+/// with `mkfs.ext4 -d`. Attached read-only.
+pub fn tools_disk(project_root: &Path, dir: &Path) -> Result<Disk, BenchCowError> {
+    let tests = project_root.join("kmod/tests");
+    let tree = dir.join("tools-tree");
+    let scripts = tree.join("guest");
+    std::fs::create_dir_all(&scripts).map_err(io_err(&scripts))?;
+    run(Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(tree.join("bwtool"))
+        .arg(tests.join("tools/bwtool.c")))?;
+    let guest_dir = tests.join("guest");
+    for entry in std::fs::read_dir(&guest_dir).map_err(io_err(&guest_dir))? {
+        let path = entry.map_err(io_err(&guest_dir))?.path();
+        if path.extension().is_some_and(|e| e == "sh") {
+            let dest = scripts.join(path.file_name().expect("a file has a name"));
+            std::fs::copy(&path, &dest).map_err(io_err(&dest))?;
+        }
+    }
+    let image = dir.join("tools.raw");
+    let file = std::fs::File::create(&image).map_err(io_err(&image))?;
+    file.set_len(8 << 20).map_err(io_err(&image))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-L", "bw-tools", "-d"])
+        .arg(&tree)
+        .arg(&image))?;
+    Ok(Disk {
+        id: TOOLS_ID.into(),
+        path: image,
+        format: DiskFormat::Raw,
+        serial: format!("bw-{TOOLS_ID}"),
+        read_only: true,
+        blkdebug: false,
+    })
+}
+
+/// The guest's device name (`vdX`) of the disk with serial `serial`.
+pub fn guest_dev(guest: &mut Guest, serial: &str) -> Result<String, GuestError> {
+    let out = guest.sh(
+        &format!("grep -lx '{serial}' /sys/block/vd*/serial | cut -d/ -f4"),
+        Duration::from_secs(30),
+    )?;
+    match out.lines().next() {
+        Some(dev) if !dev.is_empty() => Ok(dev.to_string()),
+        _ => Err(GuestError::Failed {
+            command: format!("find the disk with serial {serial}"),
+            how: "no such disk in the guest".into(),
+        }),
+    }
+}
+
+/// Mounts the tools disk read-only on [`TOOLS_MOUNT`].
+pub fn mount_tools(guest: &mut Guest) -> Result<(), GuestError> {
+    let dev = guest_dev(guest, &format!("bw-{TOOLS_ID}"))?;
+    guest.sh(
+        &format!("mkdir -p {TOOLS_MOUNT} && mount -t ext4 -o ro /dev/{dev} {TOOLS_MOUNT}"),
+        Duration::from_secs(30),
+    )?;
+    Ok(())
+}
+
+/// A shell command line that runs kmod/tests/guest/`script` (with `args`) from the
+/// tools disk, `bwtool` on the PATH and `env` (NAME=value words) set.
+pub fn script_command(script: &str, args: &str, env: &str) -> String {
+    format!("cd {TOOLS_MOUNT}/guest && PATH={TOOLS_MOUNT}:$PATH {env} sh ./{script} {args}")
+}
+
+/// A raw disk with an MBR of two Linux partitions, `p1_mib` and `p2_mib` MiB, the first
+/// at 1 MiB, holding an ext4 filesystem (4 KiB blocks) made on the host.
+fn partitioned_disk(dir: &Path, id: &str, p1_mib: u32, p2_mib: u32) -> Result<Disk, BenchCowError> {
+    let path = dir.join(format!("{id}.raw"));
+    let sectors = |mib: u32| mib * 2048;
+    let mut mbr = [0u8; 512];
+    for (i, (start, len)) in [
+        (sectors(1), sectors(p1_mib)),
+        (sectors(1 + p1_mib), sectors(p2_mib)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = &mut mbr[446 + 16 * i..446 + 16 * (i + 1)];
+        // CHS fields say "use the LBA fields" (all ones); type 0x83 is Linux.
+        e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[4] = 0x83;
+        e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[8..12].copy_from_slice(&start.to_le_bytes());
+        e[12..16].copy_from_slice(&len.to_le_bytes());
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    std::fs::write(&path, mbr).map_err(io_err(&path))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.set_len(u64::from(1 + p1_mib + p2_mib) << 20)
+        .map_err(io_err(&path))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-E", "offset=1048576"])
+        .arg(&path)
+        .arg(format!("{p1_mib}M")))?;
+    Ok(Disk {
+        id: id.into(),
+        path,
+        format: DiskFormat::Raw,
+        serial: format!("bw-{id}"),
+        read_only: false,
+        blkdebug: false,
+    })
+}
+
+/// The write patterns measured.
+pub const MODES: [&str; 2] = ["rand4k", "seq1m"];
+/// The set-ups measured per mode, as kmod/tests/guest/bench.sh names them.
+pub const SETUPS: [&str; 5] = [
+    "none",
+    "bwsnap",
+    "dm-none",
+    "dm-snapshot-N",
+    "dm-snapshot-P",
+];
+
+/// Settings of `bench cow`.
+#[derive(Clone, Debug)]
+pub struct CowBenchOptions {
+    /// Seconds each figure is measured for (default 10).
+    pub seconds: u32,
+}
+
+impl Default for CowBenchOptions {
+    fn default() -> Self {
+        CowBenchOptions { seconds: 10 }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CowFigure {
+    pub mode: &'static str,
+    pub setup: &'static str,
+    pub mib_per_s: f64,
+    /// 4 KiB copies the snapshot made during the run (0 without a snapshot).
+    pub copies: u64,
+}
+
+/// The figures of one `bench cow` run.
+#[derive(Clone, Debug)]
+pub struct CowBench {
+    pub accel: Accel,
+    pub image: String,
+    pub kernel_release: String,
+    pub seconds: u32,
+    pub figures: Vec<CowFigure>,
+}
+
+impl CowBench {
+    /// Throughput of `setup` in `mode`.
+    pub fn rate(&self, mode: &str, setup: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.mode == mode && f.setup == setup)
+            .map(|f| f.mib_per_s)
+    }
+
+    /// Throughput of `setup` relative to no snapshot at all, in `mode`.
+    pub fn ratio_to_none(&self, mode: &str, setup: &str) -> Option<f64> {
+        Some(self.rate(mode, setup)? / self.rate(mode, "none")?.max(1e-9))
+    }
+
+    /// bwsnap's throughput over dm-snapshot's (store `N` or `P`): at least 1.0 means
+    /// bwsnap's overhead is no worse (the target).
+    pub fn bwsnap_over_dm(&self, mode: &str, store: char) -> Option<f64> {
+        let dm = self.rate(mode, &format!("dm-snapshot-{store}"))?;
+        Some(self.rate(mode, "bwsnap")? / dm.max(1e-9))
+    }
+}
+
+impl fmt::Display for CowBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "bench cow ({}, {} {}): O_DIRECT overwrites of a 64 MiB file on ext4, {} s per figure, every snapshot fresh",
+            self.accel, self.image, self.kernel_release, self.seconds
+        )?;
+        fn label(setup: &str) -> &str {
+            match setup {
+                "none" => "no snapshot",
+                "bwsnap" => "bwsnap",
+                "dm-none" => "dm origin, no snapshot",
+                "dm-snapshot-N" => "dm-snapshot, transient",
+                "dm-snapshot-P" => "dm-snapshot, persistent",
+                other => other,
+            }
+        }
+        for mode in MODES {
+            writeln!(f, "  {mode}")?;
+            for fig in self.figures.iter().filter(|x| x.mode == mode) {
+                write!(
+                    f,
+                    "    {:<26} {:>9.2} MiB/s",
+                    label(fig.setup),
+                    fig.mib_per_s
+                )?;
+                if fig.setup != "none" {
+                    if let Some(r) = self.ratio_to_none(mode, fig.setup) {
+                        write!(f, "   {r:>5.3} of no snapshot")?;
+                    }
+                }
+                if fig.copies > 0 {
+                    write!(f, "   ({} copies)", fig.copies)?;
+                }
+                writeln!(f)?;
+            }
+            if let (Some(n), Some(p)) = (
+                self.bwsnap_over_dm(mode, 'N'),
+                self.bwsnap_over_dm(mode, 'P'),
+            ) {
+                writeln!(
+                    f,
+                    "    bwsnap / dm-snapshot: {n:.2} (transient), {p:.2} (persistent); target >= 1.00 against the transient store (like for like: bwsnap keeps its index in memory): {}",
+                    if n >= 1.0 {
+                        "met".to_string()
+                    } else {
+                        format!("missed by {:.0}%", (1.0 - n) * 100.0)
+                    }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the `BENCH MODE SETUP MIB/S COPIES` lines of kmod/tests/guest/bench.sh.
+pub fn parse_figures(output: &str) -> Result<Vec<CowFigure>, BenchCowError> {
+    let mut figures = Vec::new();
+    for mode in MODES {
+        for setup in SETUPS {
+            let fig = output.lines().find_map(|line| {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                match w.as_slice() {
+                    ["BENCH", m, s, rate, copies] if *m == mode && *s == setup => {
+                        Some((rate.parse::<f64>().ok()?, copies.parse::<i64>().ok()?))
+                    }
+                    _ => None,
+                }
+            });
+            let missing = || BenchCowError::MissingFigure {
+                mode,
+                setup,
+                output: output.to_string(),
+            };
+            let (mib_per_s, copies) = fig.ok_or_else(missing)?;
+            // -1: the script saw the snapshot fail (overflow, invalid).
+            let copies = u64::try_from(copies).map_err(|_| missing())?;
+            if setup.contains("snap") && copies == 0 {
+                return Err(BenchCowError::NoCopies { mode, setup });
+            }
+            figures.push(CowFigure {
+                mode,
+                setup,
+                mib_per_s,
+                copies,
+            });
+        }
+    }
+    Ok(figures)
+}
+
+/// `bench cow` with the default settings.
+pub fn bench_cow(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<CowBench, BenchCowError> {
+    bench_cow_with(img, accel, dir, &CowBenchOptions::default())
+}
+
+/// `bench cow`: boots `img` once with the tools disk and a two-partition origin disk,
+/// runs kmod/tests/guest/bench.sh there and reads its figures. `dir` holds the disks
+/// and the run directory.
+pub fn bench_cow_with(
+    img: &BuiltImage,
+    accel: Accel,
+    dir: &Path,
+    opts: &CowBenchOptions,
+) -> Result<CowBench, BenchCowError> {
+    if img.bwsnap_sha256.is_none() {
+        return Err(BenchCowError::NoModule {
+            image: img.name.clone(),
+        });
+    }
+    let tools = tools_disk(&crate::paths::project_root(), dir)?;
+    // 1: ext4 with the 64 MiB file and bwsnap's 96 MiB COW file; 2: dm's store, room
+    // for every block of the file plus its metadata.
+    let origin = partitioned_disk(dir, "origin", 256, 128)?;
+    let mut boot = BootOptions::new(accel, dir.join("run"));
+    boot.disks = vec![tools, origin];
+    boot.extra_modules = vec!["dm_snapshot".into()];
+    let mut vm = Vm::boot(img, boot)?;
+    let console = vm.machine.console_path();
+    mount_tools(&mut vm.guest)?;
+    let dev = guest_dev(&mut vm.guest, "bw-origin")?;
+    let command = script_command(
+        "bench.sh",
+        "",
+        &format!(
+            "VOL=/dev/{dev}1 COWDEV=/dev/{dev}2 BENCH_SECS={}",
+            opts.seconds
+        ),
+    );
+    // 20 timed runs, plus filling the file and setting up snapshots.
+    let timeout = Duration::from_secs(u64::from(opts.seconds) * 20 + 300);
+    let done = vm.guest.exec(&["/bin/sh", "-c", &command], timeout)?;
+    let output = format!("{}{}", done.stdout, done.stderr);
+    let figures = if done.success() {
+        parse_figures(&done.stdout)
+    } else {
+        Err(BenchCowError::Script {
+            how: done.describe(),
+            output: output.clone(),
+        })
+    };
+    vm.shutdown(Duration::from_secs(60))?;
+    let text = std::fs::read(&console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(io_err(&console))?;
+    if let Some(trouble) = crate::console::scan(&text).into_iter().next() {
+        return Err(BenchCowError::Kernel { line: trouble.line });
+    }
+    Ok(CowBench {
+        accel,
+        image: img.name.clone(),
+        kernel_release: img.kernel_release.clone(),
+        seconds: opts.seconds,
+        figures: figures?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> String {
+        let mut s = String::from("ok: something\n");
+        for mode in MODES {
+            for (i, setup) in SETUPS.iter().enumerate() {
+                let copies = if setup.contains("snap") { 100 } else { 0 };
+                s.push_str(&format!("BENCH {mode} {setup} {}.5 {copies}\n", 10 - i));
+            }
+        }
+        s + "FAILS 0\n"
+    }
+
+    #[test]
+    fn reads_every_figure_and_computes_ratios() {
+        let figures = parse_figures(&output()).unwrap();
+        assert_eq!(figures.len(), 10);
+        let b = CowBench {
+            accel: Accel::Tcg,
+            image: "debian-6.1".into(),
+            kernel_release: "6.1.0-56-amd64".into(),
+            seconds: 10,
+            figures,
+        };
+        assert_eq!(b.rate("seq1m", "bwsnap"), Some(9.5));
+        assert!((b.ratio_to_none("rand4k", "bwsnap").unwrap() - 9.5 / 10.5).abs() < 1e-9);
+        assert!((b.bwsnap_over_dm("rand4k", 'N').unwrap() - 9.5 / 7.5).abs() < 1e-9);
+        let text = b.to_string();
+        assert!(text.contains("target >= 1.00"), "{text}");
+        assert!(text.contains(": met"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_or_meaningless_figure_is_an_error() {
+        let without = output().replace("BENCH seq1m dm-none", "XBENCH");
+        assert!(matches!(
+            parse_figures(&without),
+            Err(BenchCowError::MissingFigure {
+                mode: "seq1m",
+                setup: "dm-none",
+                ..
+            })
+        ));
+        let no_copies =
+            output().replace("BENCH rand4k bwsnap 9.5 100", "BENCH rand4k bwsnap 9.5 0");
+        assert!(matches!(
+            parse_figures(&no_copies),
+            Err(BenchCowError::NoCopies {
+                setup: "bwsnap",
+                ..
+            })
+        ));
+        let failed = output().replace(
+            "BENCH rand4k dm-snapshot-P 6.5 100",
+            "BENCH rand4k dm-snapshot-P 6.5 -1",
+        );
+        assert!(parse_figures(&failed).is_err());
+    }
+
+    #[test]
+    fn the_origin_disk_has_two_partitions_and_a_filesystem_on_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = partitioned_disk(dir.path(), "o", 32, 8).unwrap();
+        let bytes = std::fs::read(&disk.path).unwrap();
+        assert_eq!(bytes.len(), 41 << 20);
+        assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
+        let lba =
+            |i: usize| u32::from_le_bytes(bytes[454 + 16 * i..458 + 16 * i].try_into().unwrap());
+        assert_eq!((lba(0), lba(1)), (2048, 2048 * 33));
+        // ext4's magic 0xEF53 at byte 56 of the superblock, 1024 bytes into partition 1.
+        let sb = (1 << 20) + 1024;
+        assert_eq!(&bytes[sb + 56..sb + 58], &[0x53, 0xef]);
+    }
+}
