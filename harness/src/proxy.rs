@@ -10,7 +10,7 @@
 //! QEMU after a pause, so the guest sees the host side go away and come back, and
 //! connects to the target again when the agent next sends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference_agent::transport::{Address, Conn};
 use reference_agent::wire::{
-    BlockView, Frame, FrameBuffer, FrameView, Item, SessionHeader, SessionId,
+    encode_block, BlockView, End, ManifestDigest, Frame, FrameBuffer, FrameView, Item, SessionHeader, SessionId,
 };
 use sha2::{Digest, Sha256};
 
@@ -54,12 +54,19 @@ pub enum TransportFault {
     DropFrame { frame: u64 },
     /// Close both sides after forwarding block frame number `after_frame`.
     Disconnect { after_frame: u64 },
+    /// Flip one bit in the data of the selected frames and re-encode each frame with
+    /// hashes and checksums that match the corrupted data: corruption the protocol cannot
+    /// see (a buggy middlebox that recomputes checksums), which only a recording outside
+    /// the pipeline catches.
+    Rewrite(FrameSel),
 }
 
 /// What the proxy did to a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InjectedFault {
     BitFlip { byte: u64, bit: u8 },
+    /// A bit flip whose frame was re-encoded to look intact.
+    Rewritten { byte: u64, bit: u8 },
     Dropped,
     DisconnectAfter,
 }
@@ -248,6 +255,10 @@ struct SessionState {
     frames: u64,
     max_seq: Option<u64>,
     rng: ChaCha8Rng,
+    /// With a rewrite fault: the hashes of every frame as forwarded, by sequence number
+    /// (offset, block length, hashes), to fix up the end frame's manifest digest.
+    forwarded: Option<BTreeMap<u64, (u64, u32, Vec<[u8; 32]>)>>,
+    rewrites: u64,
 }
 
 /// Buffered bytes above which the proxy stops reading the side that feeds them.
@@ -457,6 +468,10 @@ impl Proxy {
                             if let Frame::Header(h) = &f {
                                 self.on_header(h.clone());
                             }
+                            let raw = match &f {
+                                Frame::End(e) => self.fix_end(e, raw),
+                                _ => raw,
+                            };
                             self.to_target.extend_from_slice(&raw);
                         }
                     }
@@ -465,9 +480,40 @@ impl Proxy {
         }
     }
 
+    /// After a rewrite, the end frame's manifest digest is recomputed over the blocks as
+    /// forwarded, so the target cannot tell.
+    fn fix_end(&mut self, e: &End, raw: Vec<u8>) -> Vec<u8> {
+        let Some(st) = self.sessions.get(&e.session) else {
+            return raw;
+        };
+        let (Some(forwarded), true) = (&st.forwarded, st.rewrites > 0) else {
+            return raw;
+        };
+        let mut digest = ManifestDigest::new();
+        for (offset, bl, hashes) in forwarded.values() {
+            for (i, h) in hashes.iter().enumerate() {
+                digest.add_block(offset + u64::from(*bl) * i as u64, *bl, h);
+            }
+        }
+        let fixed = Frame::End(End {
+            manifest_digest: digest.finish(),
+            ..e.clone()
+        });
+        let mut out = Vec::new();
+        match fixed.encode(&mut out) {
+            Ok(()) => out,
+            Err(_) => raw,
+        }
+    }
+
     fn on_header(&mut self, h: SessionHeader) {
         self.current = Some(h.session);
         let seed = self.cfg.seed;
+        let rewriting = self
+            .faults
+            .lock()
+            .map(|f| f.iter().any(|x| matches!(x, TransportFault::Rewrite(_))))
+            .unwrap_or(false);
         self.sessions
             .entry(h.session)
             .or_insert_with(|| SessionState {
@@ -475,11 +521,13 @@ impl Proxy {
                 frames: 0,
                 max_seq: None,
                 rng: ChaCha8Rng::seed_from_u64(seed ^ u64::from_le_bytes(sid_prefix(h.session))),
+                forwarded: rewriting.then(BTreeMap::new),
+                rewrites: 0,
             });
         self.emit(ProxyEvent::Session { header: h });
     }
 
-    fn on_block(&mut self, b: OwnedBlock, mut raw: Vec<u8>) {
+    fn on_block(&mut self, mut b: OwnedBlock, mut raw: Vec<u8>) {
         let faults = self
             .faults
             .lock()
@@ -522,12 +570,42 @@ impl Proxy {
                     ));
                     fault = fault.or(Some(InjectedFault::DisconnectAfter));
                 }
+                TransportFault::Rewrite(sel) if sel.hits(n) && b.data_len > 0 => {
+                    let byte = st.rng.gen_range(0..b.data_len);
+                    let bit = st.rng.gen_range(0..8u8);
+                    let mut data = raw[data_at..].to_vec();
+                    data[byte] ^= 1 << bit;
+                    let bl = b.data_len / b.hashes.len().max(1);
+                    let hashes: Vec<[u8; 32]> = data
+                        .chunks(bl.max(1))
+                        .map(|c| Sha256::digest(c).into())
+                        .collect();
+                    let mut out = Vec::with_capacity(raw.len());
+                    if encode_block(&mut out, b.seq, b.offset, &hashes, &data).is_ok() {
+                        raw = out;
+                        b.hashes = hashes;
+                        st.rewrites += 1;
+                        fault = Some(InjectedFault::Rewritten {
+                            byte: byte as u64,
+                            bit,
+                        });
+                    }
+                }
                 TransportFault::BitFlip(_)
+                | TransportFault::Rewrite(_)
                 | TransportFault::DropFrame { .. }
                 | TransportFault::Disconnect { .. } => {}
             }
         }
+        let data_at = raw.len() - b.data_len;
         let data = &raw[data_at..];
+        if let Some(fwd) = st.forwarded.as_mut() {
+            if delivered && !b.hashes.is_empty() {
+                let bl = b.data_len / b.hashes.len();
+                let hashes = data.chunks(bl).map(|c| Sha256::digest(c).into()).collect();
+                fwd.insert(b.seq, (b.offset, bl as u32, hashes));
+            }
+        }
         let block_hashes: Vec<[u8; 32]> = data
             .chunks(4096)
             .map(|c| Sha256::digest(c).into())
@@ -870,6 +948,34 @@ mod tests {
             }
         )));
         assert_transport_column_exact(&recs, &src);
+    }
+
+    #[test]
+    fn a_rewritten_frame_passes_the_target_with_wrong_data() {
+        let mut rig = rig(vec![TransportFault::Rewrite(FrameSel::Nth(3))]);
+        let src = image(2);
+        let (r, stats) = rig.send(&src);
+        r.unwrap();
+        assert_eq!(stats.nacks, 0, "the protocol cannot see a rewritten frame");
+        let stored = rig.stored();
+        assert_ne!(stored, src.0, "the target stored the corrupted block");
+        let events = rig.finish();
+        let recs = blocks(&events);
+        let hit: Vec<_> = recs.iter().filter(|r| r.fault.is_some()).collect();
+        assert_eq!(hit.len(), 1);
+        let f = hit[0];
+        assert!(matches!(f.fault, Some(InjectedFault::Rewritten { .. })));
+        assert!(f.hashes_match, "the frame's own hashes were fixed up");
+        let Some(InjectedFault::Rewritten { byte, .. }) = f.fault else {
+            unreachable!()
+        };
+        let at = (f.offset + byte) as usize;
+        assert_ne!(stored[at], src.0[at]);
+        assert_eq!(
+            stored.iter().zip(&src.0).filter(|(a, b)| a != b).count(),
+            1,
+            "exactly one byte differs"
+        );
     }
 
     #[test]

@@ -476,6 +476,10 @@ impl Pipeline for Reference {
                         FrameSel::Every(n) => proxy::FrameSel::Every(*n),
                     }))
                 }
+                FaultSpec::Rewrite { frames } => transport.push(TransportFault::Rewrite(match frames {
+                    FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
+                    FrameSel::Every(n) => proxy::FrameSel::Every(*n),
+                })),
                 FaultSpec::DropFrame { frame } => {
                     transport.push(TransportFault::DropFrame { frame: *frame })
                 }
@@ -492,6 +496,7 @@ impl Pipeline for Reference {
                 FaultSpec::DiskHang { .. }
                 | FaultSpec::DiskEio { .. }
                 | FaultSpec::Reset { .. }
+                | FaultSpec::Panic { .. }
                 | FaultSpec::RemoveDisk { .. } => {}
             }
         }
@@ -787,7 +792,9 @@ impl Pipeline for Reference {
                             *vb.retransmits.entry(b).or_default() += 1;
                         }
                     }
-                    if let Some(InjectedFault::BitFlip { byte, .. }) = r.fault {
+                    if let Some(InjectedFault::BitFlip { byte, .. } | InjectedFault::Rewritten { byte, .. }) =
+                        r.fault
+                    {
                         vb.fault_sites.insert(first + byte / BLOCK as u64);
                     }
                 }

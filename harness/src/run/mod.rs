@@ -366,6 +366,8 @@ impl<'a> Runner<'a> {
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
         self.phase("booting");
+        // The scenario's timeout counts from the boot: building an image is not the run.
+        self.started = Instant::now();
         let booted = self.timed("boot", |_| Vm::boot(&image, boot));
         let mut vm = match booted {
             Ok(vm) => vm,
@@ -804,35 +806,47 @@ impl RunHooks for Hooks<'_> {
             return;
         }
         for f in &self.step.faults {
-            let FaultSpec::Reset { at } = &f.spec else {
-                continue;
+            let (at, panic) = match &f.spec {
+                FaultSpec::Reset { at } => (at, false),
+                FaultSpec::Panic { at } => (at, true),
+                _ => continue,
             };
             let due = match at {
                 ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),
-                ResetAt::AtPercent(p) => {
-                    match (progress.blocks_crossed, progress.blocks_expected) {
-                        (Some(c), Some(t)) if t > 0 => c * 100 >= t * u64::from(*p),
-                        _ => false,
-                    }
-                }
+                ResetAt::AtPercent(p) => match (progress.blocks_crossed, progress.blocks_expected) {
+                    (Some(c), Some(t)) if t > 0 => c * 100 >= t * u64::from(*p),
+                    _ => false,
+                },
             };
-            if due {
-                self.reset_done = true;
-                let r = vm.machine.qmp().execute(
-                    "system_reset",
-                    serde_json::json!({}),
-                    Duration::from_secs(10),
-                );
-                self.notes.push(match r {
-                    Ok(_) => format!(
-                        "fault: guest reset {:.1}s into backup {} ({} blocks crossed)",
-                        progress.elapsed.as_secs_f64(),
-                        self.step.number,
-                        progress.blocks_crossed.unwrap_or(0)
-                    ),
-                    Err(e) => format!("fault: guest reset failed: {e}"),
-                });
+            if !due {
+                continue;
             }
+            self.reset_done = true;
+            let when = format!(
+                "{:.1}s into backup {} ({} blocks crossed)",
+                progress.elapsed.as_secs_f64(),
+                self.step.number,
+                progress.blocks_crossed.unwrap_or(0)
+            );
+            let done = if panic {
+                // Spawned, not waited for: the kernel dies before it could answer.
+                vm.guest
+                    .spawn(&["/bin/sh", "-c", "echo c > /proc/sysrq-trigger"])
+                    .map(|_| ())
+                    .map_err(|e| chain(&e))
+            } else {
+                vm.machine
+                    .qmp()
+                    .execute("system_reset", serde_json::json!({}), Duration::from_secs(10))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            let what = if panic { "kernel panic" } else { "guest reset" };
+            self.notes.push(match done {
+                Ok(()) => format!("fault: {what} {when}"),
+                Err(e) => format!("fault: {what} failed: {e}"),
+            });
+            return;
         }
     }
 }

@@ -170,6 +170,10 @@ pub enum FaultSpec {
     BitFlip {
         frames: FrameSel,
     },
+    /// A bit flip the proxy disguises by rewriting the frame's hashes and end digest.
+    Rewrite {
+        frames: FrameSel,
+    },
     DropFrame {
         frame: u64,
     },
@@ -188,6 +192,10 @@ pub enum FaultSpec {
     Reset {
         at: ResetAt,
     },
+    /// Crash the guest kernel (sysrq c).
+    Panic {
+        at: ResetAt,
+    },
     RemoveDisk {
         volume: String,
         at: FaultAt,
@@ -204,11 +212,14 @@ impl FaultSpec {
             FaultSpec::DiskHang { .. } | FaultSpec::DiskEio { .. } => Layer::Disk,
             FaultSpec::BitFlip { .. }
             | FaultSpec::DropFrame { .. }
+            | FaultSpec::Rewrite { .. }
             | FaultSpec::Disconnect { .. } => Layer::Transport,
             FaultSpec::WrongOffset { .. }
             | FaultSpec::SkipVerify
             | FaultSpec::CrashBeforeCommit => Layer::Target,
-            FaultSpec::Reset { .. } | FaultSpec::RemoveDisk { .. } => Layer::Guest,
+            FaultSpec::Reset { .. } | FaultSpec::Panic { .. } | FaultSpec::RemoveDisk { .. } => {
+                Layer::Guest
+            }
             FaultSpec::SkipBlocks { .. } => Layer::Agent,
         }
     }
@@ -223,6 +234,7 @@ impl FaultSpec {
             FaultSpec::DiskHang { .. } => "hang",
             FaultSpec::DiskEio { .. } => "eio",
             FaultSpec::BitFlip { .. } => "bit-flip",
+            FaultSpec::Rewrite { .. } => "rewrite",
             FaultSpec::DropFrame { .. } => "drop-frame",
             FaultSpec::Disconnect { .. } => "disconnect",
             FaultSpec::WrongOffset { .. } => "wrong-offset",
@@ -230,6 +242,7 @@ impl FaultSpec {
             FaultSpec::CrashBeforeCommit => "crash-before-commit",
             FaultSpec::SkipBlocks { .. } => "skip-blocks",
             FaultSpec::Reset { .. } => "reset",
+            FaultSpec::Panic { .. } => "panic",
             FaultSpec::RemoveDisk { .. } => "remove-disk",
         }
     }

@@ -865,6 +865,12 @@ fn validate_faults(
                     (None, e) => FrameSel::Every(e.unwrap_or(1)),
                 },
             },
+            "rewrite" => FaultSpec::Rewrite {
+                frames: match (f.frame, f.every) {
+                    (Some(n), _) => FrameSel::Nth(n),
+                    (None, e) => FrameSel::Every(e.unwrap_or(1)),
+                },
+            },
             "drop-frame" => FaultSpec::DropFrame {
                 frame: f.frame.unwrap_or(1),
             },
@@ -880,6 +886,12 @@ fn validate_faults(
                 every: f.every.unwrap_or(1),
             },
             "reset" => FaultSpec::Reset {
+                at: match (f.after_ms, f.at_percent) {
+                    (Some(ms), _) => ResetAt::AfterMs(ms),
+                    (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),
+                },
+            },
+            "panic" => FaultSpec::Panic {
                 at: match (f.after_ms, f.at_percent) {
                     (Some(ms), _) => ResetAt::AfterMs(ms),
                     (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),

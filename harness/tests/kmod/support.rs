@@ -478,8 +478,13 @@ pub fn race(name: &str) {
     );
 }
 
-/// `bench cow` end to end with short runs: every figure present, snapshots made copies.
+/// `bench cow` end to end with short runs (`BW_BENCH_COW_SECS`, default 2, for a full
+/// run by hand): every figure present, every snapshot made copies.
 pub fn bench_cow_smoke(name: &str) {
+    let seconds = std::env::var("BW_BENCH_COW_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let img = common::image(name);
     let dir = common::scratch(&format!("bench-cow-{name}"));
     let started = Instant::now();
@@ -489,7 +494,7 @@ pub fn bench_cow_smoke(name: &str) {
             img,
             common::accel(img),
             dir.path(),
-            &bench_cow::CowBenchOptions { seconds: 2 },
+            &bench_cow::CowBenchOptions { seconds },
         ),
     );
     eprintln!("{bench}");

@@ -1,9 +1,10 @@
 # Write throughput on the origin with a snapshot active, three ways in one guest: no
 # snapshot, bwsnap, and the kernel's dm-snapshot (transient "N" and persistent "P"
-# exception stores, 4 KiB chunks like bwsnap's blocks). O_DIRECT random 4 KiB and
-# sequential 1 MiB overwrites of a 64 MiB file for $BENCH_SECS each; every snapshot is
-# fresh, so first writes pay the copy. Run by `blockwitness bench cow`
-# (harness/src/bench_cow.rs).
+# exception stores, 4 KiB chunks like bwsnap's blocks), O_DIRECT overwrites of a 64 MiB
+# file. Every snapshot is fresh, so first writes pay the copy: random 4 KiB writes run
+# for $BENCH_SECS (a few repeat a block); sequential 1 MiB writes make one pass over the
+# file with a snapshot (every write pays), $BENCH_SECS of passes without. Run by
+# `blockwitness bench cow` (harness/src/bench_cow.rs).
 # Needs $VOL (ext4, the origin; partition 1 of the disk) and $COWDEV (partition 2 of
 # the same disk: dm-snapshot's exception store; bwsnap keeps its COW file on $VOL).
 # Prints "BENCH MODE SETUP MIB/S COPIES" per figure.
@@ -11,8 +12,11 @@
 T=${BENCH_SECS:-10}
 [ -b "$COWDEV" ] || die "COWDEV=$COWDEV is not a block device"
 majmin() { cat /sys/class/block/$(basename $1)/dev; }
+FILE_BYTES=$((64 << 20))
 bench() { # bench MODE SETUP COPIES-COMMAND: one timed run, one BENCH line
-	r=$(bwtool wbench /mnt/bench $1 $T) || die "wbench $1 $2"
+	limit=
+	case "$1 $2" in seq1m*snap*) limit=$FILE_BYTES ;; esac
+	r=$(bwtool wbench /mnt/bench $1 $T $limit) || die "wbench $1 $2"
 	echo "BENCH $1 $2 $(echo "$r" | cut -d' ' -f2) $($3)"
 }
 zero() { echo 0; }
@@ -20,7 +24,7 @@ zero() { echo 0; }
 load
 mount $VOL /mnt || die "mount $VOL"
 rm -f /mnt/cow
-dd if=/dev/urandom of=/mnt/bench bs=1M count=64 2>/dev/null
+dd if=/dev/urandom of=/mnt/bench bs=1M count=$((FILE_BYTES >> 20)) 2>/dev/null
 sync
 
 bwsnap_copies() {

@@ -18,10 +18,11 @@
  *                              read); exit 1 otherwise
  *   bwtool readall DEV         read DEV to the end in 1 MiB O_DIRECT reads;
  *                              print "read N errors E"
- *   bwtool wbench FILE rand4k|seq1m SECONDS
+ *   bwtool wbench FILE rand4k|seq1m SECONDS [BYTES]
  *                              O_DIRECT overwrites inside the existing FILE
- *                              (random 4 KiB or sequential 1 MiB, wrapping)
- *                              for SECONDS; print "MODE MiB/s N writes"
+ *                              (random 4 KiB or sequential 1 MiB from the
+ *                              start, wrapping) for SECONDS or until BYTES are
+ *                              written; print "MODE MiB/s N writes"
  *   bwtool hash DEV            read DEV to the end (1 MiB O_DIRECT reads) and
  *                              print one 16-hex-digit hash per 4 KiB block,
  *                              then "blocks N"; exit 1 on a read error. The
@@ -332,12 +333,13 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int cmd_wbench(const char *path, const char *mode, double secs)
+static int cmd_wbench(const char *path, const char *mode, double secs,
+		      uint64_t max_bytes)
 {
 	int fd = open_or_die(path, O_WRONLY | O_DIRECT);
 	int rnd = !strcmp(mode, "rand4k");
 	size_t bs = rnd ? 4096 : CHUNK;
-	uint64_t n = 0, x = 88172645463325252ULL, off = 0, size;
+	uint64_t n = 0, x = 88172645463325252ULL, off = 0, size, next = 0;
 	struct stat st;
 	double t0, t;
 	char *buf;
@@ -356,7 +358,8 @@ static int cmd_wbench(const char *path, const char *mode, double secs)
 			x ^= x << 17;
 			off = x % (size / bs) * bs;
 		} else {
-			off = (off + bs) % size;
+			off = next;
+			next = (next + bs) % size;
 		}
 		buf[0] = (char)n;
 		if (pwrite(fd, buf, bs, off) != (ssize_t)bs) {
@@ -365,7 +368,7 @@ static int cmd_wbench(const char *path, const char *mode, double secs)
 		}
 		n++;
 		t = now() - t0;
-	} while (t < secs);
+	} while (t < secs && (!max_bytes || n * bs < max_bytes));
 	printf("%s %.2f MiB/s %llu writes\n", mode, n * bs / t / (1 << 20),
 	       (unsigned long long)n);
 	return 0;
@@ -523,8 +526,9 @@ static int cmd_dm(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	if (argc == 5 && !strcmp(argv[1], "wbench"))
-		return cmd_wbench(argv[2], argv[3], atof(argv[4]));
+	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "wbench"))
+		return cmd_wbench(argv[2], argv[3], atof(argv[4]),
+				  argc == 6 ? strtoull(argv[5], NULL, 0) : 0);
 	if (argc >= 4 && !strcmp(argv[1], "cmp"))
 		return cmd_cmp(argc - 2, argv + 2);
 	if (argc == 3 && !strcmp(argv[1], "blocks"))
@@ -540,6 +544,6 @@ int main(int argc, char **argv)
 	if (argc == 5 && !strcmp(argv[1], "phys"))
 		return cmd_phys(argv[2], strtoull(argv[3], NULL, 0),
 				strtoull(argv[4], NULL, 0));
-	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | phys FILE OFF LEN | badptr | readall DEV | hash DEV | wbench FILE MODE SECS | dm OP NAME [TABLE]\n");
+	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | phys FILE OFF LEN | badptr | readall DEV | hash DEV | wbench FILE MODE SECS [BYTES] | dm OP NAME [TABLE]\n");
 	return 2;
 }
