@@ -243,6 +243,9 @@ pub struct CowBench {
     pub image: String,
     pub kernel_release: String,
     pub seconds: u32,
+    /// The host's 1-minute load average when the guest booted: TCG figures are noisy
+    /// when other work shares the cores.
+    pub load_average: Option<f64>,
     pub figures: Vec<CowFigure>,
 }
 
@@ -275,6 +278,14 @@ impl fmt::Display for CowBench {
             "bench cow ({}, {} {}): O_DIRECT overwrites of a 64 MiB file on ext4, {} s per figure, every snapshot fresh",
             self.accel, self.image, self.kernel_release, self.seconds
         )?;
+        if let Some(load) = self.load_average {
+            let note = if load > 0.5 {
+                ": other work shares the cores, figures are noisy"
+            } else {
+                ""
+            };
+            writeln!(f, "  host load average {load:.2} at start{note}")?;
+        }
         fn label(setup: &str) -> &str {
             match setup {
                 "none" => "no snapshot",
@@ -378,6 +389,9 @@ pub fn bench_cow_with(
             image: img.name.clone(),
         });
     }
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok());
     let tools = tools_disk(&crate::paths::project_root(), dir)?;
     // 1: ext4 with the 64 MiB file and bwsnap's 96 MiB COW file; 2: dm's store, room
     // for every block of the file plus its metadata.
@@ -421,6 +435,7 @@ pub fn bench_cow_with(
         image: img.name.clone(),
         kernel_release: img.kernel_release.clone(),
         seconds: opts.seconds,
+        load_average,
         figures: figures?,
     })
 }
@@ -449,6 +464,7 @@ mod tests {
             image: "debian-6.1".into(),
             kernel_release: "6.1.0-56-amd64".into(),
             seconds: 10,
+            load_average: Some(1.5),
             figures,
         };
         assert_eq!(b.rate("seq1m", "bwsnap"), Some(9.5));
@@ -457,6 +473,7 @@ mod tests {
         let text = b.to_string();
         assert!(text.contains("target >= 1.00"), "{text}");
         assert!(text.contains(": met"), "{text}");
+        assert!(text.contains("figures are noisy"), "{text}");
     }
 
     #[test]

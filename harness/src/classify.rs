@@ -699,17 +699,35 @@ pub fn verdict(c: &Classification, rec: &Recording) -> Verdict {
         }
     }
     if expect.named_writes {
-        let unnamed: Vec<u64> = blocks_of(BlockClass::DataFromTheFuture)
+        // Filesystem metadata (the journal, bitmaps) leaks with the data but is never
+        // written by the stamped workload: only blocks of files must name their write.
+        let owner = |volume: &str, generation: u32, block: u64| -> Option<&str> {
+            rec.volumes
+                .iter()
+                .find(|v| v.name == volume)?
+                .generations
+                .iter()
+                .find(|g| g.generation == generation)?
+                .owners
+                .get(&block)
+                .map(String::as_str)
+        };
+        let future = blocks_of(BlockClass::DataFromTheFuture);
+        let unnamed: Vec<u64> = future
             .iter()
             .filter(|b| !b.4)
+            .filter(|b| owner(&b.0, b.1, b.2).is_none_or(|o| o.starts_with('/')))
             .map(|b| b.2)
             .collect();
         if !unnamed.is_empty() {
             reasons.push(format!(
-                "{} data-from-the-future block(s) name no stamped write (blocks {})",
+                "{} data-from-the-future block(s) of files name no stamped write (blocks {})",
                 unnamed.len(),
                 blocks_text(&unnamed)
             ));
+        }
+        if !future.is_empty() && future.iter().all(|b| !b.4) {
+            reasons.push("no data-from-the-future block names the stamped write it holds".into());
         }
     }
 

@@ -22,6 +22,7 @@ pub mod diff;
 pub mod events;
 pub mod fsmap;
 pub mod hash;
+pub mod nightly;
 pub mod pipeline;
 pub mod plan;
 pub mod proxy;

@@ -78,6 +78,25 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+    /// The main job: every scenario on every image over its seeds, one report with the
+    /// detector matrix.
+    Nightly {
+        /// Scenario files or directories (default: scenarios/).
+        paths: Vec<PathBuf>,
+        /// Only these images (default: each scenario's list).
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// Only the first N seeds of each scenario.
+        #[arg(long)]
+        max_seeds: Option<u32>,
+        /// Only scenarios whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        #[arg(long)]
+        plain: bool,
+    },
     /// Validate scenario files without booting (default: scenarios/).
     Check { paths: Vec<PathBuf> },
     /// Classify two raw images (truth, backup) or two report directories block by block.
@@ -315,9 +334,17 @@ fn main() -> ExitCode {
             keep_work,
             plain,
         } => run_cmd(files, image, seed, accel, keep_work, plain),
+        Command::Nightly {
+            paths,
+            images,
+            max_seeds,
+            filter,
+            accel,
+            plain,
+        } => nightly_cmd(paths, images, max_seeds, filter, accel, plain),
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
-            print!("{report}");
+            println!("{report}");
             Ok(report.exit_code() as u8)
         }
         Command::Diff { a, b, out } => {
@@ -365,6 +392,57 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn nightly_cmd(
+    paths: Vec<PathBuf>,
+    images: Vec<String>,
+    max_seeds: Option<u32>,
+    filter: Option<String>,
+    accel: AccelChoice,
+    plain: bool,
+) -> anyhow::Result<u8> {
+    // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
+    if doctor::require(doctor::FOR_RUN).is_err() {
+        for ran in doctor::setup()? {
+            eprintln!("setup ran: {ran}");
+        }
+    }
+    let reporter = blockwitness::ui::Terminal::new(plain);
+    let opts = blockwitness::nightly::NightlyOptions {
+        scenarios: if paths.is_empty() {
+            vec![paths::scenarios_dir()]
+        } else {
+            paths
+        },
+        images: (!images.is_empty()).then_some(images),
+        max_seeds,
+        filter,
+        run: RunOptions::standard(accel),
+    };
+    let report = blockwitness::nightly::nightly(&opts, &reporter);
+    println!("{}", blockwitness::nightly::matrix_markdown(&report));
+    for r in &report.runs {
+        println!(
+            "{:5} {} {} seed {} ({:.0}s) {}",
+            r.verdict,
+            r.scenario,
+            r.image,
+            r.seed,
+            r.seconds,
+            r.reasons.join("; ")
+        );
+    }
+    for e in &report.invalid_scenarios {
+        println!("invalid: {e}");
+    }
+    println!(
+        "{} runs in {:.0} min; report: {}/index.html",
+        report.runs.len(),
+        report.seconds / 60.0,
+        report.dir
+    );
+    Ok(report.exit_code() as u8)
 }
 
 fn run_cmd(

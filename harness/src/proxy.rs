@@ -24,7 +24,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference_agent::transport::{Address, Conn};
 use reference_agent::wire::{
-    encode_block, BlockView, End, ManifestDigest, Frame, FrameBuffer, FrameView, Item, SessionHeader, SessionId,
+    encode_block, BlockView, End, Frame, FrameBuffer, FrameView, Item, ManifestDigest,
+    SessionHeader, SessionId,
 };
 use sha2::{Digest, Sha256};
 
@@ -64,9 +65,15 @@ pub enum TransportFault {
 /// What the proxy did to a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InjectedFault {
-    BitFlip { byte: u64, bit: u8 },
+    BitFlip {
+        byte: u64,
+        bit: u8,
+    },
     /// A bit flip whose frame was re-encoded to look intact.
-    Rewritten { byte: u64, bit: u8 },
+    Rewritten {
+        byte: u64,
+        bit: u8,
+    },
     Dropped,
     DisconnectAfter,
 }

@@ -476,10 +476,12 @@ impl Pipeline for Reference {
                         FrameSel::Every(n) => proxy::FrameSel::Every(*n),
                     }))
                 }
-                FaultSpec::Rewrite { frames } => transport.push(TransportFault::Rewrite(match frames {
-                    FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
-                    FrameSel::Every(n) => proxy::FrameSel::Every(*n),
-                })),
+                FaultSpec::Rewrite { frames } => {
+                    transport.push(TransportFault::Rewrite(match frames {
+                        FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
+                        FrameSel::Every(n) => proxy::FrameSel::Every(*n),
+                    }))
+                }
                 FaultSpec::DropFrame { frame } => {
                     transport.push(TransportFault::DropFrame { frame: *frame })
                 }
@@ -792,8 +794,9 @@ impl Pipeline for Reference {
                             *vb.retransmits.entry(b).or_default() += 1;
                         }
                     }
-                    if let Some(InjectedFault::BitFlip { byte, .. } | InjectedFault::Rewritten { byte, .. }) =
-                        r.fault
+                    if let Some(
+                        InjectedFault::BitFlip { byte, .. } | InjectedFault::Rewritten { byte, .. },
+                    ) = r.fault
                     {
                         vb.fault_sites.insert(first + byte / BLOCK as u64);
                     }

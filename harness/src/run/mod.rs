@@ -61,6 +61,10 @@ pub struct RunResult {
     pub report_dir: PathBuf,
     pub verdict: Verdict,
     pub elapsed: Duration,
+    /// Block classes found, other than ok and excluded.
+    pub found_classes: Vec<String>,
+    /// Run-level outcomes found.
+    pub outcomes: Vec<String>,
 }
 
 impl RunResult {
@@ -105,8 +109,18 @@ pub fn run_plan(
     run.execute();
     let recording = run.recording();
     let console = run.work.join("run/console.log");
+    let mut found_classes = Vec::new();
+    let mut outcomes = Vec::new();
     let verdict = match crate::report::write(&report_dir, &recording, Some(scenario_text)) {
         Ok(outcome) => {
+            found_classes = outcome
+                .summary
+                .counts
+                .iter()
+                .filter(|(c, n)| **n > 0 && c.as_str() != "ok" && c.as_str() != "excluded")
+                .map(|(c, _)| c.clone())
+                .collect();
+            outcomes = outcome.summary.outcomes.clone();
             let _ = std::fs::copy(&console, report_dir.join("console.log"));
             for n in 1..=plan.backups.len() {
                 let name = format!("agent-backup-{n}.log");
@@ -136,6 +150,8 @@ pub fn run_plan(
         report_dir,
         verdict,
         elapsed,
+        found_classes,
+        outcomes,
     }
 }
 
@@ -813,10 +829,12 @@ impl RunHooks for Hooks<'_> {
             };
             let due = match at {
                 ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),
-                ResetAt::AtPercent(p) => match (progress.blocks_crossed, progress.blocks_expected) {
-                    (Some(c), Some(t)) if t > 0 => c * 100 >= t * u64::from(*p),
-                    _ => false,
-                },
+                ResetAt::AtPercent(p) => {
+                    match (progress.blocks_crossed, progress.blocks_expected) {
+                        (Some(c), Some(t)) if t > 0 => c * 100 >= t * u64::from(*p),
+                        _ => false,
+                    }
+                }
             };
             if !due {
                 continue;
@@ -837,7 +855,11 @@ impl RunHooks for Hooks<'_> {
             } else {
                 vm.machine
                     .qmp()
-                    .execute("system_reset", serde_json::json!({}), Duration::from_secs(10))
+                    .execute(
+                        "system_reset",
+                        serde_json::json!({}),
+                        Duration::from_secs(10),
+                    )
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             };

@@ -351,7 +351,7 @@ pub const KEYS: &[KeyDoc] = &[
     key("expect.outcomes", EnumList(EXPECTABLE_OUTCOMES), Some("[]"), "Run-level outcomes that must occur; any other outcome fails the run.", "[\"failed-cleanly\"]"),
     key("expect.allow_outcomes", EnumList(EXPECTABLE_OUTCOMES), Some("[]"), "Run-level outcomes that may occur without failing the run.", "[\"failed-cleanly\"]"),
     key("expect.at", Enum(WHERE), Some("`\"fault-sites\"` when there are faults and classes, else `\"anywhere\"`"), "`fault-sites`: every block of an expected class must be one where a fault was injected (the module's log, the proxy's record), and at least one must be found there.", "\"fault-sites\""),
-    key("expect.named_writes", Bool, Some("false"), "Every data-from-the-future block must name the stamped write it holds (needs a stamped workload).", "true"),
+    key("expect.named_writes", Bool, Some("false"), "Every data-from-the-future block of a file must name the stamped write it holds, and at least one must (needs a stamped workload; filesystem metadata such as the journal is exempt).", "true"),
     key("expect.fsck", Bool, Some("false"), "After the run, `e2fsck -fn` must be clean on every ext2/ext4 volume.", "true"),
     key("expect.remount", Bool, Some("false"), "After the run, the guest boots again from the same disks and every volume mounts with its files intact.", "true"),
     key("expect.skipped", EnumList(SKIPPED), Some("[]"), "Devices the agent's discovery must skip, giving a reason, within `backup.discovery_timeout`.", "[\"floppy\"]"),

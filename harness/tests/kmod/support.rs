@@ -76,7 +76,7 @@ struct Guest {
 }
 
 impl Guest {
-    fn boot(img: &BuiltImage, dir: &Path, mut disks: Vec<Disk>) -> Guest {
+    fn boot(img: &BuiltImage, dir: &Path, mut disks: Vec<Disk>, modules: &[&str]) -> Guest {
         let tools = or_die(
             "building the tools disk",
             bench_cow::tools_disk(&paths::project_root(), dir),
@@ -84,6 +84,7 @@ impl Guest {
         disks.insert(0, tools);
         let mut opts = BootOptions::new(common::accel(img), dir.join("run"));
         opts.disks = disks;
+        opts.extra_modules = modules.iter().map(|m| m.to_string()).collect();
         let booted = Instant::now();
         let mut vm = or_die(&format!("booting {}", img.name), Vm::boot(img, opts));
         or_die(
@@ -158,42 +159,57 @@ impl Guest {
 /// A guest script and the filesystem of the volume it runs on.
 struct Script {
     name: &'static str,
+    /// Names the volume (`<name>-<fs>`, serial `bw-<name>-<fs>`).
+    fs: &'static str,
     mkfs: &'static [&'static str],
+    mib: u64,
 }
 
 const EXT4: &[&str] = &["mkfs.ext4", "-q", "-F", "-b", "4096"];
-
-/// In this order, each on a fresh volume of its own. loadunload last: it takes the
-/// module through 100 cycles, a failure there should not hide the others.
-const SCRIPTS: &[Script] = &[
-    Script {
-        name: "state",
-        mkfs: EXT4,
-    },
-    Script {
-        name: "incr",
-        mkfs: EXT4,
-    },
-    Script {
-        name: "full",
-        mkfs: EXT4,
-    },
-    Script {
-        name: "faults",
-        mkfs: EXT4,
-    },
-    Script {
-        name: "teardown",
-        mkfs: EXT4,
-    },
-    Script {
-        name: "loadunload",
-        mkfs: EXT4,
-    },
-];
+/// ext2 with 1 KiB blocks: no extents (the COW file is written with zeros instead of
+/// fallocated) and slots that start at 1 KiB offsets.
+const EXT2_1K: &[&str] = &["mkfs.ext2", "-q", "-F", "-b", "1024"];
+const XFS: &[&str] = &["mkfs.xfs", "-q", "-f"];
 
 /// Volume and scratch disk size (MiB). The scratch disks take copies of a volume.
 const VOLUME_MIB: u64 = 256;
+/// mkfs.xfs refuses filesystems under 300 MB (the xfs scripts make no copies).
+const XFS_MIB: u64 = 320;
+
+const fn script(
+    name: &'static str,
+    fs: &'static str,
+    mkfs: &'static [&'static str],
+    mib: u64,
+) -> Script {
+    Script {
+        name,
+        fs,
+        mkfs,
+        mib,
+    }
+}
+
+/// In this order, each on a fresh volume of its own: every script on ext4, the cheap
+/// ones again on the module's other filesystems. loadunload last: it takes the module
+/// through 100 cycles, a failure there should not hide the others.
+const SCRIPTS: &[Script] = &[
+    script("state", "ext4", EXT4, VOLUME_MIB),
+    script("state", "xfs", XFS, XFS_MIB),
+    script("state", "ext2k1", EXT2_1K, VOLUME_MIB),
+    script("incr", "ext4", EXT4, VOLUME_MIB),
+    script("full", "ext4", EXT4, VOLUME_MIB),
+    script("full", "xfs", XFS, XFS_MIB),
+    script("faults", "ext4", EXT4, VOLUME_MIB),
+    script("teardown", "ext4", EXT4, VOLUME_MIB),
+    script("loadunload", "ext4", EXT4, VOLUME_MIB),
+];
+
+impl Script {
+    fn id(&self) -> String {
+        format!("{}-{}", self.name, self.fs)
+    }
+}
 
 /// What a script's output says: its `FAIL:` lines and whether it ended with `FAILS 0`.
 fn judge(name: &str, done: &bw_guest::control::Finished) -> Result<usize, String> {
@@ -208,7 +224,7 @@ fn judge(name: &str, done: &bw_guest::control::Finished) -> Result<usize, String
         Ok(passed)
     } else {
         Err(format!(
-            "{name}.sh: {} ({passed} checks passed)\n  {}\n--- output ---\n{}{}",
+            "{name}: {} ({passed} checks passed)\n  {}\n--- output ---\n{}{}",
             done.describe(),
             fails.join("\n  "),
             done.stdout,
@@ -228,19 +244,20 @@ pub fn scripts(name: &str) {
         common::raw_disk(d, "s2", VOLUME_MIB, &[]),
     ];
     for s in SCRIPTS {
-        disks.push(common::raw_disk(d, s.name, VOLUME_MIB, s.mkfs));
+        disks.push(common::raw_disk(d, &s.id(), s.mib, s.mkfs));
     }
-    let mut g = Guest::boot(img, d, disks);
+    let mut g = Guest::boot(img, d, disks, &["xfs"]);
     let env = format!("S1={} S2={}", g.dev("s1"), g.dev("s2"));
     let mut failures = Vec::new();
     for s in SCRIPTS {
-        let vol = g.dev(s.name);
+        let vol = g.dev(&s.id());
         let started = Instant::now();
         let done = g.script(&format!("{}.sh", s.name), "", &format!("VOL={vol} {env}"));
-        match judge(s.name, &done) {
+        match judge(&s.id(), &done) {
             Ok(checks) => eprintln!(
-                "{name}: {}.sh: {checks} checks passed in {:.0} s",
+                "{name}: {}.sh on {}: {checks} checks passed in {:.0} s",
                 s.name,
+                s.fs,
                 started.elapsed().as_secs_f64()
             ),
             Err(report) => {
@@ -335,7 +352,7 @@ pub fn race(name: &str) {
     let d = dir.path();
     let vol = common::raw_disk(d, "vol", VOLUME_MIB, EXT4);
     let vol_path = vol.path.clone();
-    let mut g = Guest::boot(img, d, vec![vol]);
+    let mut g = Guest::boot(img, d, vec![vol], &[]);
     let env = format!("VOL={}", g.dev("vol"));
 
     g.step("race.sh", "prepare", &env);

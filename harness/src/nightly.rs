@@ -1,0 +1,510 @@
+//! `blockwitness nightly`: every scenario on every image it names, over its seeds, one
+//! after another, and one report over all of them: the per-run verdicts with links to
+//! their reports, the detector matrix (each fault kind, the class or outcome it must
+//! produce, and whether it did), JUnit XML and the total time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::classify::BlockClass;
+use crate::events::Reporter;
+use crate::plan::Plan;
+use crate::run::{run_plan, RunOptions, RunResult};
+use crate::scenario::{self, Scenario};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct NightlyOptions {
+    pub scenarios: Vec<PathBuf>,
+    /// Only these images (default: each scenario's own list).
+    pub images: Option<Vec<String>>,
+    /// Run only the first `n` seeds of each scenario (default: all of them).
+    pub max_seeds: Option<u32>,
+    /// Only scenarios whose name contains this.
+    pub filter: Option<String>,
+    pub run: RunOptions,
+}
+
+/// One run of the nightly, as the nightly report lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NightlyRun {
+    pub scenario: String,
+    pub file: String,
+    pub image: String,
+    pub seed: u64,
+    pub verdict: String,
+    pub exit_code: i32,
+    pub reasons: Vec<String>,
+    pub report: String,
+    pub seconds: f64,
+    pub found_classes: Vec<String>,
+    pub outcomes: Vec<String>,
+    /// `layer/kind` of each injected fault.
+    pub faults: Vec<String>,
+    pub expected: Vec<String>,
+}
+
+/// One row of the detector matrix.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatrixRow {
+    /// `layer/kind`, or `none` for the clean scenarios.
+    pub fault: String,
+    /// What the scenarios say it must produce.
+    pub must_produce: Vec<String>,
+    pub scenarios: Vec<String>,
+    pub runs: u32,
+    /// Runs whose verdict was a pass (the expected class/outcome found, nothing else).
+    pub passed: u32,
+    pub harness_errors: u32,
+}
+
+impl MatrixRow {
+    pub fn status(&self) -> &'static str {
+        if self.runs == 0 {
+            "not run"
+        } else if self.harness_errors > 0 {
+            "not measured (harness error)"
+        } else if self.passed == self.runs {
+            "yes"
+        } else {
+            "NO"
+        }
+    }
+}
+
+/// The whole nightly.
+#[derive(Clone, Debug, Serialize)]
+pub struct NightlyReport {
+    pub started_unix: u64,
+    pub seconds: f64,
+    pub runs: Vec<NightlyRun>,
+    pub invalid_scenarios: Vec<String>,
+    pub matrix: Vec<MatrixRow>,
+    /// Every block class and run-level outcome, and the scenarios that produced it.
+    pub coverage: BTreeMap<String, Vec<String>>,
+    pub dir: String,
+}
+
+impl NightlyReport {
+    /// 0 all passed, 1 a product failure, 2 a harness error or an invalid scenario.
+    pub fn exit_code(&self) -> i32 {
+        let worst = self.runs.iter().map(|r| r.exit_code).max().unwrap_or(2);
+        if self.invalid_scenarios.is_empty() {
+            worst
+        } else {
+            2
+        }
+    }
+}
+
+fn load_all(paths: &[PathBuf], filter: Option<&str>) -> (Vec<Scenario>, Vec<String>) {
+    let report = scenario::check(paths);
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (path, result) in report.files {
+        match result {
+            Ok(s) if filter.is_none_or(|f| s.name.contains(f)) => ok.push(s),
+            Ok(_) => {}
+            Err(e) => bad.push(format!("{}: {e}", path.display())),
+        }
+    }
+    (ok, bad)
+}
+
+/// Runs the nightly and writes `reports/nightly-<time>/`.
+pub fn nightly(opts: &NightlyOptions, reporter: &dyn Reporter) -> NightlyReport {
+    let started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = opts.run.reports_dir.join(format!("nightly-{started_unix}"));
+    let (scenarios, invalid) = load_all(&opts.scenarios, opts.filter.as_deref());
+    let mut runs = Vec::new();
+    for s in &scenarios {
+        let images = match &opts.images {
+            Some(only) => s
+                .images
+                .iter()
+                .filter(|i| only.contains(i))
+                .cloned()
+                .collect(),
+            None => s.images.clone(),
+        };
+        let seeds: Vec<u64> = s
+            .seed_list()
+            .into_iter()
+            .take(opts.max_seeds.map_or(usize::MAX, |n| n as usize))
+            .collect();
+        for image in &images {
+            for &seed in &seeds {
+                let plan = Plan::resolve(s, seed, image);
+                let result = run_plan(&plan, &s.source, &opts.run, reporter);
+                runs.push(nightly_run(s, &result));
+            }
+        }
+    }
+    let mut report = NightlyReport {
+        started_unix,
+        seconds: started.elapsed().as_secs_f64(),
+        matrix: matrix(&scenarios, &runs),
+        coverage: coverage(&runs),
+        runs,
+        invalid_scenarios: invalid,
+        dir: dir.display().to_string(),
+    };
+    if let Err(e) = write(&dir, &report) {
+        report
+            .invalid_scenarios
+            .push(format!("writing the nightly report: {e}"));
+    }
+    report
+}
+
+fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
+    let mut expected: Vec<String> = s
+        .expect
+        .classes
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    expected.extend(s.expect.outcomes.iter().map(|o| o.name().to_string()));
+    NightlyRun {
+        scenario: s.name.clone(),
+        file: s.path.display().to_string(),
+        image: r.image.clone(),
+        seed: r.seed,
+        verdict: r.verdict.name().to_string(),
+        exit_code: r.exit_code(),
+        reasons: r.verdict.reasons().to_vec(),
+        report: r.report_dir.display().to_string(),
+        seconds: r.elapsed.as_secs_f64(),
+        found_classes: r.found_classes.clone(),
+        outcomes: r.outcomes.clone(),
+        faults: s
+            .faults
+            .iter()
+            .map(|f| format!("{}/{}", f.spec.layer().name(), f.spec.kind()))
+            .collect(),
+        expected,
+    }
+}
+
+/// One row per fault kind (and one for the clean scenarios).
+fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
+    let mut rows: BTreeMap<String, MatrixRow> = BTreeMap::new();
+    for s in scenarios {
+        let keys: Vec<String> = if s.faults.is_empty() {
+            vec!["none".to_string()]
+        } else {
+            s.faults
+                .iter()
+                .map(|f| format!("{}/{}", f.spec.layer().name(), f.spec.kind()))
+                .collect()
+        };
+        let mut must: Vec<String> = s
+            .expect
+            .classes
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        must.extend(s.expect.outcomes.iter().map(|o| o.name().to_string()));
+        if must.is_empty() {
+            must.push(if s.expect.allow_outcomes.is_empty() {
+                "clean".into()
+            } else {
+                "clean or failed cleanly".into()
+            });
+        }
+        for key in keys {
+            let row = rows.entry(key.clone()).or_insert_with(|| MatrixRow {
+                fault: key.clone(),
+                must_produce: Vec::new(),
+                scenarios: Vec::new(),
+                runs: 0,
+                passed: 0,
+                harness_errors: 0,
+            });
+            for m in &must {
+                if !row.must_produce.contains(m) {
+                    row.must_produce.push(m.clone());
+                }
+            }
+            row.scenarios.push(s.name.clone());
+            for r in runs.iter().filter(|r| r.scenario == s.name) {
+                row.runs += 1;
+                match r.exit_code {
+                    0 => row.passed += 1,
+                    2 => row.harness_errors += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// Which passing runs produced each class and outcome.
+fn coverage(runs: &[NightlyRun]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in BlockClass::ALL {
+        if c.is_problem() {
+            out.insert(c.name().to_string(), Vec::new());
+        }
+    }
+    for o in crate::classify::Outcome::ALL {
+        if o != crate::classify::Outcome::HarnessError {
+            out.insert(o.name().to_string(), Vec::new());
+        }
+    }
+    for r in runs.iter().filter(|r| r.exit_code == 0) {
+        for what in r.found_classes.iter().chain(&r.outcomes) {
+            let list = out.entry(what.clone()).or_default();
+            if !list.contains(&r.scenario) {
+                list.push(r.scenario.clone());
+            }
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The detector matrix as a Markdown table (the README carries one).
+pub fn matrix_markdown(report: &NightlyReport) -> String {
+    let mut t =
+        String::from("| fault | must produce | scenarios | produced |\n|---|---|---|---|\n");
+    for r in &report.matrix {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} ({}/{}) |",
+            r.fault,
+            r.must_produce.join(", "),
+            r.scenarios.join(", "),
+            r.status(),
+            r.passed,
+            r.runs
+        );
+    }
+    t
+}
+
+fn write(dir: &Path, report: &NightlyReport) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_vec_pretty(report).expect("serializable"),
+    )?;
+    std::fs::write(dir.join("matrix.md"), matrix_markdown(report))?;
+    std::fs::write(dir.join("junit.xml"), junit(report))?;
+    std::fs::write(dir.join("index.html"), html(report, dir))?;
+    Ok(())
+}
+
+fn junit(report: &NightlyReport) -> String {
+    let failures = report.runs.iter().filter(|r| r.exit_code == 1).count();
+    let errors = report.runs.iter().filter(|r| r.exit_code == 2).count();
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"blockwitness nightly\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.1}\">\n<testsuite name=\"scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
+        report.runs.len(),
+        report.seconds,
+        report.runs.len()
+    );
+    for r in &report.runs {
+        let _ = write!(
+            x,
+            "  <testcase classname=\"{}\" name=\"{}::{}::seed{}\" time=\"{:.1}\">",
+            escape(&r.scenario),
+            escape(&r.scenario),
+            escape(&r.image),
+            r.seed,
+            r.seconds
+        );
+        match r.exit_code {
+            0 => {}
+            1 => {
+                let _ = write!(
+                    x,
+                    "<failure message=\"{}\">{}</failure>",
+                    escape(&r.reasons.join("; ")),
+                    escape(&r.report)
+                );
+            }
+            _ => {
+                let _ = write!(
+                    x,
+                    "<error message=\"{}\">{}</error>",
+                    escape(&r.reasons.join("; ")),
+                    escape(&r.report)
+                );
+            }
+        }
+        x.push_str("</testcase>\n");
+    }
+    x.push_str("</testsuite>\n</testsuites>\n");
+    x
+}
+
+fn html(report: &NightlyReport, dir: &Path) -> String {
+    let rel = |p: &str| -> String {
+        let path = Path::new(p);
+        match (path.parent(), dir.parent()) {
+            (Some(a), Some(b)) if a == b => format!(
+                "../{}/index.html",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            _ => format!("{p}/index.html"),
+        }
+    };
+    let passed = report.runs.iter().filter(|r| r.exit_code == 0).count();
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Blockwitness nightly</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.pass{color:#070}.fail{color:#b00;font-weight:bold}.err{color:#a60;font-weight:bold}</style></head><body>",
+    );
+    let _ = write!(
+        h,
+        "<h1>Blockwitness nightly</h1><p>{passed} of {} runs passed in {:.0} min.</p>",
+        report.runs.len(),
+        report.seconds / 60.0
+    );
+    if !report.invalid_scenarios.is_empty() {
+        h.push_str("<h2>Invalid scenarios</h2><ul>");
+        for e in &report.invalid_scenarios {
+            let _ = write!(h, "<li><pre>{}</pre></li>", escape(e));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Detector matrix</h2><table><tr><th>fault</th><th>must produce</th><th>scenarios</th><th>produced</th></tr>");
+    for r in &report.matrix {
+        let class = match r.status() {
+            "yes" => "pass",
+            "NO" => "fail",
+            _ => "err",
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{} ({}/{})</td></tr>",
+            escape(&r.fault),
+            escape(&r.must_produce.join(", ")),
+            escape(&r.scenarios.join(", ")),
+            r.status(),
+            r.passed,
+            r.runs
+        );
+    }
+    h.push_str("</table><h2>Every class and outcome, and what produced it</h2><table><tr><th>class or outcome</th><th>produced by (passing runs)</th></tr>");
+    for (what, by) in &report.coverage {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td></tr>",
+            escape(what),
+            if by.is_empty() { "fail" } else { "pass" },
+            if by.is_empty() {
+                "nothing".to_string()
+            } else {
+                escape(&by.join(", "))
+            }
+        );
+    }
+    h.push_str("</table><h2>Runs</h2><table><tr><th>scenario</th><th>image</th><th>seed</th><th>verdict</th><th>found</th><th>time</th><th>why</th></tr>");
+    for r in &report.runs {
+        let class = match r.exit_code {
+            0 => "pass",
+            1 => "fail",
+            _ => "err",
+        };
+        let found: Vec<String> = r.found_classes.iter().chain(&r.outcomes).cloned().collect();
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{:.0}s</td><td>{}</td></tr>",
+            escape(&rel(&r.report)),
+            escape(&r.scenario),
+            escape(&r.image),
+            r.seed,
+            r.verdict,
+            escape(&found.join(", ")),
+            r.seconds,
+            escape(&r.reasons.join("; "))
+        );
+    }
+    h.push_str("</table><p><a href=\"summary.json\">summary.json</a> · <a href=\"junit.xml\">junit.xml</a> · <a href=\"matrix.md\">matrix.md</a></p></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenario: &str, exit_code: i32, found: &[&str]) -> NightlyRun {
+        NightlyRun {
+            scenario: scenario.into(),
+            file: String::new(),
+            image: "debian-6.1".into(),
+            seed: 1,
+            verdict: String::new(),
+            exit_code,
+            reasons: vec![],
+            report: "/r/x".into(),
+            seconds: 1.0,
+            found_classes: found.iter().map(|s| s.to_string()).collect(),
+            outcomes: vec![],
+            faults: vec![],
+            expected: vec![],
+        }
+    }
+
+    #[test]
+    fn coverage_counts_only_passing_runs() {
+        let cov = coverage(&[
+            run("a", 0, &["data-from-the-future"]),
+            run("b", 1, &["corrupt-snapshot"]),
+        ]);
+        assert_eq!(cov["data-from-the-future"], ["a"]);
+        assert!(cov["corrupt-snapshot"].is_empty());
+        assert!(cov.contains_key("false-success"));
+        assert!(!cov.contains_key("harness-error"));
+    }
+
+    #[test]
+    fn a_row_is_yes_only_when_every_run_passed() {
+        let mut row = MatrixRow {
+            fault: "module/cow-read-live".into(),
+            must_produce: vec![],
+            scenarios: vec![],
+            runs: 2,
+            passed: 2,
+            harness_errors: 0,
+        };
+        assert_eq!(row.status(), "yes");
+        row.passed = 1;
+        assert_eq!(row.status(), "NO");
+        row.harness_errors = 1;
+        assert_eq!(row.status(), "not measured (harness error)");
+    }
+
+    #[test]
+    fn junit_marks_failures_and_errors() {
+        let rep = NightlyReport {
+            started_unix: 0,
+            seconds: 1.0,
+            runs: vec![run("a", 0, &[]), run("b", 1, &[]), run("c", 2, &[])],
+            invalid_scenarios: vec![],
+            matrix: vec![],
+            coverage: BTreeMap::new(),
+            dir: String::new(),
+        };
+        let x = junit(&rep);
+        assert!(x.contains("failures=\"1\" errors=\"1\""));
+        assert_eq!(x.matches("<failure").count(), 1);
+        assert_eq!(x.matches("<error").count(), 1);
+        assert_eq!(rep.exit_code(), 2);
+    }
+}
