@@ -227,6 +227,38 @@ static bool bwsnap_cowfile_fs_ok(struct super_block *sb)
 	       sb->s_magic == XFS_SUPER_MAGIC;
 }
 
+/*
+ * Creating the file on a frozen filesystem would block this ioctl, uninterruptibly,
+ * until someone thaws it: refuse instead. (A freeze that starts right after this check
+ * still blocks; the agent freezes only after SETUP.)
+ */
+static int bwsnap_cowfile_check_unfrozen(const char *path)
+{
+	struct path dir;
+	char *name, *slash;
+	int err;
+
+	name = kstrdup(path, GFP_KERNEL);
+	if (!name)
+		return -ENOMEM;
+	slash = strrchr(name, '/');
+	if (!slash) {
+		kfree(name);
+		return 0;
+	}
+	slash[slash == name ? 1 : 0] = '\0';
+	err = kern_path(name, LOOKUP_FOLLOW, &dir);
+	kfree(name);
+	if (err)
+		return 0;	/* filp_open() reports the real problem */
+	if (sb_start_write_trylock(dir.dentry->d_sb))
+		sb_end_write(dir.dentry->d_sb);
+	else
+		err = -EBUSY;
+	path_put(&dir);
+	return err;
+}
+
 static struct file *bwsnap_cowfile_open(struct block_device *bdev,
 					const char *path)
 {
@@ -243,6 +275,12 @@ static struct file *bwsnap_cowfile_open(struct block_device *bdev,
 		pr_err("COW file %s already exists%s\n", path,
 		       dir ? " and is a directory" : "");
 		return ERR_PTR(dir ? -EISDIR : -EEXIST);
+	}
+	err = bwsnap_cowfile_check_unfrozen(path);
+	if (err) {
+		pr_err("cannot create COW file %s: its filesystem is frozen\n",
+		       path);
+		return ERR_PTR(err);
 	}
 	file = filp_open(path, O_RDWR | O_CREAT | O_EXCL | O_LARGEFILE, 0600);
 	if (IS_ERR(file)) {

@@ -49,3 +49,9 @@ fn vm_bench_cow_debian_6_1() {
 fn block_hash_matches_bwtool() {
     support::hash_matches_bwtool();
 }
+
+/// The verdict on a guest script's output can fail.
+#[test]
+fn script_verdict_needs_a_clean_run() {
+    support::judge_needs_a_clean_run();
+}

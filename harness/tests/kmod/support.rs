@@ -564,3 +564,29 @@ pub fn hash_matches_bwtool() {
     let mine: Vec<u64> = flipped.chunks_exact(4096).map(block_hash).collect();
     assert_eq!(differing(&mine, &theirs, &BTreeSet::new()), vec![5]);
 }
+
+/// A script passes only when it exits 0, prints no `FAIL:` line, ends with `FAILS 0`
+/// and passed at least one check.
+pub fn judge_needs_a_clean_run() {
+    let run = |code: i32, stdout: &str| bw_guest::control::Finished {
+        exit_code: Some(code),
+        signal: None,
+        timed_out: false,
+        stdout: stdout.into(),
+        stderr: String::new(),
+        duration_ms: 1,
+    };
+    assert_eq!(judge("t", &run(0, "ok: a\nok: b\nFAILS 0\n")), Ok(2));
+    for (code, out) in [
+        (1, "ok: a\nFAILS 0\n"),
+        (0, "ok: a\nFAIL: b\nFAILS 0\n"),
+        (0, "ok: a\n"),
+        (0, "FAILS 0\n"),
+        (0, "ok: a\nFAILS 1\n"),
+    ] {
+        assert!(judge("t", &run(code, out)).is_err(), "{code} {out:?}");
+    }
+    let mut timed_out = run(0, "ok: a\nFAILS 0\n");
+    timed_out.timed_out = true;
+    assert!(judge("t", &timed_out).is_err());
+}

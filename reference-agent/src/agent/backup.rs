@@ -98,6 +98,8 @@ pub struct BackupOptions {
     /// Fault for the harness (0 = off): leave 1 in N blocks out of a full backup, as a
     /// buggy agent would; the summary lists them.
     pub fault_skip_blocks: u64,
+    /// Fault for the harness: make the freeze of these mount points fail.
+    pub fault_freeze_fail: Vec<PathBuf>,
 }
 
 /// What the agent remembers between runs (kept on tmpfs in the guest).
@@ -425,6 +427,15 @@ fn free_minor(control: &Control, taken: &[u32]) -> Option<u32> {
     })
 }
 
+/// What EBUSY from SETUP or TO_SNAPSHOT most likely means.
+fn busy_hint(e: &bwsnap::BwsnapError) -> &'static str {
+    if e.errno() == Some(libc::EBUSY) {
+        " (the device is tracked already, or its filesystem is frozen)"
+    } else {
+        ""
+    }
+}
+
 /// Arms one volume (SETUP or TO_SNAPSHOT) and decides full or incremental.
 fn arm(
     control: &Control,
@@ -444,7 +455,14 @@ fn arm(
                     &vol.cow_path,
                     vol.arg.cow_size.unwrap_or(opts.cow_size),
                 )
-                .map_err(|e| format!("TO_SNAPSHOT on minor {}: {}", k.minor, error_chain(&e)))?;
+                .map_err(|e| {
+                    format!(
+                        "TO_SNAPSHOT on minor {}: {}{}",
+                        k.minor,
+                        error_chain(&e),
+                        busy_hint(&e)
+                    )
+                })?;
             vol.minor = k.minor;
             vol.full = opts.force_full || !k.chain_ok || k.last_committed.is_none();
             vol.parent = k.last_committed;
@@ -464,7 +482,13 @@ fn arm(
             &vol.cow_path,
             vol.arg.cow_size.unwrap_or(opts.cow_size),
         )
-        .map_err(|e| format!("SETUP of {device} as minor {minor}: {}", error_chain(&e)))?;
+        .map_err(|e| {
+            format!(
+                "SETUP of {device} as minor {minor}: {}{}",
+                error_chain(&e),
+                busy_hint(&e)
+            )
+        })?;
     let last = state
         .volumes
         .get(&vol.arg.id)
@@ -775,7 +799,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
     // created and preallocated now).
     let mut taken = Vec::new();
     for i in 0..vols.len() {
-        let _ = std::fs::remove_file(&vols[i].cow_path);
+        remove_leftover(&vols[i].cow_path);
         if let Err(e) = arm(&control, state, &mut vols[i], &taken, opts) {
             vols[i].summary.error = Some(e.clone());
             let mount = vols[i].arg.mount.display().to_string();
@@ -810,7 +834,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
         }
     }
     let mounts: Vec<PathBuf> = vols.iter().map(|v| v.arg.mount.clone()).collect();
-    let frozen = match Frozen::freeze_all(&mounts) {
+    let frozen = match Frozen::freeze_all(&mounts, &opts.fault_freeze_fail) {
         Ok(f) => f,
         Err(e) => {
             let msg = error_chain(&e);
@@ -886,6 +910,14 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
     Ok(())
 }
 
+/// Removes a COW file if there is one. Only then: unlink(2) waits for a frozen
+/// filesystem even when the name does not exist, and someone else may have frozen it.
+fn remove_leftover(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Drops each snapshot (keeping change tracking) and removes its COW file.
 fn back_to_incremental(control: &Control, vols: &[Vol]) {
     for vol in vols {
@@ -899,7 +931,7 @@ fn back_to_incremental(control: &Control, vols: &[Vol]) {
                 let _ = control.to_incremental(vol.minor);
             }
         }
-        let _ = std::fs::remove_file(&vol.cow_path);
+        remove_leftover(&vol.cow_path);
     }
 }
 

@@ -50,15 +50,22 @@ pub struct Frozen {
 
 impl Frozen {
     /// Freezes every mount point in order. If one fails, the ones already frozen are
-    /// thawed before the error is returned.
-    pub fn freeze_all(mount_points: &[PathBuf]) -> Result<Frozen, FreezeError> {
+    /// thawed before the error is returned. `fail` names mount points whose freeze is
+    /// made to fail (EBUSY) on purpose: a fault the harness injects to prove the others
+    /// are thawed.
+    pub fn freeze_all(mount_points: &[PathBuf], fail: &[PathBuf]) -> Result<Frozen, FreezeError> {
         let mut frozen = Frozen { held: Vec::new() };
         for mp in mount_points {
             let file = File::open(mp).map_err(|source| FreezeError::Open {
                 path: mp.clone(),
                 source,
             })?;
-            ioctl(&file, FIFREEZE).map_err(|source| FreezeError::Freeze {
+            let result = if fail.contains(mp) {
+                Err(std::io::Error::from_raw_os_error(libc::EBUSY))
+            } else {
+                ioctl(&file, FIFREEZE)
+            };
+            result.map_err(|source| FreezeError::Freeze {
                 path: mp.clone(),
                 source,
             })?;

@@ -66,6 +66,9 @@ enum Command {
         /// Fault for the harness: leave 1 in N blocks out of a full backup.
         #[arg(long, default_value_t = 0, hide = true)]
         fault_skip_blocks: u64,
+        /// Fault for the harness: make the freeze of this mount point fail.
+        #[arg(long, hide = true)]
+        fault_freeze_fail: Vec<PathBuf>,
     },
     /// (internal) Probe one device and print its filesystem type.
     #[command(name = "__probe", hide = true)]
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             hook_timeout,
             probe_floppy,
             fault_skip_blocks,
+            fault_freeze_fail,
         } => {
             let opts = (|| -> anyhow::Result<BackupOptions> {
                 Ok(BackupOptions {
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
                         ..Options::default()
                     },
                     fault_skip_blocks,
+                    fault_freeze_fail,
                 })
             })();
             let opts = match opts {
