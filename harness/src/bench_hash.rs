@@ -261,11 +261,7 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
     let start = Instant::now();
     let sum = run(Command::new("sha256sum").arg(&image))?;
     let sha256sum_time = start.elapsed();
-    if sum
-        .split_whitespace()
-        .next()
-        .map_or(true, |h| h.len() != 64)
-    {
+    if sum.split_whitespace().next().is_none_or(|h| h.len() != 64) {
         return Err(BenchHashError::Tool {
             command: "sha256sum".into(),
             detail: format!("unexpected output {sum:?}"),

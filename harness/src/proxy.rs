@@ -41,7 +41,7 @@ impl FrameSel {
     fn hits(self, n: u64) -> bool {
         match self {
             FrameSel::Nth(k) => n == k,
-            FrameSel::Every(k) => k > 0 && n % k == 0,
+            FrameSel::Every(k) => k > 0 && n.is_multiple_of(k),
         }
     }
 }
@@ -257,6 +257,9 @@ impl Drop for ProxyHandle {
 }
 
 /// Per-session bookkeeping for frame numbers and retransmits.
+/// A frame as the proxy forwarded it: offset, block length, block hashes.
+type ForwardedFrame = (u64, u32, Vec<[u8; 32]>);
+
 struct SessionState {
     header: SessionHeader,
     frames: u64,
@@ -264,7 +267,7 @@ struct SessionState {
     rng: ChaCha8Rng,
     /// With a rewrite fault: the hashes of every frame as forwarded, by sequence number
     /// (offset, block length, hashes), to fix up the end frame's manifest digest.
-    forwarded: Option<BTreeMap<u64, (u64, u32, Vec<[u8; 32]>)>>,
+    forwarded: Option<BTreeMap<u64, ForwardedFrame>>,
     rewrites: u64,
 }
 
@@ -504,7 +507,7 @@ impl Proxy {
         }
         let fixed = Frame::End(End {
             manifest_digest: digest.finish(),
-            ..e.clone()
+            ..*e
         });
         let mut out = Vec::new();
         match fixed.encode(&mut out) {

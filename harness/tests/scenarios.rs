@@ -54,7 +54,7 @@ fn accel() -> AccelChoice {
 fn main() {
     let args = Arguments::from_args();
     let dir: PathBuf = blockwitness::paths::scenarios_dir();
-    let report = blockwitness::scenario::check(&[dir.clone()]);
+    let report = blockwitness::scenario::check(std::slice::from_ref(&dir));
     let mut trials = Vec::new();
     for (path, result) in report.files {
         let name = path

@@ -254,7 +254,7 @@ impl FramePlan {
             if e.count == 0
                 || e.start
                     .checked_add(e.count)
-                    .map_or(true, |end| end > vol_blocks)
+                    .is_none_or(|end| end > vol_blocks)
             {
                 return Err(SendError::Plan {
                     what: format!(

@@ -43,7 +43,11 @@ fn block(gen: u32, b: u64) -> BlockRecord {
         generation: gen,
         block: b,
         snapshot_sha256: [b as u8; 32],
-        live_sha256: if b % 3 == 0 { [0xEE; 32] } else { [0; 32] },
+        live_sha256: if b.is_multiple_of(3) {
+            [0xEE; 32]
+        } else {
+            [0; 32]
+        },
         live: match b % 3 {
             0 => LiveCompare::Differs,
             1 => LiveCompare::Equal,
@@ -55,7 +59,7 @@ fn block(gen: u32, b: u64) -> BlockRecord {
             2 => Source::Cow,
             _ => Source::Error,
         },
-        fault: (b % 5 == 0) as u8,
+        fault: b.is_multiple_of(5) as u8,
     }
 }
 

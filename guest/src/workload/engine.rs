@@ -407,7 +407,7 @@ impl<'c> Engine<'c> {
     /// The periodic sync and the ops pace.
     fn after_op(&mut self) -> Result<(), OpFailure> {
         if let Some(every) = self.rec.cfg.sync_every {
-            if self.rec.ops % every == 0 {
+            if self.rec.ops.is_multiple_of(every) {
                 self.place.sync().map_err(|e| {
                     OpFailure::Failed(format!("sync after op {}: {e}", self.rec.ops))
                 })?;

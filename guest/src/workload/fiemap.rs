@@ -59,7 +59,7 @@ pub enum FiemapError {
 /// The device LBA (in 4 KiB blocks) of each of `blocks` 4 KiB blocks at byte `offset`
 /// of `file`. Delayed allocations are flushed first (FIEMAP_FLAG_SYNC).
 pub fn physical_blocks(file: &File, offset: u64, blocks: u64) -> Result<Vec<u64>, FiemapError> {
-    if offset % BLOCK != 0 {
+    if !offset.is_multiple_of(BLOCK) {
         return Err(FiemapError::BadRange { offset, blocks });
     }
     let end = blocks
@@ -86,7 +86,7 @@ pub fn physical_blocks(file: &File, offset: u64, blocks: u64) -> Result<Vec<u64>
             });
         }
         let physical = extent.physical + (at - extent.logical);
-        if physical % BLOCK != 0 || at + BLOCK > extent.logical + extent.length {
+        if !physical.is_multiple_of(BLOCK) || at + BLOCK > extent.logical + extent.length {
             return Err(FiemapError::Unaligned { offset: at });
         }
         lbas.push(physical / BLOCK);

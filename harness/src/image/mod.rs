@@ -296,6 +296,6 @@ pub fn list_built(cache: &Path) -> Vec<BuiltImage> {
             }
         }
     }
-    out.sort_by(|a, b| b.built_at.cmp(&a.built_at));
+    out.sort_by_key(|b| std::cmp::Reverse(b.built_at));
     out
 }

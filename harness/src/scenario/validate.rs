@@ -256,7 +256,7 @@ fn validate_volumes(cx: &mut Ctx, raw: Vec<RawVolume>) -> Vec<Volume> {
         }
         let size = cx.size(&at.key("size"), &v.size).unwrap_or(0);
         let kind = v.fs.unwrap_or(FsKind::Ext4);
-        if size != 0 && size % 4096 != 0 {
+        if size != 0 && !size.is_multiple_of(4096) {
             cx.err(
                 &at.key("size"),
                 format!(
@@ -271,7 +271,7 @@ fn validate_volumes(cx: &mut Ctx, raw: Vec<RawVolume>) -> Vec<Volume> {
             FsKind::Ext2 | FsKind::Ext4 => EXT_MIN,
             FsKind::None => 4096,
         };
-        if size != 0 && size % 4096 == 0 && size < min {
+        if size != 0 && size.is_multiple_of(4096) && size < min {
             cx.err(
                 &at.key("size"),
                 format!(

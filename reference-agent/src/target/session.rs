@@ -222,7 +222,7 @@ impl Receiving {
                 let wrong = self
                     .faults
                     .wrong_offset_every
-                    .is_some_and(|every| every > 0 && self.stored_blocks % every == 0);
+                    .is_some_and(|every| every > 0 && self.stored_blocks.is_multiple_of(every));
                 let hole = self.fresh && is_zero(b.block(i));
                 if wrong {
                     let off = b.offset + (i * bs) as u64;

@@ -258,7 +258,7 @@ fn decode_payload(kind: FrameKind, payload: &[u8]) -> Result<FrameView<'_>, Wire
             let len = c.u32()? as usize;
             let n = c.u32()? as usize;
             let hashes = c.take(32 * n)?;
-            if len == 0 || len > MAX_BLOCK_DATA || len % n != 0 {
+            if len == 0 || len > MAX_BLOCK_DATA || !len.is_multiple_of(n) {
                 return Err(WireError::malformed(
                     kind,
                     format!(
@@ -480,7 +480,7 @@ pub fn encode_block(
             format!("hash count {n} is not in 1..={MAX_HASHES}"),
         ));
     }
-    if data.is_empty() || data.len() > MAX_BLOCK_DATA || data.len() % n != 0 {
+    if data.is_empty() || data.len() > MAX_BLOCK_DATA || !data.len().is_multiple_of(n) {
         return Err(WireError::malformed(
             FrameKind::Block,
             format!(

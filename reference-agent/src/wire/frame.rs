@@ -176,7 +176,7 @@ impl SessionHeader {
         }
         if self.volume_size == 0
             || self.volume_size > MAX_VOLUME_SIZE
-            || self.volume_size % u64::from(self.block_size) != 0
+            || !self.volume_size.is_multiple_of(u64::from(self.block_size))
         {
             return bad(format!(
                 "volume size {} is not a non-zero multiple of the block size {} up to 2^60",
@@ -205,7 +205,7 @@ impl SessionHeader {
     /// Checks a block frame against this session: aligned, whole blocks, inside the volume.
     pub fn check_block(&self, block: &BlockView<'_>) -> Result<(), WireError> {
         let bs = u64::from(self.block_size);
-        if block.offset % bs != 0 {
+        if !block.offset.is_multiple_of(bs) {
             return Err(WireError::Misaligned {
                 seq: block.seq,
                 offset: block.offset,
@@ -225,7 +225,7 @@ impl SessionHeader {
         if block
             .offset
             .checked_add(len)
-            .map_or(true, |end| end > self.volume_size)
+            .is_none_or(|end| end > self.volume_size)
         {
             return Err(WireError::OutsideVolume {
                 seq: block.seq,
