@@ -47,8 +47,9 @@ enum Command {
         /// Boot an image without bwsnap.ko.
         #[arg(long)]
         without_bwsnap: bool,
-        /// Attach a scratch disk: `SIZE_MIB[:FS]` with FS ext2, ext4 or xfs (made on the
-        /// host); serials bw-d0, bw-d1, ... in order.
+        /// Attach a scratch disk: `SIZE_MIB[:FS[:DIR]]` with FS ext2, ext4 or xfs (made on
+        /// the host; an ext2/ext4 disk is populated from DIR when given); serials bw-d0,
+        /// bw-d1, ... in order.
         #[arg(long = "disk")]
         disks: Vec<String>,
         /// Extra modules to load at boot.
@@ -134,6 +135,23 @@ enum ImagesCommand {
 enum BenchCommand {
     /// Hash and classify a 1 GiB image against sha256sum and openssl's sha256 limit.
     Hash,
+    /// bw-agent's full-backup throughput against dd of the snapshot device, and
+    /// bw-target's ingest against dd on the host.
+    Agent {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+    },
+    /// The wall time of a scenario against a bare boot with the same workload.
+    Scenario {
+        #[arg(default_value = "scenarios/future-clean.toml")]
+        file: PathBuf,
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+    },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -231,12 +249,12 @@ fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
         .tempdir_in(base)?)
 }
 
-/// A scratch disk for `exec`: `SIZE_MIB[:FS]`.
+/// A scratch disk for `exec`: `SIZE_MIB[:FS[:DIR]]`.
 fn scratch_disk(dir: &std::path::Path, index: usize, spec: &str) -> anyhow::Result<Disk> {
-    let (size, fs) = match spec.split_once(':') {
-        Some((s, f)) => (s, Some(f)),
-        None => (spec, None),
-    };
+    let mut parts = spec.splitn(3, ':');
+    let size = parts.next().unwrap_or_default();
+    let fs = parts.next();
+    let populate = parts.next();
     let mib: u64 = size
         .parse()
         .with_context(|| format!("disk {spec:?}: size in MiB expected"))?;
@@ -244,7 +262,13 @@ fn scratch_disk(dir: &std::path::Path, index: usize, spec: &str) -> anyhow::Resu
     std::fs::File::create(&path)?.set_len(mib << 20)?;
     if let Some(fs) = fs {
         let mkfs = match fs {
-            "ext2" | "ext4" => vec![format!("mkfs.{fs}"), "-q".into(), "-F".into()],
+            "ext2" | "ext4" => {
+                let mut m = vec![format!("mkfs.{fs}"), "-q".into(), "-F".into()];
+                if let Some(d) = populate {
+                    m.extend(["-d".into(), d.to_string()]);
+                }
+                m
+            }
             "xfs" => vec!["mkfs.xfs".into(), "-q".into(), "-f".into()],
             other => anyhow::bail!("disk {spec:?}: unknown filesystem {other:?} (ext2, ext4, xfs)"),
         };
@@ -374,6 +398,12 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Command::Bench { bench } => match bench {
+            BenchCommand::Agent { image, accel } => {
+                bench_vm(&image, accel, "bench-agent", |img, accel, dir| {
+                    blockwitness::bench::agent(img, accel, dir).map(|r| r.to_string())
+                })
+            }
+            BenchCommand::Scenario { file, image, accel } => bench_scenario(&file, &image, accel),
             BenchCommand::Hash => blockwitness::bench_hash::bench_hash(&Default::default())
                 .map(|r| {
                     println!("{r}");
@@ -492,6 +522,41 @@ fn run_cmd(
         worst = worst.max(result.exit_code() as u8);
     }
     Ok(worst)
+}
+
+/// Builds the image, decides the accelerator and runs a VM benchmark in a scratch dir.
+fn bench_vm(
+    image: &str,
+    accel: AccelChoice,
+    what: &str,
+    bench: impl FnOnce(
+        &BuiltImage,
+        blockwitness::qemu::Accel,
+        &std::path::Path,
+    ) -> Result<String, blockwitness::bench::BenchError>,
+) -> anyhow::Result<u8> {
+    doctor::require(doctor::FOR_RUN)?;
+    let img = build_image(image, true)?;
+    let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
+    eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
+    let dir = run_temp_dir(what)?;
+    println!("{}", bench(&img, decision.accel, dir.path())?);
+    Ok(0)
+}
+
+fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> anyhow::Result<u8> {
+    let scenario = blockwitness::scenario::load(file)?;
+    let plan = Plan::resolve(&scenario, scenario.seed, image);
+    bench_vm(image, accel, "bench-scenario", |img, _, dir| {
+        blockwitness::bench::scenario(
+            &plan,
+            &scenario.source,
+            &RunOptions::standard(accel),
+            img,
+            dir,
+        )
+        .map(|r| r.to_string())
+    })
 }
 
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {

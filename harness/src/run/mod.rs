@@ -7,6 +7,7 @@
 
 mod assemble;
 mod disks;
+pub use disks::mkfs_command;
 mod guestops;
 
 use std::path::{Path, PathBuf};

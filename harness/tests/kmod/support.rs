@@ -171,8 +171,12 @@ const EXT4: &[&str] = &["mkfs.ext4", "-q", "-F", "-b", "4096"];
 const EXT2_1K: &[&str] = &["mkfs.ext2", "-q", "-F", "-b", "1024"];
 const XFS: &[&str] = &["mkfs.xfs", "-q", "-f"];
 
-/// Volume and scratch disk size (MiB). The scratch disks take copies of a volume.
-const VOLUME_MIB: u64 = 256;
+/// Volume and scratch disk size (MiB) of the scripts. The scratch disks take copies of
+/// a volume; small volumes keep those copies quick.
+const VOLUME_MIB: u64 = 128;
+/// The race volume: room for its 80 MiB of files and 80 MiB COW file; 65536 blocks, so
+/// one pass of trace events fits the module's ring.
+const RACE_MIB: u64 = 256;
 /// mkfs.xfs refuses filesystems under 300 MB (the xfs scripts make no copies).
 const XFS_MIB: u64 = 320;
 
@@ -350,7 +354,7 @@ pub fn race(name: &str) {
     let img = common::image(name);
     let dir = common::scratch(&format!("kmod-race-{name}"));
     let d = dir.path();
-    let vol = common::raw_disk(d, "vol", VOLUME_MIB, EXT4);
+    let vol = common::raw_disk(d, "vol", RACE_MIB, EXT4);
     let vol_path = vol.path.clone();
     let mut g = Guest::boot(img, d, vec![vol], &[]);
     let env = format!("VOL={}", g.dev("vol"));
