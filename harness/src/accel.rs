@@ -4,10 +4,8 @@
 //! BIOS), so `auto` boots the image's kernel under KVM with the probe flag and a short
 //! deadline; no probe marker in time means TCG. The verdict is cached per host boot.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::qemu::{self, Accel};
 
@@ -88,64 +86,28 @@ fn probe_kvm(kernel: &Path, initrd: &Path, run_dir: &Path) -> (bool, String) {
     if let Err(e) = std::fs::create_dir_all(run_dir) {
         return (false, format!("cannot create {}: {e}", run_dir.display()));
     }
-    let console = run_dir.join("console.log");
-    let mut args: Vec<String> = [
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(qemu::machine_args(Accel::Kvm, 256, 1));
-    args.extend(qemu::kernel_args(
+    let boot = qemu::bare_boot(
+        Accel::Kvm,
         kernel,
         initrd,
         "console=ttyS0 bw.probe=1 panic=-1",
-    ));
-    args.extend(qemu::console_args(&console));
-    let mut child = match Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot start qemu-system-x86_64: {e}")),
-    };
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    let ended = loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break true;
+        &run_dir.join("console.log"),
+        "BW-PROBE-OK",
+        PROBE_TIMEOUT,
+    );
+    match boot {
+        Err(e) => (false, format!("cannot start qemu-system-x86_64: {e}")),
+        Ok(b) if b.marker_at.is_some() && b.exited_at.is_some() => {
+            (true, "a KVM guest booted and powered off".into())
         }
-        if Instant::now() >= deadline {
-            // SAFETY: killing the process group we created.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    if ended && text.contains("BW-PROBE-OK") {
-        (true, "a KVM guest booted and powered off".into())
-    } else if ended {
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-        }
-        (
+        Ok(b) if b.exited_at.is_some() => (
             false,
-            format!("a KVM guest ended without booting: {}", stderr.trim()),
-        )
-    } else {
-        (
+            format!("a KVM guest ended without booting: {}", b.stderr),
+        ),
+        Ok(_) => (
             false,
             format!("a KVM guest did not finish booting within {PROBE_TIMEOUT:?}"),
-        )
+        ),
     }
 }
 

@@ -88,69 +88,26 @@ fn bare_boot(
     dir: &Path,
 ) -> Result<(Duration, Duration), BenchError> {
     let console = dir.join("bare-console.log");
-    let _ = std::fs::remove_file(&console);
-    let mut args: Vec<String> = [
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(qemu::machine_args(accel, 1024, 2));
-    args.extend(qemu::kernel_args(
+    let boot = qemu::bare_boot(
+        accel,
         &img.kernel,
         initrd,
         "console=ttyS0 loglevel=5 panic=-1",
-    ));
-    args.extend(qemu::console_args(&console));
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = started + Duration::from_secs(120);
-    let mut ready = None;
-    loop {
-        if ready.is_none()
-            && std::fs::read_to_string(&console)
-                .map(|t| t.contains("BARE-READY"))
-                .unwrap_or(false)
-        {
-            ready = Some(started.elapsed());
-        }
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(BenchError::Failed {
-                what: "bare boot".into(),
-                detail: "did not power off within 120 s".into(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let exit = started.elapsed();
-    let ready = ready
-        .or_else(|| {
-            std::fs::read_to_string(&console)
-                .ok()
-                .filter(|t| t.contains("BARE-READY"))
-                .map(|_| exit)
-        })
-        .ok_or_else(|| BenchError::Failed {
-            what: "bare boot".into(),
-            detail: format!(
+        &console,
+        "BARE-READY",
+        Duration::from_secs(120),
+    )?;
+    match (boot.marker_at, boot.exited_at) {
+        (Some(ready), Some(exit)) => Ok((ready, exit)),
+        (None, _) => Err(failed(
+            "bare boot",
+            format!(
                 "no marker on the console: {}",
                 crate::console::tail(&console, 5)
             ),
-        })?;
-    Ok((ready, exit))
+        )),
+        (Some(_), None) => Err(failed("bare boot", "did not power off within 120 s")),
+    }
 }
 
 /// `bench boot`: the image's boot-to-ready and boot-to-shutdown against a bare busybox

@@ -216,24 +216,39 @@ pub const SETUPS: [&str; 5] = [
 /// Settings of `bench cow`.
 #[derive(Clone, Debug)]
 pub struct CowBenchOptions {
-    /// Seconds each figure is measured for (default 10).
+    /// Seconds each timed run lasts (default 5).
     pub seconds: u32,
+    /// Rounds, each measuring every set-up once; figures are their medians (default 3).
+    pub rounds: u32,
 }
 
 impl Default for CowBenchOptions {
     fn default() -> Self {
-        CowBenchOptions { seconds: 10 }
+        CowBenchOptions {
+            seconds: 5,
+            rounds: 3,
+        }
     }
 }
 
-/// One measured figure.
+/// One set-up's figures in one mode, a run per round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CowFigure {
     pub mode: &'static str,
     pub setup: &'static str,
-    pub mib_per_s: f64,
-    /// 4 KiB copies the snapshot made during the run (0 without a snapshot).
-    pub copies: u64,
+    /// MiB/s of each round's run.
+    pub runs: Vec<f64>,
+    /// 4 KiB copies the snapshot made in each run (0 without a snapshot).
+    pub copies: Vec<u64>,
+}
+
+impl CowFigure {
+    /// The median run, MiB/s.
+    pub fn median(&self) -> f64 {
+        let mut xs = self.runs.clone();
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+    }
 }
 
 /// The figures of one `bench cow` run.
@@ -243,6 +258,7 @@ pub struct CowBench {
     pub image: String,
     pub kernel_release: String,
     pub seconds: u32,
+    pub rounds: u32,
     /// The host's 1-minute load average when the guest booted: TCG figures are noisy
     /// when other work shares the cores.
     pub load_average: Option<f64>,
@@ -250,12 +266,12 @@ pub struct CowBench {
 }
 
 impl CowBench {
-    /// Throughput of `setup` in `mode`.
+    /// Median throughput of `setup` in `mode`, MiB/s.
     pub fn rate(&self, mode: &str, setup: &str) -> Option<f64> {
         self.figures
             .iter()
             .find(|f| f.mode == mode && f.setup == setup)
-            .map(|f| f.mib_per_s)
+            .map(CowFigure::median)
     }
 
     /// Throughput of `setup` relative to no snapshot at all, in `mode`.
@@ -273,19 +289,6 @@ impl CowBench {
 
 impl fmt::Display for CowBench {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "bench cow ({}, {} {}): O_DIRECT overwrites of a 64 MiB file on ext4, {} s per figure, every snapshot fresh",
-            self.accel, self.image, self.kernel_release, self.seconds
-        )?;
-        if let Some(load) = self.load_average {
-            let note = if load > 0.5 {
-                ": other work shares the cores, figures are noisy"
-            } else {
-                ""
-            };
-            writeln!(f, "  host load average {load:.2} at start{note}")?;
-        }
         fn label(setup: &str) -> &str {
             match setup {
                 "none" => "no snapshot",
@@ -296,22 +299,45 @@ impl fmt::Display for CowBench {
                 other => other,
             }
         }
+        writeln!(
+            f,
+            "bench cow ({}, {} {}): O_DIRECT overwrites of a 64 MiB file on ext4, every snapshot fresh",
+            self.accel, self.image, self.kernel_release
+        )?;
+        writeln!(
+            f,
+            "  rand4k: {} s of random 4 KiB writes; seq1m: one pass of 1 MiB writes with a snapshot, {} s without; median of {} round(s)",
+            self.seconds, self.seconds, self.rounds
+        )?;
+        if let Some(load) = self.load_average {
+            let note = if load > 0.5 {
+                ": other work shares the cores, figures are noisy"
+            } else {
+                ""
+            };
+            writeln!(f, "  host load average {load:.2} at start{note}")?;
+        }
         for mode in MODES {
             writeln!(f, "  {mode}")?;
             for fig in self.figures.iter().filter(|x| x.mode == mode) {
                 write!(
                     f,
-                    "    {:<26} {:>9.2} MiB/s",
+                    "    {:<24} {:>8.2} MiB/s",
                     label(fig.setup),
-                    fig.mib_per_s
+                    fig.median()
                 )?;
+                if fig.runs.len() > 1 {
+                    let lo = fig.runs.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = fig.runs.iter().copied().fold(0.0, f64::max);
+                    write!(f, " ({lo:.2}-{hi:.2})")?;
+                }
                 if fig.setup != "none" {
                     if let Some(r) = self.ratio_to_none(mode, fig.setup) {
-                        write!(f, "   {r:>5.3} of no snapshot")?;
+                        write!(f, "  {r:>5.3} of no snapshot")?;
                     }
                 }
-                if fig.copies > 0 {
-                    write!(f, "   ({} copies)", fig.copies)?;
+                if let Some(c) = fig.copies.iter().max().filter(|c| **c > 0) {
+                    write!(f, "  (up to {c} copies)")?;
                 }
                 writeln!(f)?;
             }
@@ -319,14 +345,14 @@ impl fmt::Display for CowBench {
                 self.bwsnap_over_dm(mode, 'N'),
                 self.bwsnap_over_dm(mode, 'P'),
             ) {
+                let verdict = if n >= 1.0 {
+                    "met".to_string()
+                } else {
+                    format!("missed by {:.0}%", (1.0 - n) * 100.0)
+                };
                 writeln!(
                     f,
-                    "    bwsnap / dm-snapshot: {n:.2} (transient), {p:.2} (persistent); target >= 1.00 against the transient store (like for like: bwsnap keeps its index in memory): {}",
-                    if n >= 1.0 {
-                        "met".to_string()
-                    } else {
-                        format!("missed by {:.0}%", (1.0 - n) * 100.0)
-                    }
+                    "    bwsnap / dm-snapshot: {n:.2} (transient), {p:.2} (persistent); target >= 1.00 against the transient store (like for like: bwsnap keeps its index in memory): {verdict}"
                 )?;
             }
         }
@@ -334,37 +360,42 @@ impl fmt::Display for CowBench {
     }
 }
 
-/// Reads the `BENCH MODE SETUP MIB/S COPIES` lines of kmod/tests/guest/bench.sh.
-pub fn parse_figures(output: &str) -> Result<Vec<CowFigure>, BenchCowError> {
+/// Reads the `BENCH MODE SETUP MIB/S COPIES` lines of kmod/tests/guest/bench.sh: every
+/// mode and set-up must have `rounds` runs, and every snapshot must have made copies.
+pub fn parse_figures(output: &str, rounds: u32) -> Result<Vec<CowFigure>, BenchCowError> {
     let mut figures = Vec::new();
     for mode in MODES {
         for setup in SETUPS {
-            let fig = output.lines().find_map(|line| {
-                let w: Vec<&str> = line.split_whitespace().collect();
-                match w.as_slice() {
-                    ["BENCH", m, s, rate, copies] if *m == mode && *s == setup => {
-                        Some((rate.parse::<f64>().ok()?, copies.parse::<i64>().ok()?))
-                    }
-                    _ => None,
-                }
-            });
             let missing = || BenchCowError::MissingFigure {
                 mode,
                 setup,
                 output: output.to_string(),
             };
-            let (mib_per_s, copies) = fig.ok_or_else(missing)?;
-            // -1: the script saw the snapshot fail (overflow, invalid).
-            let copies = u64::try_from(copies).map_err(|_| missing())?;
-            if setup.contains("snap") && copies == 0 {
-                return Err(BenchCowError::NoCopies { mode, setup });
-            }
-            figures.push(CowFigure {
+            let mut fig = CowFigure {
                 mode,
                 setup,
-                mib_per_s,
-                copies,
-            });
+                runs: vec![],
+                copies: vec![],
+            };
+            for line in output.lines() {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if let ["BENCH", m, s, rate, copies] = w.as_slice() {
+                    if *m == mode && *s == setup {
+                        let rate: f64 = rate.parse().map_err(|_| missing())?;
+                        // -1: the script saw the snapshot fail (overflow, invalid).
+                        let copies: u64 = copies.parse().map_err(|_| missing())?;
+                        if setup.contains("snap") && copies == 0 {
+                            return Err(BenchCowError::NoCopies { mode, setup });
+                        }
+                        fig.runs.push(rate);
+                        fig.copies.push(copies);
+                    }
+                }
+            }
+            if fig.runs.len() != rounds as usize {
+                return Err(missing());
+            }
+            figures.push(fig);
         }
     }
     Ok(figures)
@@ -407,16 +438,16 @@ pub fn bench_cow_with(
         "bench.sh",
         "",
         &format!(
-            "VOL=/dev/{dev}1 COWDEV=/dev/{dev}2 BENCH_SECS={}",
-            opts.seconds
+            "VOL=/dev/{dev}1 COWDEV=/dev/{dev}2 BENCH_SECS={} BENCH_ROUNDS={}",
+            opts.seconds, opts.rounds
         ),
     );
-    // 20 timed runs, plus filling the file and setting up snapshots.
-    let timeout = Duration::from_secs(u64::from(opts.seconds) * 20 + 300);
+    // At most 10 timed runs a round, plus filling the file and setting up snapshots.
+    let timeout = Duration::from_secs(u64::from(opts.seconds * opts.rounds) * 10 + 300);
     let done = vm.guest.exec(&["/bin/sh", "-c", &command], timeout)?;
     let output = format!("{}{}", done.stdout, done.stderr);
     let figures = if done.success() {
-        parse_figures(&done.stdout)
+        parse_figures(&done.stdout, opts.rounds)
     } else {
         Err(BenchCowError::Script {
             how: done.describe(),
@@ -435,6 +466,7 @@ pub fn bench_cow_with(
         image: img.name.clone(),
         kernel_release: img.kernel_release.clone(),
         seconds: opts.seconds,
+        rounds: opts.rounds,
         load_average,
         figures: figures?,
     })
@@ -444,63 +476,71 @@ pub fn bench_cow_with(
 mod tests {
     use super::*;
 
+    /// Two rounds of figures: `base - i` MiB/s for the i-th set-up, round 2 faster.
     fn output() -> String {
         let mut s = String::from("ok: something\n");
-        for mode in MODES {
-            for (i, setup) in SETUPS.iter().enumerate() {
-                let copies = if setup.contains("snap") { 100 } else { 0 };
-                s.push_str(&format!("BENCH {mode} {setup} {}.5 {copies}\n", 10 - i));
+        for round in 0..2 {
+            for mode in MODES {
+                for (i, setup) in SETUPS.iter().enumerate() {
+                    let copies = if setup.contains("snap") { 100 } else { 0 };
+                    let rate = 10.5 - i as f64 + round as f64;
+                    s.push_str(&format!("BENCH {mode} {setup} {rate} {copies}\n"));
+                }
             }
         }
         s + "FAILS 0\n"
     }
 
     #[test]
-    fn reads_every_figure_and_computes_ratios() {
-        let figures = parse_figures(&output()).unwrap();
+    fn reads_every_figure_and_computes_ratios_of_medians() {
+        let figures = parse_figures(&output(), 2).unwrap();
         assert_eq!(figures.len(), 10);
+        assert_eq!(figures[1].runs, [9.5, 10.5]);
         let b = CowBench {
             accel: Accel::Tcg,
             image: "debian-6.1".into(),
             kernel_release: "6.1.0-56-amd64".into(),
-            seconds: 10,
+            seconds: 5,
+            rounds: 2,
             load_average: Some(1.5),
             figures,
         };
-        assert_eq!(b.rate("seq1m", "bwsnap"), Some(9.5));
-        assert!((b.ratio_to_none("rand4k", "bwsnap").unwrap() - 9.5 / 10.5).abs() < 1e-9);
-        assert!((b.bwsnap_over_dm("rand4k", 'N').unwrap() - 9.5 / 7.5).abs() < 1e-9);
+        // The median of two runs is the upper one.
+        assert_eq!(b.rate("seq1m", "bwsnap"), Some(10.5));
+        assert!((b.ratio_to_none("rand4k", "bwsnap").unwrap() - 10.5 / 11.5).abs() < 1e-9);
+        assert!((b.bwsnap_over_dm("rand4k", 'N').unwrap() - 10.5 / 8.5).abs() < 1e-9);
         let text = b.to_string();
         assert!(text.contains("target >= 1.00"), "{text}");
         assert!(text.contains(": met"), "{text}");
         assert!(text.contains("figures are noisy"), "{text}");
+        assert!(text.contains("(9.50-10.50)"), "{text}");
     }
 
     #[test]
     fn a_missing_or_meaningless_figure_is_an_error() {
-        let without = output().replace("BENCH seq1m dm-none", "XBENCH");
         assert!(matches!(
-            parse_figures(&without),
+            parse_figures(&output(), 3),
+            Err(BenchCowError::MissingFigure { .. })
+        ));
+        let without = output().replacen("BENCH seq1m dm-none", "XBENCH", 1);
+        assert!(matches!(
+            parse_figures(&without, 2),
             Err(BenchCowError::MissingFigure {
                 mode: "seq1m",
                 setup: "dm-none",
                 ..
             })
         ));
-        let no_copies =
-            output().replace("BENCH rand4k bwsnap 9.5 100", "BENCH rand4k bwsnap 9.5 0");
+        let no_copies = output().replacen("bwsnap 9.5 100", "bwsnap 9.5 0", 1);
         assert!(matches!(
-            parse_figures(&no_copies),
+            parse_figures(&no_copies, 2),
             Err(BenchCowError::NoCopies {
                 setup: "bwsnap",
                 ..
             })
         ));
-        let failed = output().replace(
-            "BENCH rand4k dm-snapshot-P 6.5 100",
-            "BENCH rand4k dm-snapshot-P 6.5 -1",
-        );
-        assert!(parse_figures(&failed).is_err());
+        let failed = output().replacen("dm-snapshot-P 6.5 100", "dm-snapshot-P 6.5 -1", 1);
+        assert!(parse_figures(&failed, 2).is_err());
     }
 
     #[test]

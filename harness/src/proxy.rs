@@ -29,6 +29,8 @@ use reference_agent::wire::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::error_chain;
+
 /// Which block frames a fault hits, numbered from 1 per session (every block frame that
 /// reaches the proxy counts, resent ones included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -764,10 +766,6 @@ fn poll_events(read: bool, write: bool) -> i16 {
         e |= libc::POLLOUT;
     }
     e
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    reference_agent::target::error_chain(e)
 }
 
 #[cfg(test)]

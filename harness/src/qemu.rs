@@ -262,6 +262,83 @@ pub fn qemu_args(spec: &MachineSpec, socket_dir: &Path) -> Vec<String> {
     args
 }
 
+/// What a bare boot (no QMP, no ports) saw.
+#[derive(Clone, Debug)]
+pub struct BareBoot {
+    /// When the marker appeared on the console, if it did.
+    pub marker_at: Option<Duration>,
+    /// When QEMU exited by itself, if it did before the deadline.
+    pub exited_at: Option<Duration>,
+    /// The last lines QEMU printed on stderr.
+    pub stderr: String,
+}
+
+/// Boots a kernel and initrd with nothing but a console (no QMP: a guest that hangs may
+/// not serve its monitor) and waits, until `timeout`, for `marker` on the console and
+/// for QEMU to exit; kills it at the deadline.
+pub fn bare_boot(
+    accel: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+    console: &Path,
+    marker: &str,
+    timeout: Duration,
+) -> std::io::Result<BareBoot> {
+    let _ = std::fs::remove_file(console);
+    let mut args: Vec<String> = [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(machine_args(accel, 1024, 2));
+    args.extend(kernel_args(kernel, initrd, append));
+    args.extend(console_args(console));
+    let stderr_path = console.with_extension("stderr.log");
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr_path)?)
+        .process_group(0)
+        .spawn()?;
+    let seen = || {
+        std::fs::read_to_string(console)
+            .map(|t| t.contains(marker))
+            .unwrap_or(false)
+    };
+    let mut boot = BareBoot {
+        marker_at: None,
+        exited_at: None,
+        stderr: String::new(),
+    };
+    loop {
+        if boot.marker_at.is_none() && seen() {
+            boot.marker_at = Some(started.elapsed());
+        }
+        if child.try_wait()?.is_some() {
+            boot.exited_at = Some(started.elapsed());
+            if boot.marker_at.is_none() && seen() {
+                boot.marker_at = boot.exited_at;
+            }
+            break;
+        }
+        if started.elapsed() > timeout {
+            kill_group(child.id() as i32);
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    boot.stderr = crate::console::tail(&stderr_path, 5);
+    Ok(boot)
+}
+
 /// QEMU processes alive now, by process id, for the Ctrl-C handler.
 static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::children::{Proc, Reaper};
 use super::{power_off, say};
 use crate::control::{Finished, GuestMessage, Op, Ready, Reply, Request, MAX_LINE};
+use crate::error_chain;
 
 enum Handle {
     Running(Arc<Proc>),
@@ -120,17 +121,6 @@ impl Server {
             }
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Unmounts real filesystems, innermost first, so disks are clean for a second boot.

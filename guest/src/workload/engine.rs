@@ -294,7 +294,7 @@ impl<'c> Engine<'c> {
             })?;
         }
         let lbas = fiemap::physical_blocks(&file, w.offset, w.blocks)
-            .map_err(|e| OpFailure::Fatal(format!("{op} {rel}: {}", chain(&e))))?;
+            .map_err(|e| OpFailure::Fatal(format!("{op} {rel}: {}", crate::error_chain(&e))))?;
         self.rec.write_blocks(
             &file,
             rel,
@@ -626,16 +626,4 @@ pub(crate) fn io_failure(op: &str, name: &str, what: &str, e: &stdio::Error) -> 
     } else {
         OpFailure::Failed(message)
     }
-}
-
-/// An error and its sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

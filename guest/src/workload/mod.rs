@@ -28,7 +28,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-pub use args::{parse_duration, parse_rate, parse_size, ArgsError, USAGE};
+pub use crate::units::{parse_duration, parse_rate, parse_size};
+pub use args::{ArgsError, USAGE};
 pub use fiemap::{physical_blocks, FiemapError};
 
 /// Bytes per block: the unit of every write, stamp and LBA.
@@ -84,13 +85,7 @@ pub enum Target {
     Device(PathBuf),
 }
 
-/// A pace limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rate {
-    BytesPerSec(u64),
-    OpsPerSec(u64),
-}
+pub use crate::units::Rate;
 
 /// One workload run, as resolved from the command line.
 #[derive(Clone, Debug, PartialEq)]

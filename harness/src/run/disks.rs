@@ -40,21 +40,8 @@ pub fn mkfs_command(v: &VolumePlan, seed: u64) -> Option<Vec<String>> {
     let uuid = uuid_for(seed, v.index);
     let label = v.name.chars().take(12).collect::<String>();
     let cmd: Vec<String> = match v.fs {
-        Filesystem::Ext2 { block_size } => vec![
-            "mkfs.ext2".into(),
-            "-q".into(),
-            "-F".into(),
-            "-b".into(),
-            block_size.to_string(),
-            "-L".into(),
-            label,
-            "-U".into(),
-            uuid,
-            "-E".into(),
-            format!("hash_seed={}", uuid_for(seed, v.index + 1000)),
-        ],
-        Filesystem::Ext4 { block_size } => vec![
-            "mkfs.ext4".into(),
+        Filesystem::Ext2 { block_size } | Filesystem::Ext4 { block_size } => vec![
+            format!("mkfs.{}", v.fs.name()),
             "-q".into(),
             "-F".into(),
             "-b".into(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accel::{self, AccelChoice};
 use crate::classify::Verdict;
+pub(crate) use crate::error_chain as chain;
 use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
 use crate::pipeline::reference::Reference;
@@ -154,18 +155,6 @@ pub fn run_plan(
         found_classes,
         outcomes,
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The state of one run.

@@ -4,17 +4,8 @@
 //! Binary units only: a QA author who writes "512MB" most likely means MiB, and silently
 //! taking 10^6 would make a volume 5% smaller than the field story's; so it is an error.
 
-use std::time::Duration;
-
-/// A write rate limit for a workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rate {
-    /// Bytes per second.
-    BytesPerSec(u64),
-    /// Operations per second.
-    OpsPerSec(u64),
-}
+use bw_guest::units::split_number;
+pub use bw_guest::units::{parse_duration, parse_rate, parse_size, Rate};
 
 /// A size given either absolutely or as a share of something (the volume).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -43,55 +34,6 @@ pub const PERCENT_HELP: &str = "a share is a number and %, e.g. \"10%\"";
 pub const RATE_HELP: &str =
     "a rate is a size per second (\"20MiB/s\") or operations per second (\"100ops/s\")";
 
-/// Splits "12.5MiB" into (12.5, "MiB"); None when there is no leading number.
-fn split_number(text: &str) -> Option<(f64, &str)> {
-    let text = text.trim();
-    let end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(text.len());
-    let digits: String = text[..end].chars().filter(|&c| c != '_').collect();
-    if digits.is_empty() || digits.starts_with('.') || digits.ends_with('.') {
-        return None;
-    }
-    let value: f64 = digits.parse().ok()?;
-    Some((value, text[end..].trim()))
-}
-
-/// Parses "512MiB", "4KiB", "1.5GiB", "4096B" or "4096" into bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let (value, unit) = split_number(text)?;
-    let scale: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        _ => return None,
-    };
-    let bytes = value * scale as f64;
-    // Fractions must land on whole bytes; "0.3B" is a typo, not a size.
-    if !bytes.is_finite() || bytes.fract() != 0.0 || bytes > u64::MAX as f64 {
-        return None;
-    }
-    Some(bytes as u64)
-}
-
-/// Parses "20s", "500ms", "1.5m", "2h" into a duration.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let (value, unit) = split_number(text)?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    if !seconds.is_finite() || seconds > 1.0e9 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(seconds))
-}
-
 /// Parses "10%" or "0.5%" into a percentage in 0..=100.
 pub fn parse_percent(text: &str) -> Option<f64> {
     let (value, unit) = split_number(text)?;
@@ -105,19 +47,6 @@ pub fn parse_size_or_percent(text: &str) -> Option<SizeOrPercent> {
     } else {
         parse_size(text).map(SizeOrPercent::Bytes)
     }
-}
-
-/// Parses "20MiB/s" or "100ops/s".
-pub fn parse_rate(text: &str) -> Option<Rate> {
-    let per_second = text.trim().strip_suffix("/s")?;
-    if let Some(ops) = per_second.strip_suffix("ops") {
-        let ops = ops.trim();
-        if ops.is_empty() || !ops.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        return ops.parse().ok().map(Rate::OpsPerSec);
-    }
-    parse_size(per_second).map(Rate::BytesPerSec)
 }
 
 /// Formats a byte count the way scenario files write it, exactly when possible.
@@ -139,6 +68,7 @@ pub fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn sizes() {

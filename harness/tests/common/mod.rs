@@ -77,14 +77,4 @@ pub fn raw_disk(dir: &Path, id: &str, mib: u64, mkfs: &[&str]) -> Disk {
     }
 }
 
-/// An error with its causes, one per line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use blockwitness::error_chain;

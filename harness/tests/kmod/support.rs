@@ -499,24 +499,26 @@ pub fn race(name: &str) {
     );
 }
 
-/// `bench cow` end to end with short runs (`BW_BENCH_COW_SECS`, default 2, for a full
-/// run by hand): every figure present, every snapshot made copies.
+/// `bench cow` end to end with one short round (`BW_BENCH_COW_SECS` and
+/// `BW_BENCH_COW_ROUNDS` set a full run by hand): every figure present, every snapshot
+/// made copies.
 pub fn bench_cow_smoke(name: &str) {
-    let seconds = std::env::var("BW_BENCH_COW_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let opts = bench_cow::CowBenchOptions {
+        seconds: env("BW_BENCH_COW_SECS", 1),
+        rounds: env("BW_BENCH_COW_ROUNDS", 1),
+    };
     let img = common::image(name);
     let dir = common::scratch(&format!("bench-cow-{name}"));
     let started = Instant::now();
     let bench = or_die(
         "bench cow",
-        bench_cow::bench_cow_with(
-            img,
-            common::accel(img),
-            dir.path(),
-            &bench_cow::CowBenchOptions { seconds },
-        ),
+        bench_cow::bench_cow_with(img, common::accel(img), dir.path(), &opts),
     );
     eprintln!("{bench}");
     eprintln!("bench cow guest {:.0} s", started.elapsed().as_secs_f64());

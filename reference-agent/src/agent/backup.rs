@@ -16,6 +16,7 @@ use super::discover::{self, Discovery};
 use super::freeze::{FreezeError, Frozen};
 use super::hook::{self, FrozenVolume, HookMessage};
 use crate::bwsnap::{self, Control, CowSize, Source as ModSource, State};
+use crate::error_chain;
 use crate::sender::{
     BlockExtent, BlockSource, Committed, SendError, Sender, SenderOptions, SessionSpec,
 };
@@ -175,17 +176,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A buffer aligned for O_DIRECT.

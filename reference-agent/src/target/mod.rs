@@ -6,6 +6,8 @@
 //! [`serve`] the listener, connections and the session registry, [`verify`] re-reading,
 //! [`export`] copying a generation out, [`bench`] the ingest benchmark hook.
 
+pub use crate::error_chain;
+
 pub mod bench;
 pub mod export;
 pub mod serve;
@@ -29,16 +31,4 @@ pub struct TargetFaults {
     pub skip_verify: bool,
     /// abort() after the end frame is accepted and verified, before the renames.
     pub crash_before_commit: bool,
-}
-
-/// An error and its sources on one line ("a: b: c").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
