@@ -543,7 +543,11 @@ pub fn classify(rec: &Recording) -> Result<Classification, ClassifyError> {
         .collect();
     for finding in &rec.events.console {
         match finding.kind {
-            ConsoleKind::Oops | ConsoleKind::Bug | ConsoleKind::Warn | ConsoleKind::Panic => {
+            ConsoleKind::Oops
+            | ConsoleKind::Bug
+            | ConsoleKind::Warn
+            | ConsoleKind::Lockdep
+            | ConsoleKind::Panic => {
                 outcomes.insert(Outcome::GuestOops);
             }
             ConsoleKind::HungTask => {

@@ -9,7 +9,7 @@ use std::path::Path;
 pub enum Trouble {
     Oops,
     Bug,
-    Warning,
+    Warn,
     HungTask,
     Lockdep,
     Panic,
@@ -18,7 +18,7 @@ pub enum Trouble {
 /// One line of trouble, with its line number in the console log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
-    pub trouble: Trouble,
+    pub kind: Trouble,
     pub line_no: usize,
     pub line: String,
 }
@@ -28,13 +28,15 @@ pub struct Finding {
 const PATTERNS: &[(&str, Trouble)] = &[
     ("Oops:", Trouble::Oops),
     ("general protection fault", Trouble::Oops),
+    ("invalid opcode:", Trouble::Oops),
+    ("Unable to handle kernel", Trouble::Oops),
     ("BUG:", Trouble::Bug),
     ("kernel BUG at", Trouble::Bug),
-    ("WARNING:", Trouble::Warning),
-    ("blocked for more than", Trouble::HungTask),
     ("possible circular locking dependency", Trouble::Lockdep),
     ("possible recursive locking", Trouble::Lockdep),
     ("inconsistent lock state", Trouble::Lockdep),
+    ("WARNING:", Trouble::Warn),
+    ("blocked for more than", Trouble::HungTask),
     ("Kernel panic", Trouble::Panic),
 ];
 
@@ -48,7 +50,7 @@ pub fn scan(text: &str) -> Vec<Finding> {
         };
         if let Some((_, trouble)) = PATTERNS.iter().find(|(p, _)| body.contains(p)) {
             found.push(Finding {
-                trouble: *trouble,
+                kind: *trouble,
                 line_no: i + 1,
                 line: line.trim_end().to_string(),
             });
@@ -81,13 +83,13 @@ mod tests {
 [   41.000000] EXT4-fs (vdb): mounted filesystem with ordered data mode
 bw-init: ready after 4000 ms
 ";
-        let kinds: Vec<Trouble> = scan(log).iter().map(|f| f.trouble).collect();
+        let kinds: Vec<Trouble> = scan(log).iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
             [
                 Trouble::Bug,
                 Trouble::Oops,
-                Trouble::Warning,
+                Trouble::Warn,
                 Trouble::HungTask
             ]
         );

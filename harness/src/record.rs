@@ -224,59 +224,12 @@ pub struct VolumeRecord {
     pub generations: Vec<GenerationRecord>,
 }
 
-/// A kernel console line that matters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConsoleKind {
-    Oops,
-    Bug,
-    Warn,
-    Panic,
-    HungTask,
-}
+/// Kernel trouble on the guest console (the console module scans for it).
+pub use crate::console::{Finding as ConsoleFinding, Trouble as ConsoleKind};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsoleFinding {
-    pub kind: ConsoleKind,
-    /// 1-based line in console.log.
-    pub line_no: usize,
-    pub line: String,
-}
-
-/// Scans a guest console log for oops, BUG, WARNING, panic and hung-task lines.
+/// Scans a guest console log for oops, BUG, WARNING, lockdep, panic and hung-task lines.
 pub fn scan_console(text: &str) -> Vec<ConsoleFinding> {
-    let mut found = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        // Strip the "[  12.345678] " timestamp so patterns anchor on the message.
-        let msg = match line.find("] ") {
-            Some(at) if line.trim_start().starts_with('[') => &line[at + 2..],
-            _ => line,
-        };
-        let kind = if msg.contains("Kernel panic") {
-            Some(ConsoleKind::Panic)
-        } else if msg.contains("INFO: task ") && msg.contains("blocked for more than") {
-            Some(ConsoleKind::HungTask)
-        } else if msg.starts_with("Oops")
-            || msg.contains("] Oops")
-            || msg.starts_with("general protection fault")
-        {
-            Some(ConsoleKind::Oops)
-        } else if msg.starts_with("BUG:") || msg.contains(": BUG: ") {
-            Some(ConsoleKind::Bug)
-        } else if msg.starts_with("WARNING:") {
-            Some(ConsoleKind::Warn)
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            found.push(ConsoleFinding {
-                kind,
-                line_no: i + 1,
-                line: line.to_owned(),
-            });
-        }
-    }
-    found
+    crate::console::scan(text)
 }
 
 /// A post-run check the scenario asked for (fsck, remount, discovery skips).

@@ -335,7 +335,7 @@ impl<'a> Runner<'a> {
             let notes = p.stop();
             self.notes.extend(notes);
         }
-        self.after_guest(&disks);
+        self.after_guest();
     }
 
     /// Fault kinds this harness cannot inject yet: a harness error, never a silent skip.
@@ -494,7 +494,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Shuts the guest down (or notes why it was already down) and scans its console.
-    fn finish_guest(&mut self, vm: Vm) {
+    fn finish_guest(&mut self, mut vm: Vm) {
         if vm.machine.watchdog_fired() {
             self.events.watchdog_fired = true;
             self.note(format!(
@@ -504,15 +504,8 @@ impl<'a> Runner<'a> {
         } else if vm.machine.exited().is_none() {
             self.phase("shutting down");
             if self.hang_armed {
-                let mut vm = vm;
+                // QEMU drains every disk on its way out.
                 let _ = vm.qmp_hmp(HANG_RELEASE);
-                if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
-                    self.note(format!("shutdown: {}", chain(&e)));
-                }
-                let console =
-                    std::fs::read_to_string(self.work.join("run/console.log")).unwrap_or_default();
-                self.events.console = crate::record::scan_console(&console);
-                return;
             }
             if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
                 self.note(format!("shutdown: {}", chain(&e)));
@@ -599,8 +592,7 @@ impl<'a> Runner<'a> {
     }
 
     /// After the guest is down: the checks that need the disks, then the recording.
-    fn after_guest(&mut self, disks: &RunDisks) {
-        let _ = disks;
+    fn after_guest(&mut self) {
         let fsck = self.plan.expect.fsck;
         let remount = self.plan.expect.remount;
         if fsck {
