@@ -34,13 +34,4 @@ pub mod truth;
 pub mod ui;
 
 /// An error and its sources on one line ("a: b: c").
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use bw_guest::error_chain;

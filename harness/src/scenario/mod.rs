@@ -339,24 +339,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
         invalid(vec![d])
     })?;
-    let v = validate::validate(raw, &tree).map_err(invalid)?;
-    Ok(Scenario {
-        path: path.to_owned(),
-        source: text.to_owned(),
-        name: v.name,
-        description: v.description,
-        story: v.story,
-        images: v.images,
-        seed: v.seed,
-        seeds: v.seeds,
-        timeout: v.timeout,
-        guest: v.guest,
-        volumes: v.volumes,
-        workloads: v.workloads,
-        backup: v.backup,
-        faults: v.faults,
-        expect: v.expect,
-    })
+    validate::validate(raw, &tree, path, text).map_err(invalid)
 }
 
 /// The result of `blockwitness check`: each file and whether it is valid.

@@ -107,7 +107,12 @@ impl Ctx<'_> {
 }
 
 /// Checks and types a raw scenario. `tree` locates the mistakes.
-pub(super) fn validate(raw: RawScenario, tree: &Tree) -> Result<Validated, Vec<Diagnostic>> {
+pub(super) fn validate(
+    raw: RawScenario,
+    tree: &Tree,
+    path: &std::path::Path,
+    source: &str,
+) -> Result<Scenario, Vec<Diagnostic>> {
     let mut cx = Ctx {
         tree,
         found: Vec::new(),
@@ -155,7 +160,9 @@ pub(super) fn validate(raw: RawScenario, tree: &Tree) -> Result<Validated, Vec<D
     let expect = validate_expect(&mut cx, raw.expect, &guest, &faults, &workloads);
 
     if cx.found.is_empty() {
-        Ok(Validated {
+        Ok(Scenario {
+            path: path.to_owned(),
+            source: source.to_owned(),
             name: raw.name,
             description: raw.description,
             story: raw.story,
@@ -173,23 +180,6 @@ pub(super) fn validate(raw: RawScenario, tree: &Tree) -> Result<Validated, Vec<D
     } else {
         Err(cx.found)
     }
-}
-
-/// A validated scenario without its file path and text (added by `load`).
-pub(super) struct Validated {
-    pub name: String,
-    pub description: String,
-    pub story: String,
-    pub images: Vec<String>,
-    pub seed: u64,
-    pub seeds: u32,
-    pub timeout: Duration,
-    pub guest: Guest,
-    pub volumes: Vec<Volume>,
-    pub workloads: Vec<Workload>,
-    pub backup: BackupSpec,
-    pub faults: Vec<Fault>,
-    pub expect: Expectations,
 }
 
 fn validate_guest(cx: &mut Ctx, raw: RawGuest) -> Guest {
