@@ -594,12 +594,8 @@ impl ConnState<'_> {
         }
     }
 
-    /// Fails the current session because of what this peer sent, and tells it.
-    fn fail_current(&mut self, reason: FailReason, code: ErrorCode, msg: String) {
-        let sid = self
-            .current
-            .as_ref()
-            .map_or(SessionId::NIL, |s| s.header.session);
+    /// Ends the current session as failed, if this connection still owns it.
+    fn finish_current(&mut self, reason: FailReason, message: String) {
         if let Some(slot) = self.current.take() {
             let mut inner = lock(&slot.inner);
             if inner.owner == self.id {
@@ -608,13 +604,22 @@ impl ConnState<'_> {
                     &mut inner,
                     Outcome::Failed {
                         reason,
-                        message: msg.clone(),
+                        message,
                         bad_blocks: Vec::new(),
                         bad_total: 0,
                     },
                 );
             }
         }
+    }
+
+    /// Fails the current session because of what this peer sent, and tells it.
+    fn fail_current(&mut self, reason: FailReason, code: ErrorCode, msg: String) {
+        let sid = self
+            .current
+            .as_ref()
+            .map_or(SessionId::NIL, |s| s.header.session);
+        self.finish_current(reason, msg.clone());
         self.error(sid, code, &msg);
     }
 
@@ -779,21 +784,7 @@ impl ConnState<'_> {
                         FailReason::Protocol
                     };
                     let msg = format!("agent sent {}: {}", err.code.name(), err.message);
-                    if let Some(slot) = self.current.take() {
-                        let mut inner = lock(&slot.inner);
-                        if inner.owner == self.id {
-                            self.shared.finish(
-                                &slot,
-                                &mut inner,
-                                Outcome::Failed {
-                                    reason,
-                                    message: msg,
-                                    bad_blocks: Vec::new(),
-                                    bad_total: 0,
-                                },
-                            );
-                        }
-                    }
+                    self.finish_current(reason, msg);
                 }
                 Flow::Continue
             }
