@@ -429,7 +429,7 @@ pub fn scenario(
     dir: &Path,
 ) -> Result<ScenarioBench, BenchError> {
     let result = crate::run::run_plan(plan, scenario_text, opts, &crate::events::Silent);
-    if result.exit_code() != 0 {
+    if result.exit() != crate::model::Exit::Pass {
         return Err(failed(
             &format!("running {}", plan.scenario),
             format!(

@@ -14,7 +14,8 @@ use rand::RngCore;
 use rand::SeedableRng;
 
 use crate::classify::classify_generation;
-use crate::record::{BackupKind, GenerationRecord};
+use crate::model::BackupKind;
+use crate::record::GenerationRecord;
 
 #[derive(Clone, Debug)]
 pub struct BenchHashOptions {

@@ -95,4 +95,23 @@ bw-init: ready after 4000 ms
         );
         assert_eq!(scan(log)[0].line_no, 2);
     }
+
+    #[test]
+    fn finds_panics_and_numbers_lines_from_one() {
+        let log = "[    1.0] ok\n[    2.5] BUG: kernel NULL pointer dereference, address: 0\n\
+                   [    3.0] WARNING: CPU: 0 PID: 1 at fs/ext4/super.c:123\n\
+                   [  120.1] INFO: task bw-agent:77 blocked for more than 120 seconds.\n\
+                   [  130.0] Kernel panic - not syncing: Fatal exception\nplain line\n";
+        let kinds: Vec<Trouble> = scan(log).iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Trouble::Bug,
+                Trouble::Warn,
+                Trouble::HungTask,
+                Trouble::Panic
+            ]
+        );
+        assert_eq!(scan(log)[0].line_no, 2);
+    }
 }

@@ -16,15 +16,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::classify::BlockClass;
 use crate::fsmap;
 use crate::hash::{hash_image, HashError};
+use crate::model::{BackupKind, BlockClass, Exit, Expectations, BLOCK};
 use crate::record::{
-    BackupKind, Claim, GenerationRecord, RecordError, Recording, RunEvents, RunInfo, StampEvidence,
-    VolumeRecord, BLOCK, RECORDING_FILE,
+    Claim, GenerationRecord, RecordError, Recording, RunEvents, RunInfo, StampEvidence,
+    VolumeRecord, RECORDING_FILE,
 };
 use crate::report::{self, ReportError, ReportOutcome};
-use crate::scenario::{Expectations, Filesystem};
+use crate::scenario::Filesystem;
 
 /// Problem blocks whose content is read back for stamps; beyond this they stay
 /// unattributed rather than making a diff of two unrelated disks read both twice.
@@ -87,13 +87,17 @@ pub struct DiffOutcome {
 }
 
 impl DiffOutcome {
-    /// 0 identical, 1 blocks differ.
-    pub fn exit_code(&self) -> i32 {
+    /// Pass when the images agree, a product failure when blocks differ.
+    pub fn exit(&self) -> Exit {
         let differs = self
             .compared
             .iter()
             .any(|(_, _, _, c)| c.iter().any(|(k, n)| k.is_problem() && *n > 0));
-        i32::from(differs)
+        if differs {
+            Exit::ProductFailure
+        } else {
+            Exit::Pass
+        }
     }
 }
 
@@ -507,7 +511,7 @@ mod tests {
         assert_eq!(counts.get(&BlockClass::DataFromThePast), Some(&1));
         assert_eq!(counts.get(&BlockClass::Unattributed), Some(&1));
         assert_eq!(counts.get(&BlockClass::MissingBlock), Some(&2));
-        assert_eq!(out.exit_code(), 1);
+        assert_eq!(out.exit(), Exit::ProductFailure);
         let csv = std::fs::read_to_string(dir.path().join("report/blocks.csv")).unwrap();
         assert!(csv.contains("write #11"), "{csv}");
         assert!(dir.path().join("report/index.html").is_file());
@@ -545,7 +549,7 @@ mod tests {
         let a = dir.path().join("a.img");
         std::fs::write(&a, vec![3u8; 16 * BLOCK]).unwrap();
         let out = diff(&a, &a, &dir.path().join("r")).unwrap();
-        assert_eq!(out.exit_code(), 0);
+        assert_eq!(out.exit(), Exit::Pass);
         assert!(out.to_string().contains("identical"), "{out}");
     }
 

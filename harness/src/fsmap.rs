@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::record::BLOCK;
+use crate::model::BLOCK;
 use crate::scenario::Filesystem;
 
 /// At most this many blocks are mapped per image; the rest say so. icheck scans every

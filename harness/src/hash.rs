@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::record::{BlockHash, BLOCK};
+use crate::model::{BlockHash, BLOCK};
 
 /// Bytes each worker reads and hashes at a time: large enough that a read is cheap per
 /// byte, small enough (a core's L2) that the data is hashed from cache right after the

@@ -10,6 +10,7 @@ pub mod console;
 pub mod doctor;
 pub mod guest;
 pub mod image;
+pub mod model;
 pub mod paths;
 pub mod qemu;
 pub mod qmp;

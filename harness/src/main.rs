@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use blockwitness::accel::{self, AccelChoice};
 use blockwitness::image::{self, BuildOptions, BuiltImage};
+use blockwitness::model::Exit;
 use blockwitness::plan::Plan;
 use blockwitness::qemu::{Disk, DiskFormat};
 use blockwitness::run::RunOptions;
@@ -295,7 +296,7 @@ fn exec_cmd(
     disks: &[String],
     modules: Vec<String>,
     argv: Vec<String>,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     doctor::require(doctor::FOR_BOOT)?;
     let img = build_image(image, !without_bwsnap)?;
     let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
@@ -313,14 +314,23 @@ fn exec_cmd(
     print!("{}", done.stdout);
     eprint!("{}", done.stderr);
     vm.shutdown(Duration::from_secs(30))?;
-    Ok(if done.success() { 0 } else { 1 })
+    // The command's own failure, as a product failure would be.
+    Ok(if done.success() {
+        Exit::Pass
+    } else {
+        Exit::ProductFailure
+    })
 }
 
 fn main() -> ExitCode {
     blockwitness::qemu::install_interrupt_handler();
     let cli = Cli::parse();
-    let result: anyhow::Result<u8> = match cli.command {
-        Command::Doctor => Ok(if doctor_cmd() { 0 } else { 2 }),
+    let result: anyhow::Result<Exit> = match cli.command {
+        Command::Doctor => Ok(if doctor_cmd() {
+            Exit::Pass
+        } else {
+            Exit::HarnessError
+        }),
         Command::Setup => doctor::setup()
             .map(|ran| {
                 if ran.is_empty() {
@@ -329,17 +339,17 @@ fn main() -> ExitCode {
                 for r in ran {
                     eprintln!("ran: {r}");
                 }
-                0
+                Exit::Pass
             })
             .map_err(Into::into),
         Command::Images { command } => match command {
             ImagesCommand::Build {
                 names,
                 without_bwsnap,
-            } => images_build(names, without_bwsnap).map(|()| 0),
+            } => images_build(names, without_bwsnap).map(|()| Exit::Pass),
             ImagesCommand::List => {
                 images_list();
-                Ok(0)
+                Ok(Exit::Pass)
             }
         },
         Command::Exec {
@@ -349,7 +359,7 @@ fn main() -> ExitCode {
             disks,
             modules,
             argv,
-        } => exec_cmd(&image, accel, without_bwsnap, &disks, modules, argv).map(|c| c as u8),
+        } => exec_cmd(&image, accel, without_bwsnap, &disks, modules, argv),
         Command::Run {
             files,
             image,
@@ -369,7 +379,7 @@ fn main() -> ExitCode {
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
             println!("{report}");
-            Ok(report.exit_code() as u8)
+            Ok(report.exit())
         }
         Command::Diff { a, b, out } => {
             let out = out.unwrap_or_else(|| {
@@ -382,7 +392,7 @@ fn main() -> ExitCode {
             blockwitness::diff::diff(&a, &b, &out)
                 .map(|outcome| {
                     println!("{outcome}");
-                    outcome.exit_code() as u8
+                    outcome.exit()
                 })
                 .map_err(Into::into)
         }
@@ -394,7 +404,7 @@ fn main() -> ExitCode {
                     outcome.verdict.name(),
                     outcome.verdict.reasons().join("; ")
                 );
-                outcome.verdict.exit_code() as u8
+                outcome.verdict.exit()
             })
             .map_err(Into::into),
         Command::Bench { bench } => match bench {
@@ -407,19 +417,19 @@ fn main() -> ExitCode {
             BenchCommand::Hash => blockwitness::bench_hash::bench_hash(&Default::default())
                 .map(|r| {
                     println!("{r}");
-                    0
+                    Exit::Pass
                 })
                 .map_err(Into::into),
             BenchCommand::Boot { image, accel, runs } => {
-                bench_boot(&image, accel, runs).map(|()| 0)
+                bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }
         },
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(Exit::HarnessError.code())
         }
     }
 }
@@ -431,7 +441,7 @@ fn nightly_cmd(
     filter: Option<String>,
     accel: AccelChoice,
     plain: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
     if doctor::require(doctor::FOR_RUN).is_err() {
         for ran in doctor::setup()? {
@@ -455,12 +465,12 @@ fn nightly_cmd(
     for r in &report.runs {
         println!(
             "{:5} {} {} seed {} ({:.0}s) {}",
-            r.verdict,
+            r.verdict.name(),
             r.scenario,
             r.image,
             r.seed,
             r.seconds,
-            r.reasons.join("; ")
+            r.verdict.reasons().join("; ")
         );
     }
     for e in &report.invalid_scenarios {
@@ -472,7 +482,7 @@ fn nightly_cmd(
         report.seconds / 60.0,
         report.dir
     );
-    Ok(report.exit_code() as u8)
+    Ok(report.exit())
 }
 
 fn run_cmd(
@@ -482,17 +492,17 @@ fn run_cmd(
     accel: AccelChoice,
     keep_work: bool,
     plain: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let reporter = blockwitness::ui::Terminal::new(plain);
     let mut opts = RunOptions::standard(accel);
     opts.keep_work = keep_work;
-    let mut worst = 0;
+    let mut worst = Exit::Pass;
     for file in files {
         let scenario = match blockwitness::scenario::load(&file) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
-                worst = worst.max(2);
+                worst = worst.worst(Exit::HarnessError);
                 continue;
             }
         };
@@ -503,10 +513,9 @@ fn run_cmd(
         let result = blockwitness::run::run_plan(&plan, &scenario.source, &opts, &reporter);
         println!(
             "{} {} on {} seed {}: {}{}\n  report: {}\n  repro: {}",
-            if result.exit_code() == 0 {
-                "PASS"
-            } else {
-                "FAIL"
+            match result.exit() {
+                Exit::Pass => "PASS",
+                Exit::ProductFailure | Exit::HarnessError => "FAIL",
             },
             result.scenario,
             result.image,
@@ -519,7 +528,7 @@ fn run_cmd(
             result.report_dir.join("index.html").display(),
             plan.repro,
         );
-        worst = worst.max(result.exit_code() as u8);
+        worst = worst.worst(result.exit());
     }
     Ok(worst)
 }
@@ -534,17 +543,17 @@ fn bench_vm(
         blockwitness::qemu::Accel,
         &std::path::Path,
     ) -> Result<String, blockwitness::bench::BenchError>,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     doctor::require(doctor::FOR_RUN)?;
     let img = build_image(image, true)?;
     let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
     eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
     let dir = run_temp_dir(what)?;
     println!("{}", bench(&img, decision.accel, dir.path())?);
-    Ok(0)
+    Ok(Exit::Pass)
 }
 
-fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> anyhow::Result<u8> {
+fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> anyhow::Result<Exit> {
     let scenario = blockwitness::scenario::load(file)?;
     let plan = Plan::resolve(&scenario, scenario.seed, image);
     bench_vm(image, accel, "bench-scenario", |img, _, dir| {

@@ -8,11 +8,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::classify::BlockClass;
 use crate::events::Reporter;
+use crate::model::{BlockClass, Exit, FaultKind, Outcome, Verdict};
 use crate::plan::Plan;
+use crate::report::junit;
+use crate::report::{escape, write_file, ReportError};
 use crate::run::{run_plan, RunOptions, RunResult};
 use crate::scenario::{self, Scenario};
 
@@ -30,22 +32,94 @@ pub struct NightlyOptions {
 }
 
 /// One run of the nightly, as the nightly report lists it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct NightlyRun {
     pub scenario: String,
     pub file: String,
     pub image: String,
     pub seed: u64,
-    pub verdict: String,
-    pub exit_code: i32,
-    pub reasons: Vec<String>,
+    pub verdict: Verdict,
     pub report: String,
     pub seconds: f64,
-    pub found_classes: Vec<String>,
-    pub outcomes: Vec<String>,
-    /// `layer/kind` of each injected fault.
-    pub faults: Vec<String>,
-    pub expected: Vec<String>,
+    pub found_classes: Vec<BlockClass>,
+    pub outcomes: Vec<Outcome>,
+    /// Each injected fault.
+    pub faults: Vec<FaultKind>,
+    pub expected_classes: Vec<BlockClass>,
+    pub expected_outcomes: Vec<Outcome>,
+}
+
+impl NightlyRun {
+    /// The classes and outcomes the run found, by name.
+    fn found_names(&self) -> Vec<&'static str> {
+        let classes = self.found_classes.iter().map(|c| c.name());
+        classes
+            .chain(self.outcomes.iter().map(|o| o.name()))
+            .collect()
+    }
+}
+
+/// summary.json's shape of a run: names where the run holds enums.
+impl Serialize for NightlyRun {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            scenario: &'a str,
+            file: &'a str,
+            image: &'a str,
+            seed: u64,
+            verdict: &'static str,
+            exit_code: u8,
+            reasons: &'a [String],
+            report: &'a str,
+            seconds: f64,
+            found_classes: &'a [BlockClass],
+            outcomes: &'a [Outcome],
+            /// `layer/kind` of each injected fault.
+            faults: Vec<String>,
+            expected: Vec<&'static str>,
+        }
+        let expected = self.expected_classes.iter().map(|c| c.name());
+        Row {
+            scenario: &self.scenario,
+            file: &self.file,
+            image: &self.image,
+            seed: self.seed,
+            verdict: self.verdict.name(),
+            exit_code: self.verdict.exit().code(),
+            reasons: self.verdict.reasons(),
+            report: &self.report,
+            seconds: self.seconds,
+            found_classes: &self.found_classes,
+            outcomes: &self.outcomes,
+            faults: self.faults.iter().map(|f| f.label()).collect(),
+            expected: expected
+                .chain(self.expected_outcomes.iter().map(|o| o.name()))
+                .collect(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Whether a row of the detector matrix was shown to fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowStatus {
+    NotRun,
+    /// A harness error kept a run from judging the detector.
+    NotMeasured,
+    Yes,
+    No,
+}
+
+impl RowStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            RowStatus::NotRun => "not run",
+            RowStatus::NotMeasured => "not measured (harness error)",
+            RowStatus::Yes => "yes",
+            RowStatus::No => "NO",
+        }
+    }
 }
 
 /// One row of the detector matrix.
@@ -63,15 +137,15 @@ pub struct MatrixRow {
 }
 
 impl MatrixRow {
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> RowStatus {
         if self.runs == 0 {
-            "not run"
+            RowStatus::NotRun
         } else if self.harness_errors > 0 {
-            "not measured (harness error)"
+            RowStatus::NotMeasured
         } else if self.passed == self.runs {
-            "yes"
+            RowStatus::Yes
         } else {
-            "NO"
+            RowStatus::No
         }
     }
 }
@@ -90,13 +164,19 @@ pub struct NightlyReport {
 }
 
 impl NightlyReport {
-    /// 0 all passed, 1 a product failure, 2 a harness error or an invalid scenario.
-    pub fn exit_code(&self) -> i32 {
-        let worst = self.runs.iter().map(|r| r.exit_code).max().unwrap_or(2);
+    /// Pass when every run passed; a harness error when a scenario is invalid or
+    /// nothing ran; else the worst run's.
+    pub fn exit(&self) -> Exit {
+        let worst = self
+            .runs
+            .iter()
+            .map(|r| r.verdict.exit())
+            .max()
+            .unwrap_or(Exit::HarnessError);
         if self.invalid_scenarios.is_empty() {
             worst
         } else {
-            2
+            Exit::HarnessError
         }
     }
 }
@@ -158,39 +238,28 @@ pub fn nightly(opts: &NightlyOptions, reporter: &dyn Reporter) -> NightlyReport 
         dir: dir.display().to_string(),
     };
     if let Err(e) = write(&dir, &report) {
-        report
-            .invalid_scenarios
-            .push(format!("writing the nightly report: {e}"));
+        report.invalid_scenarios.push(format!(
+            "writing the nightly report: {}",
+            crate::error_chain(&e)
+        ));
     }
     report
 }
 
 fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
-    let mut expected: Vec<String> = s
-        .expect
-        .classes
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
-    expected.extend(s.expect.outcomes.iter().map(|o| o.name().to_string()));
     NightlyRun {
         scenario: s.name.clone(),
         file: s.path.display().to_string(),
         image: r.image.clone(),
         seed: r.seed,
-        verdict: r.verdict.name().to_string(),
-        exit_code: r.exit_code(),
-        reasons: r.verdict.reasons().to_vec(),
+        verdict: r.verdict.clone(),
         report: r.report_dir.display().to_string(),
         seconds: r.elapsed.as_secs_f64(),
         found_classes: r.found_classes.clone(),
         outcomes: r.outcomes.clone(),
-        faults: s
-            .faults
-            .iter()
-            .map(|f| format!("{}/{}", f.spec.layer().name(), f.spec.kind()))
-            .collect(),
-        expected,
+        faults: s.faults.iter().map(|f| f.spec.kind()).collect(),
+        expected_classes: s.expect.classes.iter().copied().collect(),
+        expected_outcomes: s.expect.outcomes.iter().copied().collect(),
     }
 }
 
@@ -203,10 +272,7 @@ fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
         let keys: Vec<String> = if s.faults.is_empty() {
             vec![format!("none ({})", s.name)]
         } else {
-            s.faults
-                .iter()
-                .map(|f| format!("{}/{}", f.spec.layer().name(), f.spec.kind()))
-                .collect()
+            s.faults.iter().map(|f| f.spec.kind().label()).collect()
         };
         let mut must: Vec<String> = s
             .expect
@@ -241,10 +307,10 @@ fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
             row.scenarios.push(s.name.clone());
             for r in runs.iter().filter(|r| r.scenario == s.name) {
                 row.runs += 1;
-                match r.exit_code {
-                    0 => row.passed += 1,
-                    2 => row.harness_errors += 1,
-                    _ => {}
+                match r.verdict.exit() {
+                    Exit::Pass => row.passed += 1,
+                    Exit::HarnessError => row.harness_errors += 1,
+                    Exit::ProductFailure => {}
                 }
             }
         }
@@ -263,27 +329,20 @@ fn coverage(runs: &[NightlyRun]) -> BTreeMap<String, Vec<String>> {
             out.insert(c.name().to_string(), Vec::new());
         }
     }
-    for o in crate::classify::Outcome::ALL {
-        if o != crate::classify::Outcome::HarnessError {
+    for o in Outcome::ALL {
+        if o != Outcome::HarnessError {
             out.insert(o.name().to_string(), Vec::new());
         }
     }
-    for r in runs.iter().filter(|r| r.exit_code == 0) {
-        for what in r.found_classes.iter().chain(&r.outcomes) {
-            let list = out.entry(what.clone()).or_default();
+    for r in runs.iter().filter(|r| r.verdict.exit() == Exit::Pass) {
+        for what in r.found_names() {
+            let list = out.entry(what.to_string()).or_default();
             if !list.contains(&r.scenario) {
                 list.push(r.scenario.clone());
             }
         }
     }
     out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// The detector matrix as a Markdown table (the README carries one).
@@ -297,7 +356,7 @@ pub fn matrix_markdown(report: &NightlyReport) -> String {
             r.fault,
             r.must_produce.join(", "),
             r.scenarios.join(", "),
-            r.status(),
+            r.status().label(),
             r.passed,
             r.runs
         );
@@ -305,60 +364,47 @@ pub fn matrix_markdown(report: &NightlyReport) -> String {
     t
 }
 
-fn write(dir: &Path, report: &NightlyReport) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_vec_pretty(report).expect("serializable"),
-    )?;
-    std::fs::write(dir.join("matrix.md"), matrix_markdown(report))?;
-    std::fs::write(dir.join("junit.xml"), junit(report))?;
-    std::fs::write(dir.join("index.html"), html(report, dir))?;
-    Ok(())
+fn write(dir: &Path, report: &NightlyReport) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let json = serde_json::to_vec_pretty(report).expect("the nightly report serializes");
+    write_file(dir, "summary.json", &json)?;
+    write_file(dir, "matrix.md", matrix_markdown(report).as_bytes())?;
+    write_file(dir, "junit.xml", junit(report).as_bytes())?;
+    write_file(dir, "index.html", html(report, dir).as_bytes())
 }
 
 fn junit(report: &NightlyReport) -> String {
-    let failures = report.runs.iter().filter(|r| r.exit_code == 1).count();
-    let errors = report.runs.iter().filter(|r| r.exit_code == 2).count();
-    let mut x = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"blockwitness nightly\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.1}\">\n<testsuite name=\"scenarios\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
-        report.runs.len(),
-        report.seconds,
-        report.runs.len()
-    );
-    for r in &report.runs {
-        let _ = write!(
-            x,
-            "  <testcase classname=\"{}\" name=\"{}::{}::seed{}\" time=\"{:.1}\">",
-            escape(&r.scenario),
-            escape(&r.scenario),
-            escape(&r.image),
-            r.seed,
-            r.seconds
-        );
-        match r.exit_code {
-            0 => {}
-            1 => {
-                let _ = write!(
-                    x,
-                    "<failure message=\"{}\">{}</failure>",
-                    escape(&r.reasons.join("; ")),
-                    escape(&r.report)
-                );
-            }
-            _ => {
-                let _ = write!(
-                    x,
-                    "<error message=\"{}\">{}</error>",
-                    escape(&r.reasons.join("; ")),
-                    escape(&r.report)
-                );
-            }
-        }
-        x.push_str("</testcase>\n");
+    let cases = report
+        .runs
+        .iter()
+        .map(|r| junit::Case {
+            classname: r.scenario.clone(),
+            name: format!("{}::{}::seed{}", r.scenario, r.image, r.seed),
+            seconds: r.seconds,
+            exit: r.verdict.exit(),
+            message: r.verdict.reasons().join("; "),
+            detail: r.report.clone(),
+            system_out: None,
+        })
+        .collect();
+    junit::render(
+        "blockwitness nightly",
+        &[junit::Suite {
+            name: "scenarios".into(),
+            cases,
+        }],
+    )
+}
+
+fn verdict_class(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Pass => "pass",
+        Exit::ProductFailure => "fail",
+        Exit::HarnessError => "err",
     }
-    x.push_str("</testsuite>\n</testsuites>\n");
-    x
 }
 
 fn html(report: &NightlyReport, dir: &Path) -> String {
@@ -372,7 +418,11 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
             _ => format!("{p}/index.html"),
         }
     };
-    let passed = report.runs.iter().filter(|r| r.exit_code == 0).count();
+    let passed = report
+        .runs
+        .iter()
+        .filter(|r| r.verdict.exit() == Exit::Pass)
+        .count();
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Blockwitness nightly</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.pass{color:#070}.fail{color:#b00;font-weight:bold}.err{color:#a60;font-weight:bold}</style></head><body>",
     );
@@ -392,9 +442,9 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
     h.push_str("<h2>Detector matrix</h2><table><tr><th>fault</th><th>must produce</th><th>scenarios</th><th>produced</th></tr>");
     for r in &report.matrix {
         let class = match r.status() {
-            "yes" => "pass",
-            "NO" => "fail",
-            _ => "err",
+            RowStatus::Yes => "pass",
+            RowStatus::No => "fail",
+            RowStatus::NotRun | RowStatus::NotMeasured => "err",
         };
         let _ = write!(
             h,
@@ -402,7 +452,7 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
             escape(&r.fault),
             escape(&r.must_produce.join(", ")),
             escape(&r.scenarios.join(", ")),
-            r.status(),
+            r.status().label(),
             r.passed,
             r.runs
         );
@@ -423,12 +473,8 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
     }
     h.push_str("</table><h2>Runs</h2><table><tr><th>scenario</th><th>image</th><th>seed</th><th>verdict</th><th>found</th><th>time</th><th>why</th></tr>");
     for r in &report.runs {
-        let class = match r.exit_code {
-            0 => "pass",
-            1 => "fail",
-            _ => "err",
-        };
-        let found: Vec<String> = r.found_classes.iter().chain(&r.outcomes).cloned().collect();
+        let class = verdict_class(r.verdict.exit());
+        let found = r.found_names();
         let _ = write!(
             h,
             "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{:.0}s</td><td>{}</td></tr>",
@@ -436,10 +482,10 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
             escape(&r.scenario),
             escape(&r.image),
             r.seed,
-            r.verdict,
+            r.verdict.name(),
             escape(&found.join(", ")),
             r.seconds,
-            escape(&r.reasons.join("; "))
+            escape(&r.verdict.reasons().join("; "))
         );
     }
     h.push_str("</table><p><a href=\"summary.json\">summary.json</a> · <a href=\"junit.xml\">junit.xml</a> · <a href=\"matrix.md\">matrix.md</a></p></body></html>\n");
@@ -450,29 +496,33 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
 mod tests {
     use super::*;
 
-    fn run(scenario: &str, exit_code: i32, found: &[&str]) -> NightlyRun {
+    fn run(scenario: &str, exit: Exit, found: &[BlockClass]) -> NightlyRun {
+        let verdict = match exit {
+            Exit::Pass => Verdict::Pass,
+            Exit::ProductFailure => Verdict::Fail { reasons: vec![] },
+            Exit::HarnessError => Verdict::CouldNotRun { errors: vec![] },
+        };
         NightlyRun {
             scenario: scenario.into(),
             file: String::new(),
             image: "debian-6.1".into(),
             seed: 1,
-            verdict: String::new(),
-            exit_code,
-            reasons: vec![],
+            verdict,
             report: "/r/x".into(),
             seconds: 1.0,
-            found_classes: found.iter().map(|s| s.to_string()).collect(),
+            found_classes: found.to_vec(),
             outcomes: vec![],
             faults: vec![],
-            expected: vec![],
+            expected_classes: vec![],
+            expected_outcomes: vec![],
         }
     }
 
     #[test]
     fn coverage_counts_only_passing_runs() {
         let cov = coverage(&[
-            run("a", 0, &["data-from-the-future"]),
-            run("b", 1, &["corrupt-snapshot"]),
+            run("a", Exit::Pass, &[BlockClass::DataFromTheFuture]),
+            run("b", Exit::ProductFailure, &[BlockClass::CorruptSnapshot]),
         ]);
         assert_eq!(cov["data-from-the-future"], ["a"]);
         assert!(cov["corrupt-snapshot"].is_empty());
@@ -490,11 +540,11 @@ mod tests {
             passed: 2,
             harness_errors: 0,
         };
-        assert_eq!(row.status(), "yes");
+        assert_eq!(row.status().label(), "yes");
         row.passed = 1;
-        assert_eq!(row.status(), "NO");
+        assert_eq!(row.status().label(), "NO");
         row.harness_errors = 1;
-        assert_eq!(row.status(), "not measured (harness error)");
+        assert_eq!(row.status().label(), "not measured (harness error)");
     }
 
     #[test]
@@ -502,7 +552,11 @@ mod tests {
         let rep = NightlyReport {
             started_unix: 0,
             seconds: 1.0,
-            runs: vec![run("a", 0, &[]), run("b", 1, &[]), run("c", 2, &[])],
+            runs: vec![
+                run("a", Exit::Pass, &[]),
+                run("b", Exit::ProductFailure, &[]),
+                run("c", Exit::HarnessError, &[]),
+            ],
             invalid_scenarios: vec![],
             matrix: vec![],
             coverage: BTreeMap::new(),
@@ -512,6 +566,9 @@ mod tests {
         assert!(x.contains("failures=\"1\" errors=\"1\""));
         assert_eq!(x.matches("<failure").count(), 1);
         assert_eq!(x.matches("<error").count(), 1);
-        assert_eq!(rep.exit_code(), 2);
+        assert_eq!(rep.exit(), Exit::HarnessError);
+        let json = serde_json::to_value(&rep.runs[1]).unwrap();
+        assert_eq!(json["verdict"], "fail");
+        assert_eq!(json["exit_code"], 1);
     }
 }

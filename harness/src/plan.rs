@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::BackupKind;
+use crate::model::{BackupKind, Expectations};
 use crate::scenario::units::format_size;
 use crate::scenario::{
-    Expectations, FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadKind,
+    FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadKind,
 };
 
 /// The module's COW default is a share of the volume, capped here.
@@ -364,7 +364,7 @@ impl fmt::Display for Plan {
                     f,
                     "    fault: {} {} {:?}",
                     fault.spec.layer().name(),
-                    fault.spec.kind(),
+                    fault.spec.kind().name(),
                     fault.spec
                 )?;
             }

@@ -30,23 +30,7 @@ use reference_agent::wire::{
 use sha2::{Digest, Sha256};
 
 use crate::error_chain;
-
-/// Which block frames a fault hits, numbered from 1 per session (every block frame that
-/// reaches the proxy counts, resent ones included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameSel {
-    Nth(u64),
-    Every(u64),
-}
-
-impl FrameSel {
-    fn hits(self, n: u64) -> bool {
-        match self {
-            FrameSel::Nth(k) => n == k,
-            FrameSel::Every(k) => k > 0 && n.is_multiple_of(k),
-        }
-    }
-}
+use crate::model::FrameSel;
 
 /// A transport fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

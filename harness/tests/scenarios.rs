@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use blockwitness::accel::AccelChoice;
 use blockwitness::events::{Event, Reporter};
+use blockwitness::model::Exit;
 use blockwitness::plan::Plan;
 use blockwitness::run::{run_plan, RunOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -80,15 +81,18 @@ fn main() {
                 Trial::test(test_name, move || {
                     let plan = Plan::resolve(&s, s.seed, &image);
                     let result = run_plan(&plan, &s.source, &RunOptions::standard(accel()), &Lines);
-                    match result.exit_code() {
-                        0 => Ok(()),
-                        code => Err(Failed::from(format!(
-                            "{} (exit {code}): {}\nreport: {}\nrepro: {}",
-                            result.verdict.name(),
-                            result.verdict.reasons().join("; "),
-                            result.report_dir.join("index.html").display(),
-                            plan.repro
-                        ))),
+                    match result.exit() {
+                        Exit::Pass => Ok(()),
+                        exit @ (Exit::ProductFailure | Exit::HarnessError) => {
+                            Err(Failed::from(format!(
+                                "{} (exit {}): {}\nreport: {}\nrepro: {}",
+                                result.verdict.name(),
+                                exit.code(),
+                                result.verdict.reasons().join("; "),
+                                result.report_dir.join("index.html").display(),
+                                plan.repro
+                            )))
+                        }
                     }
                 })
                 .with_ignored_flag(ignored),

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::model::BlockHash;
 use crate::plan::{BackupStep, Plan};
 use crate::record::{Claim, Exclusion, Live, Source};
 use crate::vm::Vm;
@@ -79,7 +80,7 @@ pub struct Progress {
 /// One block as the pipeline's witness recorded it.
 #[derive(Clone, Copy, Debug)]
 pub struct WitnessBlock {
-    pub snapshot: crate::record::BlockHash,
+    pub snapshot: BlockHash,
     pub live: Live,
     pub source: Option<Source>,
 }
@@ -98,7 +99,7 @@ pub struct VolumeBackup {
     /// Witness records by block (None: the pipeline keeps none).
     pub witness: Option<BTreeMap<u64, WitnessBlock>>,
     /// The last frame hash that crossed the transport, by block (None: not recorded).
-    pub transport: Option<BTreeMap<u64, crate::record::BlockHash>>,
+    pub transport: Option<BTreeMap<u64, BlockHash>>,
     pub retransmits: BTreeMap<u64, u32>,
     /// Blocks the pipeline's sender sent (an incremental's changed-block map as read).
     pub sent: BTreeSet<u64>,

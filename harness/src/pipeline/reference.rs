@@ -20,10 +20,11 @@ use super::{
     WitnessBlock,
 };
 use crate::image::BuiltImage;
+use crate::model::{BlockHash, BLOCK};
 use crate::plan::{BackupStep, Plan};
-use crate::proxy::{self, InjectedFault, ProxyConfig, ProxyEvent, ProxyHandle, TransportFault};
-use crate::record::{BlockHash, Claim, Exclusion, Live, Source, BLOCK};
-use crate::scenario::{FaultSpec, FrameSel};
+use crate::proxy::{InjectedFault, ProxyConfig, ProxyEvent, ProxyHandle, TransportFault};
+use crate::record::{Claim, Exclusion, Live, Source};
+use crate::scenario::FaultSpec;
 use crate::vm::Vm;
 
 /// Where bwsnap.ko sits in every image.
@@ -470,18 +471,8 @@ impl Pipeline for Reference {
                 FaultSpec::DelayCow { ms } => {
                     knobs.insert("fault_delay_cow_ms", *ms);
                 }
-                FaultSpec::BitFlip { frames } => {
-                    transport.push(TransportFault::BitFlip(match frames {
-                        FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
-                        FrameSel::Every(n) => proxy::FrameSel::Every(*n),
-                    }))
-                }
-                FaultSpec::Rewrite { frames } => {
-                    transport.push(TransportFault::Rewrite(match frames {
-                        FrameSel::Nth(n) => proxy::FrameSel::Nth(*n),
-                        FrameSel::Every(n) => proxy::FrameSel::Every(*n),
-                    }))
-                }
+                FaultSpec::BitFlip { frames } => transport.push(TransportFault::BitFlip(*frames)),
+                FaultSpec::Rewrite { frames } => transport.push(TransportFault::Rewrite(*frames)),
                 FaultSpec::DropFrame { frame } => {
                     transport.push(TransportFault::DropFrame { frame: *frame })
                 }

@@ -4,7 +4,8 @@
 //! findings and break the size budget of a clean report).
 
 use crate::classify::Classification;
-use crate::record::{BlockHash, Live, Recording, Source};
+use crate::model::BlockHash;
+use crate::record::{Live, Recording, Source};
 
 pub const HEADER: &str = "volume,generation,kind,block,class,why,truth,snapshot,live,source,transport,retransmits,target,previous,fault_site,owner,write";
 
@@ -30,10 +31,7 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
     out.push('\n');
     for v in &rec.volumes {
         for g in &v.generations {
-            let kind = match g.kind {
-                crate::record::BackupKind::Full => "full",
-                crate::record::BackupKind::Incremental => "incremental",
-            };
+            let kind = g.kind.name();
             for e in &g.excluded {
                 let row = [
                     field(&v.name),

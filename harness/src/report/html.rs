@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use super::escape;
 use super::summary::Summary;
-use crate::classify::{BlockClass, Classification, Finding, GenerationResult, Verdict};
+use crate::classify::{Classification, Finding, GenerationResult};
+use crate::model::{BlockClass, BlockHash, Verdict};
 use crate::record::{GenerationRecord, Recording};
 
 /// At most this many problem blocks per generation carry hover details.
@@ -102,7 +103,8 @@ fn verdict_color(v: &Verdict) -> &'static str {
 
 pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdict) -> String {
     let mut h = String::new();
-    let title = format!("{} — {}", s.scenario, verdict.name());
+    let run = &s.run;
+    let title = format!("{} — {}", run.scenario, verdict.name());
     let _ = writeln!(
         h,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{}</style></head><body>",
@@ -112,7 +114,7 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
     let _ = writeln!(
         h,
         "<header><h1>{}</h1><span class=\"verdict\" style=\"background:{}\">{}</span></header>",
-        escape(&s.scenario),
+        escape(&run.scenario),
         verdict_color(verdict),
         escape(&verdict.name().to_uppercase())
     );
@@ -126,30 +128,30 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
     let _ = writeln!(
         h,
         "<p class=\"repro\">Reproduce: <code id=\"repro\">{}</code> <button onclick=\"navigator.clipboard.writeText(document.getElementById('repro').textContent)\">copy</button></p>",
-        escape(&s.repro)
+        escape(&run.repro)
     );
 
     // Run facts.
     h.push_str("<table class=\"facts\">");
-    let packages: Vec<String> = s
+    let packages: Vec<String> = run
         .packages
         .iter()
         .map(|p| format!("{} {}", p.name, p.version))
         .collect();
-    let timings: Vec<String> = s
+    let timings: Vec<String> = run
         .timings
         .iter()
         .map(|t| format!("{} {:.1} s", t.phase, t.seconds))
         .collect();
     for (k, v) in [
-        ("run", s.run_id.clone()),
-        ("scenario file", s.scenario_file.clone()),
-        ("seed", s.seed.to_string()),
-        ("image", s.image.clone()),
-        ("kernel", s.kernel.clone()),
+        ("run", run.run_id.clone()),
+        ("scenario file", run.scenario_file.clone()),
+        ("seed", run.seed.to_string()),
+        ("image", run.image.clone()),
+        ("kernel", run.kernel.clone()),
         ("packages", packages.join(", ")),
-        ("accelerator", s.accelerator.clone()),
-        ("pipeline", s.pipeline.clone()),
+        ("accelerator", run.accelerator.clone()),
+        ("pipeline", run.pipeline.clone()),
         ("timings", timings.join(", ")),
         ("expected", {
             let mut e = s.expected_classes.clone();
@@ -249,7 +251,7 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
                 .find(|v| v.name == g.volume)
                 .and_then(|v| v.generations.iter().find(|r| r.generation == g.generation));
             let b = f.block as usize;
-            let short = |col: Option<&Vec<Option<crate::record::BlockHash>>>| match col {
+            let short = |col: Option<&Vec<Option<BlockHash>>>| match col {
                 None => "-".to_string(),
                 Some(c) => c[b].map(|h| h.short()).unwrap_or_else(|| "none".into()),
             };

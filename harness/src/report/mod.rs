@@ -5,14 +5,15 @@
 
 mod csv;
 mod html;
-mod junit;
+pub mod junit;
 mod summary;
 
 use std::path::{Path, PathBuf};
 
 pub use summary::Summary;
 
-use crate::classify::{evaluate, Classification, Verdict};
+use crate::classify::{evaluate, Classification};
+use crate::model::{BlockClass, Outcome, Verdict};
 use crate::record::{RecordError, Recording, RECORDING_FILE};
 
 /// The files a report directory holds.
@@ -42,12 +43,17 @@ pub enum ReportError {
     Record(#[source] RecordError),
 }
 
-/// What writing a report produced: where, and the verdict (for the exit code).
+/// What writing a report produced: where, the verdict (for the exit code), and what
+/// was found.
 #[derive(Debug)]
 pub struct ReportOutcome {
     pub dir: PathBuf,
     pub verdict: Verdict,
     pub summary: Summary,
+    /// Block classes found that count against a clean run.
+    pub found: Vec<BlockClass>,
+    /// Run-level outcomes found.
+    pub outcomes: Vec<Outcome>,
 }
 
 impl std::fmt::Display for ReportOutcome {
@@ -56,11 +62,11 @@ impl std::fmt::Display for ReportOutcome {
         writeln!(
             f,
             "{}: {} ({} on {}, seed {})",
-            s.run_id,
+            s.run.run_id,
             self.verdict.name().to_uppercase(),
-            s.scenario,
-            s.image,
-            s.seed
+            s.run.scenario,
+            s.run.image,
+            s.run.seed
         )?;
         let counts: Vec<String> = s
             .counts
@@ -75,7 +81,7 @@ impl std::fmt::Display for ReportOutcome {
         for r in self.verdict.reasons() {
             writeln!(f, "  - {r}")?;
         }
-        writeln!(f, "  repro: {}", s.repro)?;
+        writeln!(f, "  repro: {}", s.run.repro)?;
         write!(f, "  report: {}", self.dir.join(HTML_FILE).display())
     }
 }
@@ -85,6 +91,52 @@ struct Rendered {
     files: Vec<(&'static str, Vec<u8>)>,
     verdict: Verdict,
     summary: Summary,
+    found: Vec<BlockClass>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Rendered {
+    fn outcome(self, dir: &Path) -> ReportOutcome {
+        ReportOutcome {
+            dir: dir.to_owned(),
+            verdict: self.verdict,
+            summary: self.summary,
+            found: self.found,
+            outcomes: self.outcomes,
+        }
+    }
+}
+
+/// The run as one JUnit test case.
+fn junit_suite(s: &Summary, verdict: &Verdict) -> junit::Suite {
+    let suite = format!("blockwitness.{}", s.run.scenario);
+    let counts: Vec<String> = s
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| format!("{c}={n}"))
+        .collect();
+    junit::Suite {
+        name: suite.clone(),
+        cases: vec![junit::Case {
+            classname: suite,
+            name: format!("{}@{}#seed{}", s.run.scenario, s.run.image, s.run.seed),
+            seconds: s.total_seconds,
+            exit: verdict.exit(),
+            message: verdict.reasons().first().cloned().unwrap_or_default(),
+            detail: verdict.reasons().join("\n"),
+            system_out: Some(format!(
+                "verdict: {}\nblocks: {}\noutcomes: {}\nimage: {} kernel: {} accelerator: {}\nrepro: {}",
+                s.verdict,
+                counts.join(" "),
+                s.outcomes.join(" "),
+                s.run.image,
+                s.run.kernel,
+                s.run.accelerator,
+                s.run.repro
+            )),
+        }],
+    }
 }
 
 fn render(rec: &Recording) -> Rendered {
@@ -102,7 +154,7 @@ fn render(rec: &Recording) -> Rendered {
         (BLOCKS_FILE, csv::render(rec, c).into_bytes()),
         (
             JUNIT_FILE,
-            junit::render(&summary, &eval.verdict).into_bytes(),
+            junit::render("blockwitness", &[junit_suite(&summary, &eval.verdict)]).into_bytes(),
         ),
         (
             HTML_FILE,
@@ -114,10 +166,13 @@ fn render(rec: &Recording) -> Rendered {
         files,
         verdict: eval.verdict,
         summary,
+        found: c.problem_classes().into_iter().collect(),
+        outcomes: c.outcomes.iter().copied().collect(),
     }
 }
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
+/// Writes one file of a report; the error names the path.
+pub(crate) fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).map_err(|source| ReportError::Write { path, source })
 }
@@ -142,11 +197,7 @@ pub fn write(
     for (name, bytes) in &rendered.files {
         write_file(dir, name, bytes)?;
     }
-    Ok(ReportOutcome {
-        dir: dir.to_owned(),
-        verdict: rendered.verdict,
-        summary: rendered.summary,
-    })
+    Ok(rendered.outcome(dir))
 }
 
 /// `blockwitness report DIR`: rebuilds summary, CSV, JUnit and HTML from the saved
@@ -161,14 +212,10 @@ pub fn rebuild_report(dir: &Path) -> Result<ReportOutcome, ReportError> {
     for (name, bytes) in &rendered.files {
         write_file(dir, name, bytes)?;
     }
-    Ok(ReportOutcome {
-        dir: dir.to_owned(),
-        verdict: rendered.verdict,
-        summary: rendered.summary,
-    })
+    Ok(rendered.outcome(dir))
 }
 
-/// Escapes text for HTML and XML.
+/// Escapes text for HTML.
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -179,6 +226,29 @@ pub(crate) fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether XML 1.0 allows the character at all (escaped or not).
+fn xml_allowed(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+        || c >= '\u{10000}'
+}
+
+/// Escapes text for XML; the characters XML forbids (most C0 controls, U+FFFE, U+FFFF)
+/// are left out.
+pub(crate) fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars().filter(|c| xml_allowed(*c)) {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
             c => out.push(c),
         }
     }

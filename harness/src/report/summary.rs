@@ -5,26 +5,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{BlockClass, Classification, Verdict};
-use crate::record::{BackupKind, Claim, Package, Recording, Timing};
+use crate::classify::Classification;
+use crate::model::{BackupKind, BlockClass, Verdict};
+use crate::record::{Claim, Recording, RunInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub format: u32,
-    pub run_id: String,
-    pub scenario: String,
-    pub scenario_file: String,
-    pub seed: u64,
-    pub image: String,
-    pub kernel: String,
-    pub packages: Vec<Package>,
-    pub accelerator: String,
-    pub pipeline: String,
-    pub started_unix: u64,
-    pub timings: Vec<Timing>,
+    /// What ran, where, and how to run it again: its fields sit at the top level.
+    #[serde(flatten)]
+    pub run: RunInfo,
     pub total_seconds: f64,
-    pub repro: String,
-    pub blockwitness_version: String,
     pub verdict: String,
     pub exit_code: i32,
     pub reasons: Vec<String>,
@@ -114,22 +105,10 @@ impl Summary {
             .collect();
         Summary {
             format: 1,
-            run_id: run.run_id.clone(),
-            scenario: run.scenario.clone(),
-            scenario_file: run.scenario_file.clone(),
-            seed: run.seed,
-            image: run.image.clone(),
-            kernel: run.kernel.clone(),
-            packages: run.packages.clone(),
-            accelerator: run.accelerator.clone(),
-            pipeline: run.pipeline.clone(),
-            started_unix: run.started_unix,
-            timings: run.timings.clone(),
+            run: run.clone(),
             total_seconds: run.timings.iter().map(|t| t.seconds).sum(),
-            repro: run.repro.clone(),
-            blockwitness_version: run.blockwitness_version.clone(),
             verdict: verdict.name().to_owned(),
-            exit_code: verdict.exit_code(),
+            exit_code: i32::from(verdict.exit().code()),
             reasons: verdict.reasons().to_vec(),
             counts: all_counts(&c.counts),
             outcomes: c.outcomes.iter().map(|o| o.name().to_owned()).collect(),

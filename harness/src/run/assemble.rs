@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::model::{BackupKind, BlockHash};
 use crate::pipeline::{BackupResult, Pipeline};
 use crate::plan::Plan;
-use crate::record::{
-    BackupKind, BlockHash, Claim, GenerationRecord, IncrementalRecord, Live, VolumeRecord,
-};
+use crate::record::{Claim, GenerationRecord, IncrementalRecord, Live, VolumeRecord};
 use crate::truth::Truth;
 
 use super::chain;

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use super::{chain, disks, skip_kind};
 use crate::events::{Event, Reporter};
+use crate::model::Skipped;
 use crate::pipeline::GuestVolume;
 use crate::plan::{Plan, WorkloadRun};
 use crate::qemu::DiskFormat;
 use crate::record::{CheckKind, CheckResult};
-use crate::scenario::{Filesystem, Rate, Skipped};
+use crate::scenario::{Filesystem, Rate};
 use crate::truth::Truth;
 use crate::vm::Vm;
 

@@ -14,16 +14,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accel::{self, AccelChoice};
-use crate::classify::Verdict;
 pub(crate) use crate::error_chain as chain;
 use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
+use crate::model::{BlockClass, Exit, Outcome, Skipped, Verdict};
 use crate::pipeline::reference::Reference;
 use crate::pipeline::{BackupResult, GuestVolume, Pipeline, Progress, RunHooks};
 use crate::plan::{BackupStep, Plan};
 use crate::qemu::{Accel, Disk, DiskFormat, Floppy as QFloppy};
 use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
-use crate::scenario::{FaultSpec, Floppy, ResetAt, Skipped};
+use crate::scenario::{FaultSpec, Floppy, ResetAt};
 use crate::truth::Truth;
 use crate::vm::{BootOptions, Vm};
 
@@ -64,14 +64,14 @@ pub struct RunResult {
     pub verdict: Verdict,
     pub elapsed: Duration,
     /// Block classes found, other than ok and excluded.
-    pub found_classes: Vec<String>,
+    pub found_classes: Vec<BlockClass>,
     /// Run-level outcomes found.
-    pub outcomes: Vec<String>,
+    pub outcomes: Vec<Outcome>,
 }
 
 impl RunResult {
-    pub fn exit_code(&self) -> i32 {
-        self.verdict.exit_code()
+    pub fn exit(&self) -> Exit {
+        self.verdict.exit()
     }
 }
 
@@ -115,14 +115,8 @@ pub fn run_plan(
     let mut outcomes = Vec::new();
     let verdict = match crate::report::write(&report_dir, &recording, Some(scenario_text)) {
         Ok(outcome) => {
-            found_classes = outcome
-                .summary
-                .counts
-                .iter()
-                .filter(|(c, n)| **n > 0 && c.as_str() != "ok" && c.as_str() != "excluded")
-                .map(|(c, _)| c.clone())
-                .collect();
-            outcomes = outcome.summary.outcomes.clone();
+            found_classes = outcome.found;
+            outcomes = outcome.outcomes;
             let _ = std::fs::copy(&console, report_dir.join("console.log"));
             for n in 1..=plan.backups.len() {
                 let name = format!("agent-backup-{n}.log");
@@ -355,7 +349,21 @@ impl<'a> Runner<'a> {
                  use guest.hang_disk for a device that never answers"
                         .to_string(),
                 ),
-                _ => None,
+                FaultSpec::CowReadLive { .. }
+                | FaultSpec::DropTracking { .. }
+                | FaultSpec::CorruptCow { .. }
+                | FaultSpec::DelayCow { .. }
+                | FaultSpec::BitFlip { .. }
+                | FaultSpec::Rewrite { .. }
+                | FaultSpec::DropFrame { .. }
+                | FaultSpec::Disconnect { .. }
+                | FaultSpec::WrongOffset { .. }
+                | FaultSpec::SkipVerify
+                | FaultSpec::CrashBeforeCommit
+                | FaultSpec::SkipBlocks { .. }
+                | FaultSpec::Reset { .. }
+                | FaultSpec::Panic { .. }
+                | FaultSpec::RemoveDisk { .. } => None,
             })
     }
 
@@ -513,7 +521,7 @@ impl<'a> Runner<'a> {
         }
         let console =
             std::fs::read_to_string(self.work.join("run/console.log")).unwrap_or_default();
-        self.events.console = crate::record::scan_console(&console);
+        self.events.console = crate::console::scan(&console);
     }
 
     /// One backup: workloads during it, the pipeline's run with the truth at the
@@ -807,7 +815,22 @@ impl RunHooks for Hooks<'_> {
             let (at, panic) = match &f.spec {
                 FaultSpec::Reset { at } => (at, false),
                 FaultSpec::Panic { at } => (at, true),
-                _ => continue,
+                // Faults of other moments (the instant) and of the pipeline's layers.
+                FaultSpec::CowReadLive { .. }
+                | FaultSpec::DropTracking { .. }
+                | FaultSpec::CorruptCow { .. }
+                | FaultSpec::DelayCow { .. }
+                | FaultSpec::DiskHang { .. }
+                | FaultSpec::DiskEio { .. }
+                | FaultSpec::BitFlip { .. }
+                | FaultSpec::Rewrite { .. }
+                | FaultSpec::DropFrame { .. }
+                | FaultSpec::Disconnect { .. }
+                | FaultSpec::WrongOffset { .. }
+                | FaultSpec::SkipVerify
+                | FaultSpec::CrashBeforeCommit
+                | FaultSpec::SkipBlocks { .. }
+                | FaultSpec::RemoveDisk { .. } => continue,
             };
             let due = match at {
                 ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),

@@ -1,9 +1,10 @@
 //! The one table of every key a scenario file may hold: its type, default, meaning and an
 //! example. It drives the unknown-key and type checks (with "allowed here" lists), the key
 //! reference in docs/scenarios.md (generated from it, a test keeps the file in step), and
-//! a test that it agrees with the serde structs in `raw.rs`.
+//! a test that it agrees with the serde structs in `raw.rs`. The fault kinds and their
+//! parameters come from [`FaultKind`].
 
-use crate::classify::{BlockClass, Outcome};
+use crate::model::{BlockClass, FaultKind, Layer, Need, Outcome};
 
 /// What a key's value must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +109,16 @@ pub const WORKLOAD_KINDS: &[&str] = &[
 ];
 pub const WHEN: &[&str] = &["before", "during", "between"];
 pub const PIPELINES: &[&str] = &["reference"];
-pub const LAYERS: &[&str] = &["module", "disk", "transport", "target", "guest", "agent"];
+/// Every layer name, from [`Layer::ALL`].
+pub const LAYERS: &[&str] = &{
+    let mut out = [""; Layer::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Layer::ALL[i].name();
+        i += 1;
+    }
+    out
+};
 pub const OPS: &[&str] = &["read", "write"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
@@ -129,151 +139,16 @@ pub const EXPECTABLE_OUTCOMES: &[&str] = &[
     Outcome::VolumeVanished.name(),
 ];
 
-/// Whether a fault parameter must be given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Need {
-    Required,
-    Optional,
-    /// Exactly one of the parameters marked `Either` must be given.
-    Either,
-}
-
-/// One fault kind: its layer, parameters and what it does.
-#[derive(Clone, Copy, Debug)]
-pub struct FaultKindDoc {
-    pub layer: &'static str,
-    pub kind: &'static str,
-    pub params: &'static [(&'static str, Need)],
-    pub doc: &'static str,
-}
-
-use Need::{Either, Optional, Required};
-
-pub const FAULT_KINDS: &[FaultKindDoc] = &[
-    FaultKindDoc {
-        layer: "module",
-        kind: "cow-read-live",
-        params: &[("every", Required)],
-        doc: "the module serves 1 read in `every` from the live disk instead of the COW copy (the intermittent field bug)",
-    },
-    FaultKindDoc {
-        layer: "module",
-        kind: "drop-tracking",
-        params: &[("every", Required)],
-        doc: "the module drops 1 changed-block tracking update in `every` while tracking for this backup; `backup` must be an incremental",
-    },
-    FaultKindDoc {
-        layer: "module",
-        kind: "corrupt-cow",
-        params: &[("every", Required)],
-        doc: "the module corrupts 1 COW copy in `every`",
-    },
-    FaultKindDoc {
-        layer: "module",
-        kind: "delay-cow",
-        params: &[("ms", Required)],
-        doc: "the module delays every COW copy by `ms` milliseconds",
-    },
-    FaultKindDoc {
-        layer: "disk",
-        kind: "hang",
-        params: &[("volume", Required), ("op", Optional)],
-        doc: "from this backup on, `op` requests to the volume's disk never complete (QEMU blkdebug)",
-    },
-    FaultKindDoc {
-        layer: "disk",
-        kind: "eio",
-        params: &[("volume", Required), ("op", Optional), ("block", Optional), ("once", Optional)],
-        doc: "`op` requests to the volume's disk fail with EIO (at 4 KiB block `block` if given; only the first time if `once`)",
-    },
-    FaultKindDoc {
-        layer: "transport",
-        kind: "bit-flip",
-        params: &[("frame", Either), ("every", Either)],
-        doc: "the proxy flips one bit in the data of block frame number `frame`, or of 1 frame in `every`",
-    },
-    FaultKindDoc {
-        layer: "transport",
-        kind: "rewrite",
-        params: &[("frame", Either), ("every", Either)],
-        doc: "the proxy flips one bit in the data of block frame number `frame` (or 1 frame in `every`) and rewrites the frame's hashes and the session's end digest to match: corruption the protocol cannot see",
-    },
-    FaultKindDoc {
-        layer: "transport",
-        kind: "drop-frame",
-        params: &[("frame", Required)],
-        doc: "the proxy drops block frame number `frame`",
-    },
-    FaultKindDoc {
-        layer: "transport",
-        kind: "disconnect",
-        params: &[("after_frame", Required)],
-        doc: "the proxy closes both sides after block frame number `after_frame`; the agent should resume",
-    },
-    FaultKindDoc {
-        layer: "target",
-        kind: "wrong-offset",
-        params: &[("every", Required)],
-        doc: "the target writes 1 block in `every` at a wrong offset",
-    },
-    FaultKindDoc {
-        layer: "target",
-        kind: "skip-verify",
-        params: &[],
-        doc: "the target does not re-read what it wrote before committing",
-    },
-    FaultKindDoc {
-        layer: "target",
-        kind: "crash-before-commit",
-        params: &[],
-        doc: "the target aborts after the end frame, before the commit",
-    },
-    FaultKindDoc {
-        layer: "guest",
-        kind: "reset",
-        params: &[("after_ms", Either), ("at_percent", Either)],
-        doc: "the harness resets the guest `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
-    },
-    FaultKindDoc {
-        layer: "guest",
-        kind: "panic",
-        params: &[("after_ms", Either), ("at_percent", Either)],
-        doc: "the harness crashes the guest kernel (sysrq c) `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
-    },
-    FaultKindDoc {
-        layer: "guest",
-        kind: "remove-disk",
-        params: &[("volume", Required), ("at", Optional)],
-        doc: "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
-    },
-    FaultKindDoc {
-        layer: "agent",
-        kind: "skip-blocks",
-        params: &[("every", Required)],
-        doc: "the agent leaves 1 block in `every` out of a full backup: it never crosses the transport; `backup` must be the full backup",
-    },
-];
-
-/// Every fault kind name, in table order (for the `faults[].kind` key).
-pub const FAULT_KIND_NAMES: &[&str] = &[
-    "cow-read-live",
-    "drop-tracking",
-    "corrupt-cow",
-    "delay-cow",
-    "hang",
-    "eio",
-    "bit-flip",
-    "rewrite",
-    "drop-frame",
-    "disconnect",
-    "wrong-offset",
-    "skip-verify",
-    "crash-before-commit",
-    "reset",
-    "panic",
-    "remove-disk",
-    "skip-blocks",
-];
+/// Every fault kind name, in [`FaultKind::ALL`]'s order (for the `faults[].kind` key).
+pub const FAULT_KIND_NAMES: &[&str] = &{
+    let mut out = [""; FaultKind::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = FaultKind::ALL[i].name();
+        i += 1;
+    }
+    out
+};
 
 /// The fault parameters: every key of `faults[]` other than layer, kind and backup.
 pub const FAULT_PARAMS: &[&str] = &[
@@ -367,12 +242,7 @@ pub fn children(parent: &str) -> impl Iterator<Item = &'static KeyDoc> + '_ {
     KEYS.iter().filter(move |k| k.parent() == parent)
 }
 
-/// The fault kind entry for a kind name.
-pub fn fault_kind(kind: &str) -> Option<&'static FaultKindDoc> {
-    FAULT_KINDS.iter().find(|f| f.kind == kind)
-}
-
-/// The key reference of docs/scenarios.md, generated from [`KEYS`] and [`FAULT_KINDS`].
+/// The key reference of docs/scenarios.md, generated from [`KEYS`] and [`FaultKind`].
 pub fn reference_markdown() -> String {
     let mut out = String::new();
     let sections: &[(&str, &str)] = &[
@@ -430,20 +300,20 @@ pub fn reference_markdown() -> String {
     out.push_str(
         "### Fault kinds\n\n| layer | kind | parameters | what it does |\n|---|---|---|---|\n",
     );
-    for f in FAULT_KINDS {
+    for f in FaultKind::ALL {
         let either: Vec<String> = f
-            .params
+            .params()
             .iter()
-            .filter(|(_, need)| *need == Either)
+            .filter(|(_, need)| *need == Need::Either)
             .map(|(name, _)| format!("`{name}`"))
             .collect();
         let mut params: Vec<String> = f
-            .params
+            .params()
             .iter()
             .filter_map(|(name, need)| match need {
-                Required => Some(format!("`{name}`")),
-                Optional => Some(format!("`{name}` (optional)")),
-                Either => None,
+                Need::Required => Some(format!("`{name}`")),
+                Need::Optional => Some(format!("`{name}` (optional)")),
+                Need::Either => None,
             })
             .collect();
         if !either.is_empty() {
@@ -456,7 +326,10 @@ pub fn reference_markdown() -> String {
         };
         out.push_str(&format!(
             "| {} | `{}` | {} | {} |\n",
-            f.layer, f.kind, params, f.doc
+            f.layer().name(),
+            f.name(),
+            params,
+            f.doc()
         ));
     }
     out
@@ -468,15 +341,15 @@ mod tests {
 
     #[test]
     fn every_fault_kind_is_named_once_and_its_params_are_keys() {
-        let names: Vec<&str> = FAULT_KINDS.iter().map(|f| f.kind).collect();
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|f| f.name()).collect();
         assert_eq!(names, FAULT_KIND_NAMES);
-        for f in FAULT_KINDS {
-            assert!(LAYERS.contains(&f.layer), "{}", f.kind);
-            for (p, _) in f.params {
+        for f in FaultKind::ALL {
+            assert!(LAYERS.contains(&f.layer().name()), "{}", f.name());
+            for (p, _) in f.params() {
                 assert!(
                     FAULT_PARAMS.contains(p),
                     "{} uses unknown param {p}",
-                    f.kind
+                    f.name()
                 );
                 assert!(
                     lookup(&format!("faults[].{p}")).is_some(),

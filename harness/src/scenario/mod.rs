@@ -15,17 +15,16 @@ pub mod tree;
 pub mod units;
 mod validate;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::{Diagnostic, Location, ScenarioError};
-pub use raw::{FaultAt, Floppy, Layer, Op, Pipeline, Skipped, When, Where, WorkloadKind};
+pub use raw::{FaultAt, Floppy, Op, Pipeline, When, WorkloadKind};
 pub use units::{Rate, SizeOrPercent};
 
-use crate::classify::{BlockClass, Outcome};
+use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
 
 /// A validated scenario.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,7 +140,7 @@ pub struct Fault {
     pub spec: FaultSpec,
 }
 
-/// Every fault kind with its parameters (keys::FAULT_KINDS documents them).
+/// Every fault kind with its parameters ([`FaultKind`] names and documents them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum FaultSpec {
@@ -203,57 +202,32 @@ pub enum FaultSpec {
 }
 
 impl FaultSpec {
+    /// The kind, without its parameters.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            FaultSpec::CowReadLive { .. } => FaultKind::CowReadLive,
+            FaultSpec::DropTracking { .. } => FaultKind::DropTracking,
+            FaultSpec::CorruptCow { .. } => FaultKind::CorruptCow,
+            FaultSpec::DelayCow { .. } => FaultKind::DelayCow,
+            FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
+            FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
+            FaultSpec::BitFlip { .. } => FaultKind::BitFlip,
+            FaultSpec::Rewrite { .. } => FaultKind::Rewrite,
+            FaultSpec::DropFrame { .. } => FaultKind::DropFrame,
+            FaultSpec::Disconnect { .. } => FaultKind::Disconnect,
+            FaultSpec::WrongOffset { .. } => FaultKind::WrongOffset,
+            FaultSpec::SkipVerify => FaultKind::SkipVerify,
+            FaultSpec::CrashBeforeCommit => FaultKind::CrashBeforeCommit,
+            FaultSpec::SkipBlocks { .. } => FaultKind::SkipBlocks,
+            FaultSpec::Reset { .. } => FaultKind::Reset,
+            FaultSpec::Panic { .. } => FaultKind::Panic,
+            FaultSpec::RemoveDisk { .. } => FaultKind::RemoveDisk,
+        }
+    }
+
     pub fn layer(&self) -> Layer {
-        match self {
-            FaultSpec::CowReadLive { .. }
-            | FaultSpec::DropTracking { .. }
-            | FaultSpec::CorruptCow { .. }
-            | FaultSpec::DelayCow { .. } => Layer::Module,
-            FaultSpec::DiskHang { .. } | FaultSpec::DiskEio { .. } => Layer::Disk,
-            FaultSpec::BitFlip { .. }
-            | FaultSpec::DropFrame { .. }
-            | FaultSpec::Rewrite { .. }
-            | FaultSpec::Disconnect { .. } => Layer::Transport,
-            FaultSpec::WrongOffset { .. }
-            | FaultSpec::SkipVerify
-            | FaultSpec::CrashBeforeCommit => Layer::Target,
-            FaultSpec::Reset { .. } | FaultSpec::Panic { .. } | FaultSpec::RemoveDisk { .. } => {
-                Layer::Guest
-            }
-            FaultSpec::SkipBlocks { .. } => Layer::Agent,
-        }
+        self.kind().layer()
     }
-
-    /// The kind's name as scenario files write it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FaultSpec::CowReadLive { .. } => "cow-read-live",
-            FaultSpec::DropTracking { .. } => "drop-tracking",
-            FaultSpec::CorruptCow { .. } => "corrupt-cow",
-            FaultSpec::DelayCow { .. } => "delay-cow",
-            FaultSpec::DiskHang { .. } => "hang",
-            FaultSpec::DiskEio { .. } => "eio",
-            FaultSpec::BitFlip { .. } => "bit-flip",
-            FaultSpec::Rewrite { .. } => "rewrite",
-            FaultSpec::DropFrame { .. } => "drop-frame",
-            FaultSpec::Disconnect { .. } => "disconnect",
-            FaultSpec::WrongOffset { .. } => "wrong-offset",
-            FaultSpec::SkipVerify => "skip-verify",
-            FaultSpec::CrashBeforeCommit => "crash-before-commit",
-            FaultSpec::SkipBlocks { .. } => "skip-blocks",
-            FaultSpec::Reset { .. } => "reset",
-            FaultSpec::Panic { .. } => "panic",
-            FaultSpec::RemoveDisk { .. } => "remove-disk",
-        }
-    }
-}
-
-/// Which block frames a transport fault hits (numbered from 1 per backup stream).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FrameSel {
-    Nth(u64),
-    Every(u64),
 }
 
 /// When a guest reset fires.
@@ -262,37 +236,6 @@ pub enum FrameSel {
 pub enum ResetAt {
     AfterMs(u64),
     AtPercent(u8),
-}
-
-/// What a run must find to pass.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Expectations {
-    pub classes: BTreeSet<BlockClass>,
-    pub allow_clean: bool,
-    pub outcomes: BTreeSet<Outcome>,
-    pub allow_outcomes: BTreeSet<Outcome>,
-    pub at: Where,
-    pub named_writes: bool,
-    pub fsck: bool,
-    pub remount: bool,
-    pub skipped: Vec<Skipped>,
-}
-
-impl Expectations {
-    /// The default: a clean run.
-    pub fn clean() -> Expectations {
-        Expectations {
-            classes: BTreeSet::new(),
-            allow_clean: false,
-            outcomes: BTreeSet::new(),
-            allow_outcomes: BTreeSet::new(),
-            at: Where::Anywhere,
-            named_writes: false,
-            fsck: false,
-            remount: false,
-            skipped: Vec::new(),
-        }
-    }
 }
 
 /// Loads and validates one scenario file.
@@ -353,20 +296,21 @@ impl CheckReport {
         self.files.iter().all(|(_, r)| r.is_ok())
     }
 
-    /// Exit code for `blockwitness check`: 0 all valid, 1 a scenario is invalid, 2 no
-    /// scenario found or a file could not be read.
-    pub fn exit_code(&self) -> i32 {
+    /// How `blockwitness check` ends: pass when all are valid, a product failure when a
+    /// scenario is invalid, a harness error when no scenario was found or a file could
+    /// not be read.
+    pub fn exit(&self) -> Exit {
         if self.files.is_empty()
             || self
                 .files
                 .iter()
                 .any(|(_, r)| matches!(r, Err(ScenarioError::Read { .. })))
         {
-            2
+            Exit::HarnessError
         } else if self.all_valid() {
-            0
+            Exit::Pass
         } else {
-            1
+            Exit::ProductFailure
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::classify::{BlockClass, Outcome};
+use crate::model::{BlockClass, Layer, Outcome, Skipped, Where};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,31 +152,6 @@ pub struct RawFault {
     pub at: Option<FaultAt>,
 }
 
-/// Where a fault is injected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Layer {
-    Module,
-    Disk,
-    Transport,
-    Target,
-    Guest,
-    Agent,
-}
-
-impl Layer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Layer::Module => "module",
-            Layer::Disk => "disk",
-            Layer::Transport => "transport",
-            Layer::Target => "target",
-            Layer::Guest => "guest",
-            Layer::Agent => "agent",
-        }
-    }
-}
-
 /// Which disk requests a disk fault hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -204,20 +179,4 @@ pub struct RawExpect {
     pub fsck: Option<bool>,
     pub remount: Option<bool>,
     pub skipped: Option<Vec<Skipped>>,
-}
-
-/// Where expected block classes must be found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Where {
-    Anywhere,
-    FaultSites,
-}
-
-/// A device discovery must skip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Skipped {
-    Floppy,
-    HangDisk,
 }

@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use super::error::Diagnostic;
-use super::keys::{self, Need};
 use super::raw::*;
 use super::tree::{quoted, KeyPath, Tree};
 use super::units::{self, Rate, SizeOrPercent};
 use super::*;
+use crate::model::{BlockClass, FaultKind, FrameSel, Need, Outcome, Skipped, Where};
 
 /// Collects diagnostics, finding each one's span from its key path.
 struct Ctx<'a> {
@@ -651,29 +651,29 @@ fn validate_faults(
     let mut out = Vec::new();
     for (i, f) in raw.into_iter().enumerate() {
         let at = base.index(i);
-        let Some(doc) = keys::fault_kind(&f.kind) else {
+        let Some(kind) = FaultKind::from_name(&f.kind) else {
             // The schema walk has already said the kind is unknown.
             continue;
         };
-        if doc.layer != f.layer.name() {
-            let same: Vec<&str> = keys::FAULT_KINDS
+        if kind.layer() != f.layer {
+            let same: Vec<&str> = FaultKind::ALL
                 .iter()
-                .filter(|k| k.layer == f.layer.name())
-                .map(|k| k.kind)
+                .filter(|k| k.layer() == f.layer)
+                .map(|k| k.name())
                 .collect();
             cx.err(
                 &at.key("kind"),
                 format!(
                     "`{}` is a {} fault, not a {} fault",
                     f.kind,
-                    doc.layer,
+                    kind.layer().name(),
                     f.layer.name()
                 ),
                 Some(format!(
                     "{} faults: {}; or set `layer = \"{}\"`",
                     f.layer.name(),
                     quoted(&same),
-                    doc.layer
+                    kind.layer().name()
                 )),
             );
             continue;
@@ -691,39 +691,37 @@ fn validate_faults(
             ("once", f.once.is_some()),
             ("at", f.at.is_some()),
         ];
-        let param_names: Vec<&str> = doc.params.iter().map(|(n, _)| *n).collect();
+        let (layer, kind_name) = (kind.layer().name(), kind.name());
+        let param_names: Vec<&str> = kind.params().iter().map(|(n, _)| *n).collect();
         let allowed_text = if param_names.is_empty() {
-            format!("`{}` takes no parameters", doc.kind)
+            format!("`{kind_name}` takes no parameters")
         } else {
-            format!("`{}` takes: {}", doc.kind, param_names.join(", "))
+            format!("`{kind_name}` takes: {}", param_names.join(", "))
         };
         let mut params_ok = true;
         for (name, present) in &given {
             if *present && !param_names.contains(name) {
                 cx.err(
                     &at.key(name),
-                    format!(
-                        "`{name}` is not a parameter of {} fault `{}`",
-                        doc.layer, doc.kind
-                    ),
+                    format!("`{name}` is not a parameter of {layer} fault `{kind_name}`"),
                     Some(allowed_text.clone()),
                 );
                 params_ok = false;
             }
         }
         let present = |name: &str| given.iter().any(|(n, p)| *n == name && *p);
-        for (name, need) in doc.params {
-            if *need == Need::Required && !present(name) {
+        for (param, need) in kind.params() {
+            if *need == Need::Required && !present(param) {
                 cx.err(
                     &at,
-                    format!("{} fault `{}` needs `{name}`", doc.layer, doc.kind),
+                    format!("{layer} fault `{kind_name}` needs `{param}`"),
                     Some(allowed_text.clone()),
                 );
                 params_ok = false;
             }
         }
-        let either: Vec<&str> = doc
-            .params
+        let either: Vec<&str> = kind
+            .params()
             .iter()
             .filter(|(_, n)| *n == Need::Either)
             .map(|(n, _)| *n)
@@ -739,9 +737,7 @@ fn validate_faults(
                 cx.err(
                     &at,
                     format!(
-                        "{} fault `{}` {what} `{}`",
-                        doc.layer,
-                        doc.kind,
+                        "{layer} fault `{kind_name}` {what} `{}`",
                         either.join("` or `")
                     ),
                     Some(allowed_text.clone()),
@@ -767,10 +763,10 @@ fn validate_faults(
                 Some(help),
             );
         }
-        if backup_ok && doc.kind == "drop-tracking" && backup < 2 {
+        if backup_ok && kind == FaultKind::DropTracking && backup < 2 {
             cx.err(&at.key("backup"), "`drop-tracking` acts on the tracking an incremental backup reads, and backup 1 is the full backup", Some(if backups >= 2 { format!("use a backup from 2 to {backups}") } else { "add incrementals with `backup.incrementals`".to_string() }));
         }
-        if backup_ok && doc.kind == "skip-blocks" && backup != 1 {
+        if backup_ok && kind == FaultKind::SkipBlocks && backup != 1 {
             cx.err(
                 &at.key("backup"),
                 "`skip-blocks` leaves blocks out of a full backup, and only backup 1 is full",
@@ -826,80 +822,50 @@ fn validate_faults(
         }
         let volume = || f.volume.clone().unwrap_or_default();
         let op = f.op.unwrap_or(Op::Read);
-        let spec = match doc.kind {
-            "cow-read-live" => FaultSpec::CowReadLive {
-                every: f.every.unwrap_or(1),
-            },
-            "drop-tracking" => FaultSpec::DropTracking {
-                every: f.every.unwrap_or(1),
-            },
-            "corrupt-cow" => FaultSpec::CorruptCow {
-                every: f.every.unwrap_or(1),
-            },
-            "delay-cow" => FaultSpec::DelayCow {
+        let frames = || match (f.frame, f.every) {
+            (Some(n), _) => FrameSel::Nth(n),
+            (None, e) => FrameSel::Every(e.unwrap_or(1)),
+        };
+        let reset_at = || match (f.after_ms, f.at_percent) {
+            (Some(ms), _) => ResetAt::AfterMs(ms),
+            (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),
+        };
+        let every = f.every.unwrap_or(1);
+        let spec = match kind {
+            FaultKind::CowReadLive => FaultSpec::CowReadLive { every },
+            FaultKind::DropTracking => FaultSpec::DropTracking { every },
+            FaultKind::CorruptCow => FaultSpec::CorruptCow { every },
+            FaultKind::DelayCow => FaultSpec::DelayCow {
                 ms: f.ms.unwrap_or(0),
             },
-            "hang" => FaultSpec::DiskHang {
+            FaultKind::DiskHang => FaultSpec::DiskHang {
                 volume: volume(),
                 op,
             },
-            "eio" => FaultSpec::DiskEio {
+            FaultKind::DiskEio => FaultSpec::DiskEio {
                 volume: volume(),
                 op,
                 block: f.block,
                 once: f.once.unwrap_or(false),
             },
-            "bit-flip" => FaultSpec::BitFlip {
-                frames: match (f.frame, f.every) {
-                    (Some(n), _) => FrameSel::Nth(n),
-                    (None, e) => FrameSel::Every(e.unwrap_or(1)),
-                },
-            },
-            "rewrite" => FaultSpec::Rewrite {
-                frames: match (f.frame, f.every) {
-                    (Some(n), _) => FrameSel::Nth(n),
-                    (None, e) => FrameSel::Every(e.unwrap_or(1)),
-                },
-            },
-            "drop-frame" => FaultSpec::DropFrame {
+            FaultKind::BitFlip => FaultSpec::BitFlip { frames: frames() },
+            FaultKind::Rewrite => FaultSpec::Rewrite { frames: frames() },
+            FaultKind::DropFrame => FaultSpec::DropFrame {
                 frame: f.frame.unwrap_or(1),
             },
-            "disconnect" => FaultSpec::Disconnect {
+            FaultKind::Disconnect => FaultSpec::Disconnect {
                 after_frame: f.after_frame.unwrap_or(0),
             },
-            "wrong-offset" => FaultSpec::WrongOffset {
-                every: f.every.unwrap_or(1),
-            },
-            "skip-verify" => FaultSpec::SkipVerify,
-            "crash-before-commit" => FaultSpec::CrashBeforeCommit,
-            "skip-blocks" => FaultSpec::SkipBlocks {
-                every: f.every.unwrap_or(1),
-            },
-            "reset" => FaultSpec::Reset {
-                at: match (f.after_ms, f.at_percent) {
-                    (Some(ms), _) => ResetAt::AfterMs(ms),
-                    (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),
-                },
-            },
-            "panic" => FaultSpec::Panic {
-                at: match (f.after_ms, f.at_percent) {
-                    (Some(ms), _) => ResetAt::AfterMs(ms),
-                    (None, p) => ResetAt::AtPercent(p.unwrap_or(50) as u8),
-                },
-            },
-            "remove-disk" => FaultSpec::RemoveDisk {
+            FaultKind::WrongOffset => FaultSpec::WrongOffset { every },
+            FaultKind::SkipVerify => FaultSpec::SkipVerify,
+            FaultKind::CrashBeforeCommit => FaultSpec::CrashBeforeCommit,
+            FaultKind::SkipBlocks => FaultSpec::SkipBlocks { every },
+            FaultKind::Reset => FaultSpec::Reset { at: reset_at() },
+            FaultKind::Panic => FaultSpec::Panic { at: reset_at() },
+            FaultKind::RemoveDisk => FaultSpec::RemoveDisk {
                 volume: volume(),
                 at: f.at.unwrap_or(FaultAt::Freeze),
             },
-            other => {
-                // keys::FAULT_KINDS and this match are kept in step by a test.
-                cx.err(
-                    &at.key("kind"),
-                    format!("fault kind `{other}` is listed but not implemented"),
-                    None,
-                );
-                continue;
-            }
         };
         out.push(Fault {
             backup: backup as u32,

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use blockwitness::classify::{classify, classify_generation, BlockClass, Outcome};
+use blockwitness::classify::{classify, classify_generation};
+use blockwitness::model::*;
 use blockwitness::record::*;
-use blockwitness::scenario::Expectations;
 use bw_guest::stamp::Stamp;
 use proptest::prelude::*;
 

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use blockwitness::classify::{BlockClass, Outcome};
+use blockwitness::model::{BackupKind, BlockClass, Outcome, Skipped, Where};
 use blockwitness::plan::Plan;
-use blockwitness::record::BackupKind;
-use blockwitness::scenario::{self, FaultSpec, Floppy, Scenario, Skipped, Where};
+use blockwitness::scenario::{self, FaultSpec, Floppy, Scenario};
 
 use crate::fixtures;
 

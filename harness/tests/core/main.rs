@@ -4,6 +4,7 @@
 mod classify_props;
 mod docs;
 mod field_scenarios;
+mod layering;
 mod report;
 mod scenario_errors;
 

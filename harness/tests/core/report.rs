@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use blockwitness::classify::{evaluate, BlockClass, Outcome, Verdict};
+use blockwitness::classify::evaluate;
+use blockwitness::console;
+use blockwitness::model::*;
 use blockwitness::record::*;
 use blockwitness::report;
-use blockwitness::scenario::{Expectations, Where};
 
 /// 5 MB, decimal: the budget of a clean 512 MiB run's whole report directory.
 const BUDGET: u64 = 5_000_000;
@@ -216,7 +217,7 @@ fn junit_has_a_failure_for_product_failures_and_an_error_for_harness_errors() {
     g.target.as_mut().unwrap()[3] = Some(h(5, 3));
     let dir = tempfile::tempdir().unwrap();
     let out = report::write(dir.path(), &recording(g, Expectations::clean()), None).unwrap();
-    assert_eq!(out.verdict.exit_code(), 1);
+    assert_eq!(out.verdict.exit(), Exit::ProductFailure);
     let junit = std::fs::read_to_string(dir.path().join(report::JUNIT_FILE)).unwrap();
     assert!(
         junit.contains("failures=\"1\" errors=\"0\"")
@@ -233,7 +234,7 @@ fn junit_has_a_failure_for_product_failures_and_an_error_for_harness_errors() {
         .harness_errors
         .push("qemu exited: status 1 <stderr tail>".into());
     let out = report::write(dir.path(), &rec, None).unwrap();
-    assert_eq!(out.verdict.exit_code(), 2);
+    assert_eq!(out.verdict.exit(), Exit::HarnessError);
     let junit = std::fs::read_to_string(dir.path().join(report::JUNIT_FILE)).unwrap();
     assert!(
         junit.contains("<error type=\"harness-error\"") && junit.contains("&lt;stderr tail&gt;"),
@@ -380,7 +381,7 @@ mod verdicts {
     #[test]
     fn run_level_events_become_outcomes() {
         let events = RunEvents {
-            console: scan_console("[ 9.1] BUG: unable to handle page fault\n"),
+            console: console::scan("[ 9.1] BUG: unable to handle page fault\n"),
             watchdog_fired: true,
             vanished: vec!["boot".into()],
             ..RunEvents::default()
@@ -408,8 +409,8 @@ mod verdicts {
             ..RunEvents::default()
         };
         assert_eq!(
-            verdict(future_at(&[1], &[]), Expectations::clean(), events).exit_code(),
-            2
+            verdict(future_at(&[1], &[]), Expectations::clean(), events).exit(),
+            Exit::HarnessError
         );
         let expect = Expectations {
             fsck: true,
@@ -435,8 +436,8 @@ mod verdicts {
         let mut g = clean_generation(8);
         g.transport.as_mut().unwrap().pop();
         assert_eq!(
-            verdict(g, Expectations::clean(), RunEvents::default()).exit_code(),
-            2
+            verdict(g, Expectations::clean(), RunEvents::default()).exit(),
+            Exit::HarnessError
         );
     }
 

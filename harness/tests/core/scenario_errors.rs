@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use blockwitness::model::Exit;
 use blockwitness::scenario;
 
 use crate::{bless, fixtures};
@@ -93,12 +94,12 @@ fn a_missing_file_is_a_read_error_naming_it() {
 #[test]
 fn check_reports_each_file_and_exit_codes() {
     let report = scenario::check(&[fixtures("errors/bad-size-unit.toml"), fixtures("scenarios")]);
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.exit(), Exit::ProductFailure);
     assert!(!report.all_valid());
     let text = report.to_string();
     assert!(text.contains("FAIL") && text.contains("ok    "), "{text}");
     let good = scenario::check(&[fixtures("scenarios")]);
-    assert_eq!(good.exit_code(), 0, "{good}");
+    assert_eq!(good.exit(), Exit::Pass, "{good}");
     let none = scenario::check(&[fixtures("no-such-dir")]);
-    assert_eq!(none.exit_code(), 2);
+    assert_eq!(none.exit(), Exit::HarnessError);
 }

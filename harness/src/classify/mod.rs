@@ -1,0 +1,130 @@
+//! Classification: for every block, the first recording stage that diverges from truth
+//! ([`block`]); per generation and per recording, the findings and the run-level outcomes
+//! ([`generation`]); and the verdict of a run against the scenario's expectations
+//! ([`verdict`]).
+//!
+//! Outcome enums are matched exhaustively, and "could not run" ([`Verdict::CouldNotRun`])
+//! is a different variant from "ran and diverged" ([`Verdict::Fail`]).
+//!
+//! [`Verdict::CouldNotRun`]: crate::model::Verdict::CouldNotRun
+//! [`Verdict::Fail`]: crate::model::Verdict::Fail
+
+pub mod block;
+pub mod generation;
+pub mod verdict;
+
+pub use block::{classify_block, BlockInput, StampOrder};
+pub use generation::{
+    block_input, classify, classify_generation, Classification, ClassifyError, Finding,
+    GenerationResult, WriteNote,
+};
+pub use verdict::{evaluate, verdict, Evaluation};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackupKind, BlockClass, BlockHash, HASH_LEN};
+    use crate::record::{Live, StampEvidence, TargetBlock};
+    use bw_guest::stamp::Stamp;
+
+    fn h(n: u8) -> BlockHash {
+        BlockHash([n; HASH_LEN])
+    }
+
+    fn input(truth: &BlockHash) -> BlockInput<'_> {
+        BlockInput {
+            kind: BackupKind::Full,
+            truth,
+            snapshot: None,
+            live: None,
+            transport: None,
+            target: TargetBlock::NotRecorded,
+            sent: false,
+            previous: None,
+            stamp: StampOrder::Unknown,
+            excluded: false,
+        }
+    }
+
+    #[test]
+    fn stages_not_recorded_never_get_blamed() {
+        let (t, x) = (h(1), h(2));
+        // Only the target recorded, and it differs: nobody to blame.
+        let b = BlockInput {
+            target: TargetBlock::Held(Some(&x)),
+            ..input(&t)
+        };
+        assert_eq!(classify_block(&b).0, BlockClass::Unattributed);
+        // The snapshot differs and no live read exists: corrupt, not future.
+        let b = BlockInput {
+            snapshot: Some(Some(&x)),
+            ..input(&t)
+        };
+        assert_eq!(classify_block(&b).0, BlockClass::CorruptSnapshot);
+        // ... unless a stamp says the data was written after the instant.
+        let b = BlockInput {
+            snapshot: Some(Some(&x)),
+            stamp: StampOrder::Later,
+            ..input(&t)
+        };
+        assert_eq!(classify_block(&b).0, BlockClass::DataFromTheFuture);
+        // Nothing recorded but truth: ok.
+        assert_eq!(classify_block(&input(&t)).0, BlockClass::Ok);
+    }
+
+    #[test]
+    fn an_uncommitted_backup_is_not_missing_blocks() {
+        let t = h(1);
+        let b = BlockInput {
+            snapshot: Some(None),
+            transport: Some(None),
+            target: TargetBlock::NotCommitted,
+            ..input(&t)
+        };
+        assert_eq!(classify_block(&b).0, BlockClass::Ok);
+        // But data from the future seen at the snapshot is still named.
+        let x = h(2);
+        let b = BlockInput {
+            snapshot: Some(Some(&x)),
+            live: Some(Live::Equal),
+            target: TargetBlock::NotCommitted,
+            ..input(&t)
+        };
+        assert_eq!(classify_block(&b).0, BlockClass::DataFromTheFuture);
+    }
+
+    #[test]
+    fn stamp_order_uses_truths_stamp_then_the_instant() {
+        let s = |seq, time_ns| Stamp {
+            lba: 5,
+            seq,
+            time_ns,
+            run: 1,
+            writer: 1,
+        };
+        let e = |held, truth| StampEvidence { held, truth };
+        assert_eq!(
+            StampOrder::of(Some(&e(s(9, 0), Some(s(4, 0)))), None),
+            StampOrder::Later
+        );
+        assert_eq!(
+            StampOrder::of(Some(&e(s(2, 0), Some(s(4, 0)))), None),
+            StampOrder::Earlier
+        );
+        assert_eq!(
+            StampOrder::of(Some(&e(s(9, 700), None)), Some(500)),
+            StampOrder::Later
+        );
+        assert_eq!(
+            StampOrder::of(Some(&e(s(9, 300), None)), Some(500)),
+            StampOrder::Unknown
+        );
+        assert_eq!(StampOrder::of(None, Some(500)), StampOrder::Unknown);
+        // A stamp from another workload run says nothing about order.
+        let other = Stamp { run: 2, ..s(1, 0) };
+        assert_eq!(
+            StampOrder::of(Some(&e(s(9, 0), Some(other))), None),
+            StampOrder::Unknown
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Every fault kind a scenario can inject: its name in scenario files, the layer it is
+//! injected at, its parameters and what it does. The scenario key table, the validation,
+//! the generated docs, the proxy and the pipelines all derive from [`FaultKind`]; adding a
+//! kind here makes every exhaustive match over it ask for the new case.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a fault is injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layer {
+    Module,
+    Disk,
+    Transport,
+    Target,
+    Guest,
+    Agent,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 6] = [
+        Layer::Module,
+        Layer::Disk,
+        Layer::Transport,
+        Layer::Target,
+        Layer::Guest,
+        Layer::Agent,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Layer::Module => "module",
+            Layer::Disk => "disk",
+            Layer::Transport => "transport",
+            Layer::Target => "target",
+            Layer::Guest => "guest",
+            Layer::Agent => "agent",
+        }
+    }
+}
+
+/// Whether a fault parameter must be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Required,
+    Optional,
+    /// Exactly one of the parameters marked `Either` must be given.
+    Either,
+}
+
+/// A fault kind, as scenario files name it in `faults[].kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    CowReadLive,
+    DropTracking,
+    CorruptCow,
+    DelayCow,
+    DiskHang,
+    DiskEio,
+    BitFlip,
+    Rewrite,
+    DropFrame,
+    Disconnect,
+    WrongOffset,
+    SkipVerify,
+    CrashBeforeCommit,
+    Reset,
+    Panic,
+    RemoveDisk,
+    SkipBlocks,
+}
+
+use Need::{Either, Optional, Required};
+
+impl FaultKind {
+    /// Every kind, in the order of the docs' table.
+    pub const ALL: [FaultKind; 17] = [
+        FaultKind::CowReadLive,
+        FaultKind::DropTracking,
+        FaultKind::CorruptCow,
+        FaultKind::DelayCow,
+        FaultKind::DiskHang,
+        FaultKind::DiskEio,
+        FaultKind::BitFlip,
+        FaultKind::Rewrite,
+        FaultKind::DropFrame,
+        FaultKind::Disconnect,
+        FaultKind::WrongOffset,
+        FaultKind::SkipVerify,
+        FaultKind::CrashBeforeCommit,
+        FaultKind::Reset,
+        FaultKind::Panic,
+        FaultKind::RemoveDisk,
+        FaultKind::SkipBlocks,
+    ];
+
+    /// The kind's name as scenario files write it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FaultKind::CowReadLive => "cow-read-live",
+            FaultKind::DropTracking => "drop-tracking",
+            FaultKind::CorruptCow => "corrupt-cow",
+            FaultKind::DelayCow => "delay-cow",
+            FaultKind::DiskHang => "hang",
+            FaultKind::DiskEio => "eio",
+            FaultKind::BitFlip => "bit-flip",
+            FaultKind::Rewrite => "rewrite",
+            FaultKind::DropFrame => "drop-frame",
+            FaultKind::Disconnect => "disconnect",
+            FaultKind::WrongOffset => "wrong-offset",
+            FaultKind::SkipVerify => "skip-verify",
+            FaultKind::CrashBeforeCommit => "crash-before-commit",
+            FaultKind::Reset => "reset",
+            FaultKind::Panic => "panic",
+            FaultKind::RemoveDisk => "remove-disk",
+            FaultKind::SkipBlocks => "skip-blocks",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub const fn layer(self) -> Layer {
+        match self {
+            FaultKind::CowReadLive
+            | FaultKind::DropTracking
+            | FaultKind::CorruptCow
+            | FaultKind::DelayCow => Layer::Module,
+            FaultKind::DiskHang | FaultKind::DiskEio => Layer::Disk,
+            FaultKind::BitFlip
+            | FaultKind::Rewrite
+            | FaultKind::DropFrame
+            | FaultKind::Disconnect => Layer::Transport,
+            FaultKind::WrongOffset | FaultKind::SkipVerify | FaultKind::CrashBeforeCommit => {
+                Layer::Target
+            }
+            FaultKind::Reset | FaultKind::Panic | FaultKind::RemoveDisk => Layer::Guest,
+            FaultKind::SkipBlocks => Layer::Agent,
+        }
+    }
+
+    /// The `faults[]` keys the kind takes, and whether each must be given.
+    pub const fn params(self) -> &'static [(&'static str, Need)] {
+        match self {
+            FaultKind::CowReadLive
+            | FaultKind::DropTracking
+            | FaultKind::CorruptCow
+            | FaultKind::WrongOffset
+            | FaultKind::SkipBlocks => &[("every", Required)],
+            FaultKind::DelayCow => &[("ms", Required)],
+            FaultKind::DiskHang => &[("volume", Required), ("op", Optional)],
+            FaultKind::DiskEio => &[
+                ("volume", Required),
+                ("op", Optional),
+                ("block", Optional),
+                ("once", Optional),
+            ],
+            FaultKind::BitFlip | FaultKind::Rewrite => &[("frame", Either), ("every", Either)],
+            FaultKind::DropFrame => &[("frame", Required)],
+            FaultKind::Disconnect => &[("after_frame", Required)],
+            FaultKind::SkipVerify | FaultKind::CrashBeforeCommit => &[],
+            FaultKind::Reset | FaultKind::Panic => &[("after_ms", Either), ("at_percent", Either)],
+            FaultKind::RemoveDisk => &[("volume", Required), ("at", Optional)],
+        }
+    }
+
+    /// What the fault does, for the generated docs.
+    pub const fn doc(self) -> &'static str {
+        match self {
+            FaultKind::CowReadLive => "the module serves 1 read in `every` from the live disk instead of the COW copy (the intermittent field bug)",
+            FaultKind::DropTracking => "the module drops 1 changed-block tracking update in `every` while tracking for this backup; `backup` must be an incremental",
+            FaultKind::CorruptCow => "the module corrupts 1 COW copy in `every`",
+            FaultKind::DelayCow => "the module delays every COW copy by `ms` milliseconds",
+            FaultKind::DiskHang => "from this backup on, `op` requests to the volume's disk never complete (QEMU blkdebug)",
+            FaultKind::DiskEio => "`op` requests to the volume's disk fail with EIO (at 4 KiB block `block` if given; only the first time if `once`)",
+            FaultKind::BitFlip => "the proxy flips one bit in the data of block frame number `frame`, or of 1 frame in `every`",
+            FaultKind::Rewrite => "the proxy flips one bit in the data of block frame number `frame` (or 1 frame in `every`) and rewrites the frame's hashes and the session's end digest to match: corruption the protocol cannot see",
+            FaultKind::DropFrame => "the proxy drops block frame number `frame`",
+            FaultKind::Disconnect => "the proxy closes both sides after block frame number `after_frame`; the agent should resume",
+            FaultKind::WrongOffset => "the target writes 1 block in `every` at a wrong offset",
+            FaultKind::SkipVerify => "the target does not re-read what it wrote before committing",
+            FaultKind::CrashBeforeCommit => "the target aborts after the end frame, before the commit",
+            FaultKind::Reset => "the harness resets the guest `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
+            FaultKind::Panic => "the harness crashes the guest kernel (sysrq c) `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
+            FaultKind::RemoveDisk => "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
+            FaultKind::SkipBlocks => "the agent leaves 1 block in `every` out of a full backup: it never crosses the transport; `backup` must be the full backup",
+        }
+    }
+
+    /// `layer/kind`, as the nightly's detector matrix names a fault.
+    pub fn label(self) -> String {
+        format!("{}/{}", self.layer().name(), self.name())
+    }
+}
+
+/// Which block frames a transport fault hits, numbered from 1 per session (every block
+/// frame that reaches the proxy counts, resent ones included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameSel {
+    Nth(u64),
+    Every(u64),
+}
+
+impl FrameSel {
+    /// Whether block frame number `n` is selected.
+    pub fn hits(self, n: u64) -> bool {
+        match self {
+            FrameSel::Nth(k) => n == k,
+            FrameSel::Every(k) => k > 0 && n.is_multiple_of(k),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once_and_found_by_name() {
+        for (i, k) in FaultKind::ALL.iter().enumerate() {
+            assert_eq!(FaultKind::from_name(k.name()), Some(*k));
+            assert!(!FaultKind::ALL[..i].contains(k), "{k:?} twice");
+            assert!(!k.doc().is_empty());
+        }
+        assert_eq!(FaultKind::from_name("nope"), None);
+    }
+
+    #[test]
+    fn frame_selection() {
+        assert!(FrameSel::Nth(3).hits(3) && !FrameSel::Nth(3).hits(6));
+        assert!(FrameSel::Every(3).hits(6) && !FrameSel::Every(3).hits(7));
+        assert!(!FrameSel::Every(0).hits(0));
+    }
+}

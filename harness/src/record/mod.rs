@@ -1,0 +1,482 @@
+//! The recording of one run: for every backed-up volume and every generation, the hash of
+//! each 4 KiB block at every recording point (truth, snapshot, live, source, transport,
+//! target), what the pipeline claimed, and the run-level events. Classification works on
+//! this and nothing else, so `blockwitness report DIR` and `diff` can reload it.
+//!
+//! Every stage but truth is optional as a whole ("not recorded": a pipeline without
+//! witness records, or an offline diff), and per block ("not read", "never crossed").
+//!
+//! Saved as `recording.bwrec`: a magic line, JSON for the small fields, then per
+//! generation compact binary columns. Columns are stored relative to truth (a clean
+//! block costs a bit in a run-length code), truth relative to the previous generation's
+//! truth; so a clean 512 MiB run's recording is its 4 MiB of truth hashes and little else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::console;
+#[cfg(test)]
+use crate::model::HASH_LEN;
+use crate::model::{BackupKind, BlockHash, Expectations};
+
+/// The live read the agent made right after the snapshot read of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    NotRead,
+    /// Live data equal to what the snapshot device returned.
+    Equal,
+    /// Live data differed; its hash.
+    Differs(BlockHash),
+}
+
+/// Where the module served a snapshot read from (its trace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Cow,
+    Live,
+    Error,
+}
+
+/// What a part of the pipeline said about a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Claim {
+    /// It said nothing (crashed, reset, never answered).
+    Silent,
+    Success,
+    Failure(String),
+}
+
+/// Blocks left out of classification, and why (e.g. the COW file's extents).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exclusion {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+    pub reason: String,
+}
+
+/// A stamped block's evidence: the stamp the backup (or snapshot) held, and the stamp of
+/// the truth block when it had one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StampEvidence {
+    pub held: bw_guest::stamp::Stamp,
+    pub truth: Option<bw_guest::stamp::Stamp>,
+}
+
+/// The target stage of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetBlock<'a> {
+    /// No target re-read recorded at all.
+    NotRecorded,
+    /// No generation was committed.
+    NotCommitted,
+    /// The committed generation's block: None = the target does not hold it.
+    Held(Option<&'a BlockHash>),
+}
+
+/// An incremental backup's extra record.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IncrementalRecord {
+    /// The blocks the agent sent (its changed-block map as read).
+    pub sent: BTreeSet<u64>,
+    /// The previous committed generation's blocks at the target.
+    pub previous: Option<Vec<Option<BlockHash>>>,
+}
+
+/// One volume, one generation (one backup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerationRecord {
+    pub generation: u32,
+    pub kind: BackupKind,
+    pub blocks: u64,
+    /// Always present: the point-in-time image's hashes.
+    pub truth: Vec<BlockHash>,
+    pub snapshot: Option<Vec<Option<BlockHash>>>,
+    pub live: Option<Vec<Live>>,
+    pub source: Option<Vec<Option<Source>>>,
+    /// Blocks where some layer logged an injected fault.
+    pub fault_sites: BTreeSet<u64>,
+    /// Hash of the last frame that crossed the proxy for each block.
+    pub transport: Option<Vec<Option<BlockHash>>>,
+    /// Blocks that crossed more than once, and how many extra times.
+    pub retransmits: BTreeMap<u64, u32>,
+    /// The harness's re-read of the committed generation; None = not recorded.
+    pub target: Option<Vec<Option<BlockHash>>>,
+    pub excluded: Vec<Exclusion>,
+    pub incremental: Option<IncrementalRecord>,
+    pub agent: Claim,
+    pub target_claim: Claim,
+    /// Whether the target committed this generation.
+    pub committed: bool,
+    /// After a failed backup: whether the previous generation is still intact.
+    pub previous_intact: Option<bool>,
+    /// Guest CLOCK_MONOTONIC of the snapshot instant.
+    pub snapshot_instant_ns: Option<u64>,
+    pub stamps: BTreeMap<u64, StampEvidence>,
+    /// Owning file (or "free space", "metadata: ...") of blocks that are not ok.
+    pub owners: BTreeMap<u64, String>,
+}
+
+impl GenerationRecord {
+    /// A generation with only truth recorded and nothing claimed.
+    pub fn new(generation: u32, kind: BackupKind, truth: Vec<BlockHash>) -> GenerationRecord {
+        GenerationRecord {
+            generation,
+            kind,
+            blocks: truth.len() as u64,
+            truth,
+            snapshot: None,
+            live: None,
+            source: None,
+            fault_sites: BTreeSet::new(),
+            transport: None,
+            retransmits: BTreeMap::new(),
+            target: None,
+            excluded: Vec::new(),
+            incremental: None,
+            agent: Claim::Silent,
+            target_claim: Claim::Silent,
+            committed: false,
+            previous_intact: None,
+            snapshot_instant_ns: None,
+            stamps: BTreeMap::new(),
+            owners: BTreeMap::new(),
+        }
+    }
+
+    /// The target stage of block `b`.
+    pub fn target_block(&self, b: usize) -> TargetBlock<'_> {
+        match (&self.target, self.committed) {
+            (_, false) => TargetBlock::NotCommitted,
+            (None, true) => TargetBlock::NotRecorded,
+            (Some(t), true) => TargetBlock::Held(t.get(b).and_then(|h| h.as_ref())),
+        }
+    }
+
+    /// The exclusion covering block `b`, if any.
+    pub fn exclusion(&self, b: u64) -> Option<&Exclusion> {
+        self.excluded.iter().find(|e| e.start <= b && b < e.end)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub fs: String,
+    pub generations: Vec<GenerationRecord>,
+}
+
+/// A post-run check the scenario asked for (fsck, remount, discovery skips).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    Fsck,
+    Remount,
+    SkippedFloppy,
+    SkippedHangDisk,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub kind: CheckKind,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Run-level events beside the blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvents {
+    pub console: Vec<console::Finding>,
+    pub watchdog_fired: bool,
+    /// Volumes whose device disappeared during the run.
+    pub vanished: Vec<String>,
+    /// Infrastructure problems: never counted as a product pass or fail.
+    pub harness_errors: Vec<String>,
+    pub checks: Vec<CheckResult>,
+    /// What happened along the way (faults injected, workload summaries, timings of
+    /// the instant), in order.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub phase: String,
+    pub seconds: f64,
+}
+
+/// What ran, where, and how to run it again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub scenario: String,
+    pub scenario_file: String,
+    pub seed: u64,
+    pub image: String,
+    pub kernel: String,
+    pub packages: Vec<Package>,
+    pub accelerator: String,
+    pub pipeline: String,
+    pub started_unix: u64,
+    pub timings: Vec<Timing>,
+    /// One command line that reproduces the run.
+    pub repro: String,
+    pub blockwitness_version: String,
+}
+
+/// Everything recorded in one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recording {
+    pub run: RunInfo,
+    pub expect: Expectations,
+    pub volumes: Vec<VolumeRecord>,
+    pub events: RunEvents,
+}
+
+/// Why a recording could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot write recording {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read recording {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a blockwitness recording (bad magic)")]
+    Magic { path: PathBuf },
+    #[error("recording {path} is damaged at byte {offset}: {what}")]
+    Corrupt {
+        path: PathBuf,
+        offset: usize,
+        what: String,
+    },
+    #[error("recording {path}: bad metadata")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("recording of volume {volume} generation {generation}: column {column} has {found} entries for {blocks} blocks")]
+    Shape {
+        volume: String,
+        generation: u32,
+        column: &'static str,
+        found: usize,
+        blocks: u64,
+    },
+}
+
+/// The file name of a recording in a report directory.
+pub const RECORDING_FILE: &str = "recording.bwrec";
+const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x01";
+
+impl Recording {
+    /// Checks that every column has one entry per block.
+    pub fn check_shape(&self) -> Result<(), RecordError> {
+        for v in &self.volumes {
+            for g in &v.generations {
+                let n = g.blocks;
+                let shape = |column: &'static str, found: usize| {
+                    if found as u64 == n {
+                        Ok(())
+                    } else {
+                        Err(RecordError::Shape {
+                            volume: v.name.clone(),
+                            generation: g.generation,
+                            column,
+                            found,
+                            blocks: n,
+                        })
+                    }
+                };
+                shape("truth", g.truth.len())?;
+                if let Some(c) = &g.snapshot {
+                    shape("snapshot", c.len())?;
+                }
+                if let Some(c) = &g.live {
+                    shape("live", c.len())?;
+                }
+                if let Some(c) = &g.source {
+                    shape("source", c.len())?;
+                }
+                if let Some(c) = &g.transport {
+                    shape("transport", c.len())?;
+                }
+                if let Some(c) = &g.target {
+                    shape("target", c.len())?;
+                }
+                if let Some(IncrementalRecord {
+                    previous: Some(p), ..
+                }) = &g.incremental
+                {
+                    shape("previous", p.len())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the recording to `path` (atomically: temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), RecordError> {
+        self.check_shape()?;
+        let bytes = codec::encode(self);
+        let err = |source| RecordError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let tmp = path.with_extension("bwrec.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Reads a recording saved by [`Recording::save`].
+    pub fn load(path: &Path) -> Result<Recording, RecordError> {
+        let bytes = std::fs::read(path).map_err(|source| RecordError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let rec = codec::decode(path, &bytes)?;
+        rec.check_shape()?;
+        Ok(rec)
+    }
+}
+
+mod codec;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u64) -> BlockHash {
+        BlockHash::of(&n.to_le_bytes())
+    }
+
+    pub(crate) fn sample() -> Recording {
+        let n = 1000u64;
+        let truth: Vec<BlockHash> = (0..n).map(h).collect();
+        let mut g = GenerationRecord::new(1, BackupKind::Full, truth.clone());
+        let mut snap: Vec<Option<BlockHash>> = truth.iter().map(|t| Some(*t)).collect();
+        snap[5] = Some(h(99_999));
+        snap[6] = None;
+        g.snapshot = Some(snap.clone());
+        let mut live = vec![Live::Equal; n as usize];
+        live[7] = Live::Differs(h(12345));
+        live[8] = Live::NotRead;
+        g.live = Some(live);
+        let mut source = vec![Some(Source::Cow); n as usize];
+        source[3] = Some(Source::Live);
+        source[4] = None;
+        source[9] = Some(Source::Error);
+        g.source = Some(source);
+        g.fault_sites = [3, 4, 5, 500, 501, 502].into_iter().collect();
+        g.transport = Some(snap);
+        g.retransmits.insert(10, 2);
+        g.target = Some(truth.iter().map(|t| Some(*t)).collect());
+        g.committed = true;
+        g.agent = Claim::Success;
+        g.target_claim = Claim::Failure("verify failed".into());
+        g.excluded.push(Exclusion {
+            start: 100,
+            end: 200,
+            reason: "COW file".into(),
+        });
+        g.owners.insert(5, "/data/f1".into());
+        let mut g2 = GenerationRecord::new(2, BackupKind::Incremental, {
+            let mut t = truth.clone();
+            t[1] = h(777);
+            t
+        });
+        g2.incremental = Some(IncrementalRecord {
+            sent: [1, 2, 3].into_iter().collect(),
+            previous: Some(truth.iter().map(|t| Some(*t)).collect()),
+        });
+        Recording {
+            run: RunInfo {
+                run_id: "r1".into(),
+                scenario: "s".into(),
+                seed: 3,
+                ..RunInfo::default()
+            },
+            expect: Expectations::clean(),
+            volumes: vec![VolumeRecord {
+                name: "data".into(),
+                fs: "ext4".into(),
+                generations: vec![g, g2],
+            }],
+            events: RunEvents {
+                watchdog_fired: true,
+                ..RunEvents::default()
+            },
+        }
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RECORDING_FILE);
+        let rec = sample();
+        rec.save(&path).unwrap();
+        assert_eq!(Recording::load(&path).unwrap(), rec);
+    }
+
+    #[test]
+    fn clean_columns_cost_almost_nothing() {
+        let mut rec = sample();
+        let g = &mut rec.volumes[0].generations[0];
+        g.snapshot = Some(g.truth.iter().map(|t| Some(*t)).collect());
+        let bytes = codec::encode(&rec);
+        // Two generations of truth (the second mostly relative) plus metadata.
+        assert!(bytes.len() < 1000 * HASH_LEN + 4000, "{}", bytes.len());
+    }
+
+    #[test]
+    fn damaged_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RECORDING_FILE);
+        sample().save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            assert!(Recording::load(&path).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[0] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(matches!(
+            Recording::load(&path),
+            Err(RecordError::Magic { .. })
+        ));
+    }
+
+    #[test]
+    fn shape_mismatch_is_named() {
+        let mut rec = sample();
+        rec.volumes[0].generations[0]
+            .transport
+            .as_mut()
+            .unwrap()
+            .pop();
+        let err = rec.check_shape().unwrap_err().to_string();
+        assert!(err.contains("transport") && err.contains("999"), "{err}");
+    }
+}
