@@ -13,11 +13,8 @@ pub mod image;
 pub mod model;
 pub mod paths;
 pub mod qemu;
-pub mod qmp;
 pub mod vm;
 
-pub mod bench_cow;
-pub mod bench_hash;
 pub mod classify;
 pub mod diff;
 pub mod events;

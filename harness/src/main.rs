@@ -11,7 +11,6 @@ use blockwitness::accel::{self, AccelChoice};
 use blockwitness::image::{self, BuildOptions, BuiltImage};
 use blockwitness::model::Exit;
 use blockwitness::plan::Plan;
-use blockwitness::qemu::{Disk, DiskFormat};
 use blockwitness::run::RunOptions;
 use blockwitness::vm::{BootOptions, Vm};
 use blockwitness::{doctor, paths};
@@ -250,45 +249,6 @@ fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
         .tempdir_in(base)?)
 }
 
-/// A scratch disk for `exec`: `SIZE_MIB[:FS[:DIR]]`.
-fn scratch_disk(dir: &std::path::Path, index: usize, spec: &str) -> anyhow::Result<Disk> {
-    let mut parts = spec.splitn(3, ':');
-    let size = parts.next().unwrap_or_default();
-    let fs = parts.next();
-    let populate = parts.next();
-    let mib: u64 = size
-        .parse()
-        .with_context(|| format!("disk {spec:?}: size in MiB expected"))?;
-    let path = dir.join(format!("d{index}.raw"));
-    std::fs::File::create(&path)?.set_len(mib << 20)?;
-    if let Some(fs) = fs {
-        let mkfs = match fs {
-            "ext2" | "ext4" => {
-                let mut m = vec![format!("mkfs.{fs}"), "-q".into(), "-F".into()];
-                if let Some(d) = populate {
-                    m.extend(["-d".into(), d.to_string()]);
-                }
-                m
-            }
-            "xfs" => vec!["mkfs.xfs".into(), "-q".into(), "-f".into()],
-            other => anyhow::bail!("disk {spec:?}: unknown filesystem {other:?} (ext2, ext4, xfs)"),
-        };
-        let status = std::process::Command::new(&mkfs[0])
-            .args(&mkfs[1..])
-            .arg(&path)
-            .status()?;
-        anyhow::ensure!(status.success(), "{} failed", mkfs.join(" "));
-    }
-    Ok(Disk {
-        id: format!("d{index}"),
-        path,
-        format: DiskFormat::Raw,
-        serial: format!("bw-d{index}"),
-        read_only: false,
-        blkdebug: false,
-    })
-}
-
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
@@ -304,7 +264,8 @@ fn exec_cmd(
     let dir = run_temp_dir("exec")?;
     let mut opts = BootOptions::new(decision.accel, dir.path().to_path_buf());
     for (i, spec) in disks.iter().enumerate() {
-        opts.disks.push(scratch_disk(dir.path(), i, spec)?);
+        opts.disks
+            .push(blockwitness::run::disks::scratch_disk(dir.path(), i, spec)?);
     }
     opts.extra_modules = modules;
     let mut vm = Vm::boot(&img, opts)?;
@@ -414,7 +375,7 @@ fn main() -> ExitCode {
                 })
             }
             BenchCommand::Scenario { file, image, accel } => bench_scenario(&file, &image, accel),
-            BenchCommand::Hash => blockwitness::bench_hash::bench_hash(&Default::default())
+            BenchCommand::Hash => blockwitness::bench::hash::bench_hash(&Default::default())
                 .map(|r| {
                     println!("{r}");
                     Exit::Pass

@@ -12,10 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::qemu::DiskFormat;
-use crate::qmp::{Qmp, QmpError};
+use crate::qemu::{DiskFormat, Machine, QmpError, SnapshotLayer};
 
 /// Why the truth could not be taken or read.
 #[derive(Debug, thiserror::Error)]
@@ -80,35 +77,28 @@ impl Truth {
 
     /// Freezes the current top of every disk, atomically across disks. Returns how long
     /// QEMU took (the guest's filesystems are frozen meanwhile).
-    pub fn take(&mut self, qmp: &mut Qmp, backup: u32) -> Result<Duration, TruthError> {
+    pub fn take(&mut self, machine: &mut Machine, backup: u32) -> Result<Duration, TruthError> {
         let started = Instant::now();
-        let mut actions = Vec::new();
+        let mut snapshots = Vec::new();
         let mut new_layers = Vec::new();
         for disk in &self.disks {
             let top = disk.layers.last().expect("a chain has a base");
             let node = format!("{}-b{backup}", disk.layers[0].node);
             let path = self.dir.join(format!("{node}.qcow2"));
-            actions.push(json!({
-                "type": "blockdev-snapshot-sync",
-                "data": {
-                    "node-name": top.node,
-                    "snapshot-file": path.display().to_string(),
-                    "snapshot-node-name": node,
-                    "format": "qcow2",
-                }
-            }));
+            snapshots.push(SnapshotLayer {
+                node: top.node.clone(),
+                file: path.clone(),
+                new_node: node.clone(),
+            });
             new_layers.push(Layer {
                 node,
                 path,
                 format: DiskFormat::Qcow2,
             });
         }
-        qmp.execute(
-            "transaction",
-            json!({ "actions": actions }),
-            Duration::from_secs(60),
-        )
-        .map_err(|source| TruthError::Snapshot { backup, source })?;
+        machine
+            .snapshot_disks(&snapshots, Duration::from_secs(60))
+            .map_err(|source| TruthError::Snapshot { backup, source })?;
         let frozen_index = self.disks[0].layers.len() - 1;
         for (disk, layer) in self.disks.iter_mut().zip(new_layers) {
             disk.layers.push(layer);

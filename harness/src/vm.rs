@@ -121,13 +121,6 @@ impl Vm {
         })
     }
 
-    /// Runs an HMP command through QMP (e.g. `qemu-io NODE "break read_aio TAG"`).
-    pub fn qmp_hmp(&mut self, command_line: &str) -> Result<String, crate::qmp::QmpError> {
-        self.machine
-            .qmp()
-            .hmp(command_line, Duration::from_secs(10))
-    }
-
     /// Asks the guest to power off and waits for QEMU to end. Returns the time from
     /// QEMU's start to its exit.
     pub fn shutdown(mut self, timeout: Duration) -> Result<Duration, VmError> {

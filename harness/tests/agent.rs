@@ -28,7 +28,8 @@ fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
     opts.extra_modules = vec!["floppy".into()];
     let mut vm = Vm::boot(img, opts).unwrap_or_else(|e| panic!("{}", common::error_chain(&e)));
     // From now on the dead disk's next read never completes.
-    vm.qmp_hmp(r#"qemu-io dead "break read_aio stuck""#)
+    vm.machine
+        .hmp(r#"qemu-io dead "break read_aio stuck""#)
         .unwrap();
     let t = Duration::from_secs(60);
     let dead_dev = vm
@@ -80,7 +81,7 @@ fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
     );
 
     // Release the stuck read so QEMU can drain and exit.
-    let _ = vm.qmp_hmp(r#"qemu-io dead "resume stuck""#);
+    let _ = vm.machine.hmp(r#"qemu-io dead "resume stuck""#);
     vm.shutdown(Duration::from_secs(60)).unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use super::generation::{classify, Classification};
 use crate::console::Trouble;
-use crate::model::{BlockClass, Outcome, Skipped, Verdict, Where};
+use crate::model::{BlockClass, Outcome, Verdict, Where};
 use crate::record::{CheckKind, Recording};
 
 /// A block of some class, found in a generation's findings.
@@ -179,12 +179,7 @@ pub fn verdict(c: &Classification, rec: &Recording) -> Verdict {
     if expect.remount {
         wanted.push(CheckKind::Remount);
     }
-    for s in &expect.skipped {
-        wanted.push(match s {
-            Skipped::Floppy => CheckKind::SkippedFloppy,
-            Skipped::HangDisk => CheckKind::SkippedHangDisk,
-        });
-    }
+    wanted.extend(expect.skipped.iter().map(|s| CheckKind::skipped(*s)));
     for kind in wanted {
         if !rec.events.checks.iter().any(|r| r.kind == kind) {
             errors.push(format!(

@@ -11,6 +11,7 @@ mod build;
 pub mod cpio;
 pub mod debian;
 mod initramfs;
+pub mod tools;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

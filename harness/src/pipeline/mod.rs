@@ -46,6 +46,13 @@ impl PipelineError {
     }
 }
 
+/// Why the run could not act at the snapshot instant (the pipeline aborts the backup).
+#[derive(Debug, thiserror::Error)]
+pub enum InstantError {
+    #[error(transparent)]
+    Truth(#[from] crate::truth::TruthError),
+}
+
 /// A volume as the pipeline sees it in the guest.
 #[derive(Clone, Debug)]
 pub struct GuestVolume {
@@ -61,7 +68,7 @@ pub trait RunHooks {
     /// Called once per backup while the pipeline holds the volumes frozen: the run takes
     /// the truth here (and injects faults that belong to the instant). An error aborts
     /// the backup.
-    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), String>;
+    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError>;
     /// Called regularly while the backup runs, with what the pipeline knows of its
     /// progress; the run injects time- or progress-triggered guest faults here.
     fn tick(&mut self, vm: &mut Vm, progress: Progress);

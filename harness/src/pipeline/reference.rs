@@ -11,9 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use reference_agent::agent::backup::{Summary, VolumeSummary};
+use reference_agent::agent::hook::HookMessage;
+use reference_agent::target::{SessionReport, SessionStatus, TargetEvent};
 use reference_agent::transport::Address;
 use reference_agent::witness::{self, LiveCompare, Record, WitnessDecoder, WitnessEvent};
-use serde_json::Value;
 
 use super::{
     BackupResult, GuestVolume, Pipeline, PipelineError, Progress, RunHooks, VolumeBackup,
@@ -65,7 +67,7 @@ impl TargetFlags {
 struct TargetProc {
     child: Child,
     flags: TargetFlags,
-    events: Arc<Mutex<Vec<Value>>>,
+    events: Arc<Mutex<Vec<TargetEvent>>>,
 }
 
 impl TargetProc {
@@ -106,14 +108,14 @@ impl TargetProc {
         let mut child = cmd
             .spawn()
             .map_err(|e| PipelineError::failed(format!("starting {}", exe.display()), e))?;
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let events: Arc<Mutex<Vec<TargetEvent>>> = Arc::default();
         let out = child.stdout.take().expect("piped stdout");
         let ev = events.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    ev.lock().unwrap().push(v);
+                if let Ok(e) = serde_json::from_str::<TargetEvent>(&line) {
+                    ev.lock().unwrap().push(e);
                 }
             }
         });
@@ -225,8 +227,10 @@ impl Hook {
         Some(String::from_utf8_lossy(&line).trim().to_string())
     }
 
-    fn reply(&mut self, msg: &str) {
-        let _ = self.stream.write_all(format!("{msg}\n").as_bytes());
+    fn reply(&mut self, msg: &HookMessage) {
+        let mut line = serde_json::to_string(msg).expect("hook messages serialize");
+        line.push('\n');
+        let _ = self.stream.write_all(line.as_bytes());
     }
 }
 
@@ -322,45 +326,45 @@ impl Reference {
             .sum()
     }
 
-    /// The target's claim for (volume, generation): its last session event.
-    fn target_claim(&self, volume: &str, generation: u32) -> Option<Claim> {
-        let t = self.target.as_ref()?;
-        let events = t.events.lock().unwrap();
-        let ev = events.iter().rev().find(|e| {
-            e["event"] == "session"
-                && e["volume"] == volume
-                && e["generation"].as_u64() == Some(u64::from(generation))
-        })?;
-        Some(match ev["status"].as_str() {
-            Some("committed") => Claim::Success,
-            Some(status) => Claim::Failure(format!(
-                "{status}: {}",
-                ev["message"].as_str().unwrap_or("no message")
-            )),
-            None => Claim::Silent,
-        })
-    }
-
-    fn target_fault_sites(&self, volume: &str, generation: u32) -> BTreeSet<u64> {
+    /// The target's session reports for (volume, generation), in order.
+    fn sessions(&self, volume: &str, generation: u32) -> Vec<SessionReport> {
         let Some(t) = self.target.as_ref() else {
-            return BTreeSet::new();
+            return Vec::new();
         };
         let events = t.events.lock().unwrap();
         events
             .iter()
-            .filter(|e| {
-                e["event"] == "session"
-                    && e["volume"] == volume
-                    && e["generation"].as_u64() == Some(u64::from(generation))
+            .filter_map(|e| match e {
+                TargetEvent::Session(r) if r.volume == volume && r.generation == generation => {
+                    Some(r.clone())
+                }
+                TargetEvent::Session(_)
+                | TargetEvent::Listening { .. }
+                | TargetEvent::Cleaned { .. }
+                | TargetEvent::Connection { .. } => None,
             })
-            .flat_map(|e| {
-                e["fault_sites"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|v| v.as_u64())
-            })
+            .collect()
+    }
+
+    /// The target's claim for (volume, generation): its last session event.
+    fn target_claim(&self, volume: &str, generation: u32) -> Option<Claim> {
+        let r = self.sessions(volume, generation).pop()?;
+        let status = match r.status {
+            SessionStatus::Committed => return Some(Claim::Success),
+            SessionStatus::Failed => "failed",
+            SessionStatus::Refused => "refused",
+            SessionStatus::Expired => "expired",
+        };
+        Some(Claim::Failure(format!(
+            "{status}: {}",
+            r.message.as_deref().unwrap_or("no message")
+        )))
+    }
+
+    fn target_fault_sites(&self, volume: &str, generation: u32) -> BTreeSet<u64> {
+        self.sessions(volume, generation)
+            .into_iter()
+            .flat_map(|r| r.fault_sites)
             .collect()
     }
 }
@@ -397,11 +401,11 @@ fn byte_ranges_to_blocks(ranges: &[witness::ByteRange]) -> Vec<Exclusion> {
         .collect()
 }
 
-fn agent_volume_claim(v: &Value) -> Claim {
-    if v["committed"].as_bool() == Some(true) {
+fn agent_volume_claim(v: &VolumeSummary) -> Claim {
+    if v.committed {
         Claim::Success
     } else {
-        Claim::Failure(v["error"].as_str().unwrap_or("not committed").to_string())
+        Claim::Failure(v.error.clone().unwrap_or_else(|| "not committed".into()))
     }
 }
 
@@ -584,23 +588,25 @@ impl Pipeline for Reference {
                 .as_mut()
                 .and_then(|h| h.poll_line(Duration::from_millis(50)))
             {
-                let answer = match serde_json::from_str::<Value>(&line) {
-                    Ok(v) if v["type"] == "frozen" => match hooks.at_instant(vm) {
+                let answer = match serde_json::from_str::<HookMessage>(&line) {
+                    Ok(HookMessage::Frozen { .. }) => match hooks.at_instant(vm) {
                         Ok(()) => {
                             result.instant_reached = true;
-                            r#"{"type":"continue"}"#.to_string()
+                            HookMessage::Continue
                         }
-                        Err(reason) => {
+                        Err(e) => {
+                            let reason = crate::error_chain(&e);
                             result.notes.push(format!("instant aborted: {reason}"));
-                            serde_json::json!({"type": "abort", "reason": reason}).to_string()
+                            HookMessage::Abort { reason }
                         }
                     },
-                    _ => {
+                    Ok(HookMessage::Continue | HookMessage::Abort { .. }) | Err(_) => {
                         result
                             .notes
                             .push(format!("unexpected hook message: {line}"));
-                        serde_json::json!({"type": "abort", "reason": "unexpected message"})
-                            .to_string()
+                        HookMessage::Abort {
+                            reason: "unexpected message".into(),
+                        }
                     }
                 };
                 if let Some(h) = self.hook.as_mut() {
@@ -644,35 +650,32 @@ impl Pipeline for Reference {
         }
 
         // The agent's word.
-        let mut summary = Value::Null;
+        let mut summary = Summary::default();
         match &finished {
             Some(done) => {
                 result.agent_output = format!("{}{}", done.stdout, done.stderr);
-                summary = done
-                    .stdout
-                    .lines()
-                    .rev()
-                    .find_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .unwrap_or(Value::Null);
-                result.agent = Some(if done.success() && summary["result"] == "ok" {
+                let read = Summary::from_output(&done.stdout);
+                let ok = read.as_ref().is_some_and(Summary::ok);
+                result.agent = Some(if done.success() && ok {
                     Claim::Success
                 } else {
                     Claim::Failure(
-                        summary["message"]
-                            .as_str()
-                            .map(str::to_string)
+                        read.as_ref()
+                            .and_then(|s| s.message.clone())
                             .unwrap_or_else(|| done.describe()),
                     )
                 });
+                summary = read.unwrap_or_default();
             }
             None => result.agent = Some(Claim::Silent),
         }
 
         // Let the last witness records and frames arrive.
-        let sessions = summary["volumes"]
-            .as_array()
-            .map(|v| v.iter().filter(|x| x["generation"].is_u64()).count())
-            .unwrap_or(0);
+        let sessions = summary
+            .volumes
+            .iter()
+            .filter(|v| v.generation.is_some())
+            .count();
         let settle = Instant::now();
         while settle.elapsed() < Duration::from_secs(5) {
             let ends = self.witness.as_ref().map_or(0, |w| w.session_ends());
@@ -696,11 +699,9 @@ impl Pipeline for Reference {
                     .write_file(&format!("/sys/module/bwsnap/parameters/{knob}"), "0");
             }
         }
-        if let Some(vols) = summary["volumes"].as_array() {
-            for v in vols {
-                if let (Some(id), Some(minor)) = (v["id"].as_str(), v["minor"].as_u64()) {
-                    self.minors.insert(id.to_string(), minor as u32);
-                }
+        for v in &summary.volumes {
+            if let Some(minor) = v.minor {
+                self.minors.insert(v.id.clone(), minor);
             }
         }
 
@@ -744,18 +745,14 @@ impl Pipeline for Reference {
         }
 
         for v in volumes {
-            let agent_v = summary["volumes"]
-                .as_array()
-                .and_then(|vs| vs.iter().find(|x| x["id"] == v.name.as_str()))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let generation = agent_v["generation"].as_u64().map(|g| g as u32);
+            let agent_v = summary.volumes.iter().find(|x| x.id == v.name);
+            let generation = agent_v.and_then(|a| a.generation);
             let start = starts.values().find(|s| s.volume_id == v.name);
             let mut vb = VolumeBackup {
                 volume: v.name.clone(),
                 generation,
-                incremental: agent_v["kind"] == "incremental",
-                agent: (!agent_v.is_null()).then(|| agent_volume_claim(&agent_v)),
+                incremental: agent_v.and_then(|a| a.kind.as_deref()) == Some("incremental"),
+                agent: agent_v.map(agent_volume_claim),
                 target: generation.and_then(|g| self.target_claim(&v.name, g)),
                 witness: blocks.remove(&v.name),
                 instant_ns: start.map(|s| s.instant_monotonic_ns),
@@ -800,9 +797,8 @@ impl Pipeline for Reference {
             } else if let Some(t) = &vb.transport {
                 vb.sent = t.keys().copied().collect();
             }
-            if let Some(sites) = agent_v["fault_sites"].as_array() {
-                vb.fault_sites
-                    .extend(sites.iter().filter_map(Value::as_u64));
+            if let Some(a) = agent_v {
+                vb.fault_sites.extend(&a.fault_sites);
             }
             if let Some(minor) = self.minors.get(&v.name) {
                 vb.fault_sites.extend(

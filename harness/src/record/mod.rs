@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::console;
 #[cfg(test)]
 use crate::model::HASH_LEN;
-use crate::model::{BackupKind, BlockHash, Expectations};
+use crate::model::{BackupKind, BlockHash, Expectations, Skipped};
 
 /// The live read the agent made right after the snapshot read of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +179,16 @@ pub enum CheckKind {
     Remount,
     SkippedFloppy,
     SkippedHangDisk,
+}
+
+impl CheckKind {
+    /// The check that discovery skipped the device `s`.
+    pub fn skipped(s: Skipped) -> CheckKind {
+        match s {
+            Skipped::Floppy => CheckKind::SkippedFloppy,
+            Skipped::HangDisk => CheckKind::SkippedHangDisk,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{chain, disks, skip_kind};
+use super::{chain, disks};
 use crate::events::{Event, Reporter};
 use crate::model::Skipped;
 use crate::pipeline::GuestVolume;
 use crate::plan::{Plan, WorkloadRun};
-use crate::qemu::DiskFormat;
+use crate::qemu::{Disk, DiskFormat};
 use crate::record::{CheckKind, CheckResult};
 use crate::scenario::{Filesystem, Rate};
 use crate::truth::Truth;
@@ -51,7 +51,7 @@ pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, String
     let serials = serials(vm)?;
     let mut out = Vec::new();
     for v in &plan.volumes {
-        let serial = disks::serial(v.index);
+        let serial = Disk::serial_of(&Disk::volume_id(v.index));
         let dev = serials.get(&serial).ok_or_else(|| {
             format!(
                 "volume {}: no disk with serial {serial} in the guest (found: {:?})",
@@ -286,7 +286,7 @@ pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
         .skipped
         .iter()
         .map(|want| {
-            let kind = skip_kind(*want);
+            let kind = CheckKind::skipped(*want);
             let fail = |detail: String| CheckResult {
                 kind,
                 passed: false,
@@ -398,7 +398,7 @@ pub(super) fn fsck(plan: &Plan, truth: Option<&Truth>, work: &Path) -> CheckResu
                 (out, true)
             }
             Some((p, DiskFormat::Raw)) => (p, false),
-            None => (work.join(format!("d{}.raw", v.index)), false),
+            None => (disks::volume_file(work, v.index), false),
         };
         let out = std::process::Command::new("e2fsck")
             .arg("-fn")

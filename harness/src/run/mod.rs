@@ -6,24 +6,23 @@
 //! 2), never as a product pass or failure; the report is written either way.
 
 mod assemble;
-mod disks;
-pub use disks::mkfs_command;
+pub mod disks;
 mod guestops;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accel::{self, AccelChoice};
 pub(crate) use crate::error_chain as chain;
 use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
-use crate::model::{BlockClass, Exit, Outcome, Skipped, Verdict};
+use crate::model::{BlockClass, Exit, Outcome, Verdict};
 use crate::pipeline::reference::Reference;
-use crate::pipeline::{BackupResult, GuestVolume, Pipeline, Progress, RunHooks};
+use crate::pipeline::{BackupResult, GuestVolume, InstantError, Pipeline, Progress, RunHooks};
 use crate::plan::{BackupStep, Plan};
-use crate::qemu::{Accel, Disk, DiskFormat, Floppy as QFloppy};
+use crate::qemu::{Accel, Disk, DiskFormat};
 use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
-use crate::scenario::{FaultSpec, Floppy, ResetAt};
+use crate::scenario::{FaultSpec, ResetAt};
 use crate::truth::Truth;
 use crate::vm::{BootOptions, Vm};
 
@@ -181,13 +180,6 @@ const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
 /// is lifted around those moments only.
 const HANG_RELEASE: &str = r#"qemu-io hang "resume bwhang""#;
 
-/// The disks a run made: volume disks and extra devices.
-struct RunDisks {
-    volumes: Vec<Disk>,
-    hang: Option<Disk>,
-    floppy: QFloppy,
-}
-
 impl<'a> Runner<'a> {
     fn new(plan: &'a Plan, opts: &'a RunOptions, reporter: &'a dyn Reporter, run_id: &str) -> Self {
         Runner {
@@ -308,7 +300,7 @@ impl<'a> Runner<'a> {
         self.phase("creating disks");
         let disks = match self.timed("disks", |r| disks::create(r.plan, &r.work)) {
             Ok(d) => d,
-            Err(e) => return self.harness_error(e),
+            Err(e) => return self.harness_error(format!("creating disks: {}", chain(&e))),
         };
         self.truth = Some(Truth::new(
             &self.work,
@@ -368,7 +360,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Boot, set up, back up, shut down.
-    fn guest_life(&mut self, disks: &RunDisks) {
+    fn guest_life(&mut self, disks: &disks::RunDisks) {
         let image = self.image.clone().expect("image built");
         let (accel, _) = self.accel.clone().expect("accel decided");
         let mut boot = BootOptions::new(accel, self.work.join("run"));
@@ -402,7 +394,7 @@ impl<'a> Runner<'a> {
             }
         };
         if disks.hang.is_some() {
-            if let Err(e) = vm.qmp_hmp(HANG_ARM) {
+            if let Err(e) = vm.machine.hmp(HANG_ARM) {
                 self.finish_guest(vm);
                 return self.harness_error(format!("arming the never-answering disk: {e}"));
             }
@@ -513,7 +505,7 @@ impl<'a> Runner<'a> {
             self.phase("shutting down");
             if self.hang_armed {
                 // QEMU drains every disk on its way out.
-                let _ = vm.qmp_hmp(HANG_RELEASE);
+                let _ = vm.machine.hmp(HANG_RELEASE);
             }
             if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
                 self.note(format!("shutdown: {}", chain(&e)));
@@ -638,15 +630,8 @@ impl<'a> Runner<'a> {
         for v in &self.plan.volumes {
             let (path, format) = truth
                 .top(&v.name)
-                .unwrap_or_else(|| (self.work.join(format!("d{}.raw", v.index)), DiskFormat::Raw));
-            boot.disks.push(Disk {
-                id: format!("d{}", v.index),
-                path,
-                format,
-                serial: disks::serial(v.index),
-                read_only: false,
-                blkdebug: false,
-            });
+                .unwrap_or_else(|| (disks::volume_file(&self.work, v.index), DiskFormat::Raw));
+            boot.disks.push(Disk::volume(v.index, path, format));
         }
         let mut vm = match Vm::boot(image, boot) {
             Ok(vm) => vm,
@@ -762,31 +747,26 @@ struct Hooks<'a> {
 }
 
 impl RunHooks for Hooks<'_> {
-    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), String> {
+    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError> {
         if self.hang_armed {
             // Nothing is suspended if no one read the disk since the last arming.
-            let _ = vm.qmp_hmp(HANG_RELEASE);
+            let _ = vm.machine.hmp(HANG_RELEASE);
         }
-        let taken = self.truth.take(vm.machine.qmp(), self.step.number);
+        let taken = self.truth.take(&mut vm.machine, self.step.number);
         if self.hang_armed {
-            if let Err(e) = vm.qmp_hmp(HANG_ARM) {
+            if let Err(e) = vm.machine.hmp(HANG_ARM) {
                 self.notes
                     .push(format!("re-arming the never-answering disk failed: {e}"));
             }
         }
-        let took = taken.map_err(|e| chain(&e))?;
+        let took = taken?;
         self.instant_at = Some(took);
         for f in &self.step.faults {
             if let FaultSpec::RemoveDisk { volume, .. } = &f.spec {
                 let Some(v) = self.plan.volumes.iter().find(|v| &v.name == volume) else {
                     continue;
                 };
-                let id = format!("d{}-dev", v.index);
-                match vm.machine.qmp().execute(
-                    "device_del",
-                    serde_json::json!({ "id": id }),
-                    Duration::from_secs(10),
-                ) {
+                match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
                     Ok(_) => self.notes.push(format!(
                         "fault: removed the disk of volume {volume} during the freeze"
                     )),
@@ -858,15 +838,7 @@ impl RunHooks for Hooks<'_> {
                     .map(|_| ())
                     .map_err(|e| chain(&e))
             } else {
-                vm.machine
-                    .qmp()
-                    .execute(
-                        "system_reset",
-                        serde_json::json!({}),
-                        Duration::from_secs(10),
-                    )
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                vm.machine.reset().map_err(|e| e.to_string())
             };
             let what = if panic { "kernel panic" } else { "guest reset" };
             self.notes.push(match done {
@@ -875,28 +847,5 @@ impl RunHooks for Hooks<'_> {
             });
             return;
         }
-    }
-}
-
-/// The floppy drive a plan asks for.
-fn floppy_for(plan: &Plan, work: &Path) -> Result<QFloppy, String> {
-    Ok(match plan.guest.floppy {
-        Floppy::None => QFloppy::None,
-        Floppy::Empty => QFloppy::Empty,
-        Floppy::Media => {
-            let path = work.join("floppy.img");
-            let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            f.set_len(1_474_560)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            QFloppy::Media(path)
-        }
-    })
-}
-
-/// Which expected skips a discovery result satisfies.
-fn skip_kind(s: Skipped) -> CheckKind {
-    match s {
-        Skipped::Floppy => CheckKind::SkippedFloppy,
-        Skipped::HangDisk => CheckKind::SkippedHangDisk,
     }
 }

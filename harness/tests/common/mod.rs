@@ -67,14 +67,7 @@ pub fn raw_disk(dir: &Path, id: &str, mib: u64, mkfs: &[&str]) -> Disk {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Disk {
-        id: id.into(),
-        path,
-        format: DiskFormat::Raw,
-        serial: format!("bw-{id}"),
-        read_only: false,
-        blkdebug: false,
-    }
+    Disk::new(id, path, DiskFormat::Raw)
 }
 
 pub use blockwitness::error_chain;

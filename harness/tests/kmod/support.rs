@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blockwitness::bench_cow::{self, script_command};
+use blockwitness::bench::cow as bench_cow;
 use blockwitness::console;
+use blockwitness::image::tools::{self, script_command};
 use blockwitness::image::BuiltImage;
 use blockwitness::paths;
 use blockwitness::qemu::Disk;
@@ -79,7 +80,7 @@ impl Guest {
     fn boot(img: &BuiltImage, dir: &Path, mut disks: Vec<Disk>, modules: &[&str]) -> Guest {
         let tools = or_die(
             "building the tools disk",
-            bench_cow::tools_disk(&paths::project_root(), dir),
+            tools::tools_disk(&paths::project_root(), dir),
         );
         disks.insert(0, tools);
         let mut opts = BootOptions::new(common::accel(img), dir.join("run"));
@@ -87,10 +88,7 @@ impl Guest {
         opts.extra_modules = modules.iter().map(|m| m.to_string()).collect();
         let booted = Instant::now();
         let mut vm = or_die(&format!("booting {}", img.name), Vm::boot(img, opts));
-        or_die(
-            "mounting the tools disk",
-            bench_cow::mount_tools(&mut vm.guest),
-        );
+        or_die("mounting the tools disk", tools::mount_tools(&mut vm.guest));
         let console = vm.machine.console_path();
         Guest {
             vm,
@@ -103,7 +101,7 @@ impl Guest {
     fn dev(&mut self, id: &str) -> String {
         let dev = or_die(
             &format!("finding disk {id}"),
-            bench_cow::guest_dev(&mut self.vm.guest, &format!("bw-{id}")),
+            tools::guest_dev(&mut self.vm.guest, &Disk::serial_of(id)),
         );
         format!("/dev/{dev}")
     }
@@ -382,7 +380,7 @@ pub fn race(name: &str) {
         &truth_dir,
         &[("vol".into(), "vol".into(), vol_path.clone())],
     );
-    let took = truth.take(g.vm.machine.qmp(), 1);
+    let took = truth.take(&mut g.vm.machine, 1);
     // Thaw whatever happened: a frozen guest would hang the rest.
     let extents = g.step("race.sh", "start", &env);
     let took = or_die("taking the truth", took);

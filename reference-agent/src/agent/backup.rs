@@ -165,6 +165,14 @@ impl Summary {
     pub fn ok(&self) -> bool {
         self.result == "ok"
     }
+
+    /// The summary in the agent's output: its last line that reads as one.
+    pub fn from_output(stdout: &str) -> Option<Summary> {
+        stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock workloads stamp their writes with).

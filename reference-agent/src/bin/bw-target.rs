@@ -256,7 +256,7 @@ fn human(ev: &TargetEvent) -> String {
                 SessionStatus::Committed => "committed".to_string(),
                 SessionStatus::Failed => format!(
                     "FAILED ({}): {}",
-                    r.reason.unwrap_or("?"),
+                    r.reason.as_deref().unwrap_or("?"),
                     r.message.as_deref().unwrap_or("")
                 ),
                 SessionStatus::Refused => {

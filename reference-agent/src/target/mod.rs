@@ -15,7 +15,7 @@ pub mod session;
 pub mod store;
 pub mod verify;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use serve::{
     EventSink, ServeOptions, Server, ServerHandle, SessionReport, SessionStatus, TargetEvent,
@@ -23,7 +23,7 @@ pub use serve::{
 pub use store::{GenerationManifest, Store, StoreError};
 
 /// Fault options for the harness; all off by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetFaults {
     /// Write one block in N one block off its offset (the re-read catches it).
     pub wrong_offset_every: Option<u64>,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::session::{BlockError, BlockOutcome, EndOutcome, OpenError, Receiving};
 use super::store::{Store, StoreError};
@@ -59,7 +59,7 @@ impl ServeOptions {
 }
 
 /// How a session ended, as the target reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SessionStatus {
     Committed,
@@ -71,15 +71,15 @@ pub enum SessionStatus {
 }
 
 /// The target's claim about one session: one JSON line per session with `--json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionReport {
     pub session: String,
     pub volume: String,
     pub generation: u32,
-    pub kind: &'static str,
+    pub kind: String,
     pub parent: Option<u32>,
     pub status: SessionStatus,
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     pub message: Option<String>,
     pub frames: u64,
     pub blocks: u64,
@@ -96,8 +96,11 @@ pub struct SessionReport {
     pub faults: TargetFaults,
 }
 
-/// What a serving target reports (execution never prints; the binary does).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What a serving target reports (execution never prints; the binary does). The harness
+/// reads these back from `bw-target serve --json`, one per line.
+// One event per session or connection: their size does not matter, boxing would.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum TargetEvent {
     Listening {
@@ -356,7 +359,7 @@ fn report(
             bad_blocks,
             bad_total,
         }) => (
-            Some(reason.name()),
+            Some(reason.name().to_string()),
             Some(message.clone()),
             *bad_total,
             bad_blocks.clone(),
@@ -367,7 +370,7 @@ fn report(
         session: h.session.to_string(),
         volume: h.volume_id.clone(),
         generation: h.generation,
-        kind: h.kind.name(),
+        kind: h.kind.name().to_string(),
         parent: h.kind.parent(),
         status,
         reason,

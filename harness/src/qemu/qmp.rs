@@ -1,9 +1,9 @@
-//! A small QMP client: greeting, capabilities negotiation, commands with ids, events kept
-//! apart from replies, and a deadline on every wait.
+//! A small QMP client, private to the QEMU module: greeting, capabilities negotiation,
+//! commands with ids, and a deadline on every wait.
 //!
-//! A reader thread owns the socket's read side and sorts each message into the reply
-//! slot of its id or the event list, so a burst of events can never be mistaken for the
-//! answer to a command.
+//! A reader thread owns the socket's read side and hands each reply to the slot of its
+//! id; asynchronous events are set aside (nothing here waits for one), so a burst of
+//! events can never be mistaken for the answer to a command.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -40,20 +40,12 @@ pub enum QmpError {
     },
 }
 
-/// A QMP event as QEMU sent it.
-#[derive(Clone, Debug)]
-pub struct Event {
-    pub name: String,
-    pub data: Value,
-}
-
 type Pending = Arc<Mutex<HashMap<u64, Sender<Value>>>>;
 
 /// A connected, negotiated QMP session.
 pub struct Qmp {
     stream: UnixStream,
     pending: Pending,
-    events: Arc<Mutex<Vec<Event>>>,
     greeting: Receiver<Value>,
     next_id: u64,
 }
@@ -67,19 +59,16 @@ impl Qmp {
         })?;
         let reader = stream.try_clone()?;
         let pending: Pending = Arc::default();
-        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
         let (greet_tx, greeting) = mpsc::channel();
         {
             let pending = pending.clone();
-            let events = events.clone();
             std::thread::Builder::new()
                 .name("qmp-reader".into())
-                .spawn(move || read_loop(reader, pending, events, greet_tx))?;
+                .spawn(move || read_loop(reader, pending, greet_tx))?;
         }
         let mut qmp = Qmp {
             stream,
             pending,
-            events,
             greeting,
             next_id: 0,
         };
@@ -145,36 +134,9 @@ impl Qmp {
         )?;
         Ok(out.as_str().unwrap_or_default().to_string())
     }
-
-    /// Events received so far (and forgets them).
-    pub fn take_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.events.lock().unwrap())
-    }
-
-    /// Waits for an event called `name`, keeping the others.
-    pub fn wait_event(&self, name: &str, timeout: Duration) -> Option<Event> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let mut events = self.events.lock().unwrap();
-                if let Some(at) = events.iter().position(|e| e.name == name) {
-                    return Some(events.remove(at));
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
-fn read_loop(
-    stream: UnixStream,
-    pending: Pending,
-    events: Arc<Mutex<Vec<Event>>>,
-    greeting: Sender<Value>,
-) {
+fn read_loop(stream: UnixStream, pending: Pending, greeting: Sender<Value>) {
     let reader = BufReader::new(stream);
     for line in reader.lines() {
         let Ok(line) = line else { break };
@@ -183,11 +145,8 @@ fn read_loop(
         };
         if msg.get("QMP").is_some() {
             let _ = greeting.send(msg);
-        } else if let Some(name) = msg.get("event").and_then(Value::as_str) {
-            events.lock().unwrap().push(Event {
-                name: name.to_string(),
-                data: msg.get("data").cloned().unwrap_or(Value::Null),
-            });
+        } else if msg.get("event").is_some() {
+            // An event, not a reply: set aside.
         } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
             if let Some(tx) = pending.lock().unwrap().remove(&id) {
                 let _ = tx.send(msg);

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use rand::SeedableRng;
 
+use super::{run_host, BenchError};
 use crate::classify::classify_generation;
 use crate::model::BackupKind;
-use crate::record::GenerationRecord;
+use crate::record::{GenerationRecord, Live};
 
 #[derive(Clone, Debug)]
 pub struct BenchHashOptions {
@@ -35,35 +36,6 @@ impl Default for BenchHashOptions {
             openssl_seconds: 3,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BenchHashError {
-    #[error("`{tool}` is not installed: bench hash compares against it (install with: apt-get install {package})")]
-    MissingTool {
-        tool: &'static str,
-        package: &'static str,
-    },
-    #[error("cannot write the benchmark image {path}")]
-    Image {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("hashing the benchmark image failed")]
-    Hash(#[source] crate::hash::HashError),
-    #[error("`{command}` failed: {detail}")]
-    Tool { command: String, detail: String },
-    #[error("cannot run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read a sha256 figure from `openssl speed` output: {output}")]
-    OpensslOutput { output: String },
-    #[error("the benchmark's own hash of block {block} differs from sha256sum's view of the file")]
-    Mismatch { block: u64 },
 }
 
 /// The figures of one `bench hash` run.
@@ -167,22 +139,6 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
-fn run(command: &mut Command) -> Result<String, BenchHashError> {
-    let text = format!("{command:?}").replace('"', "");
-    let out = command.output().map_err(|source| BenchHashError::Spawn {
-        command: text.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(BenchHashError::Tool {
-            command: text,
-            detail: format!("{}: {}", out.status, stderr.trim()),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Reads the sha256 figure (in 1000s of bytes per second) from `openssl speed` output.
 pub fn parse_openssl_speed(output: &str) -> Option<f64> {
     let line = output
@@ -194,8 +150,8 @@ pub fn parse_openssl_speed(output: &str) -> Option<f64> {
     Some(kilo * 1000.0)
 }
 
-fn write_image(path: &Path, size: u64) -> Result<(), BenchHashError> {
-    let err = |source| BenchHashError::Image {
+fn write_image(path: &Path, size: u64) -> Result<(), BenchError> {
+    let err = |source| BenchError::Path {
         path: path.to_owned(),
         source,
     };
@@ -214,19 +170,17 @@ fn write_image(path: &Path, size: u64) -> Result<(), BenchHashError> {
 }
 
 /// Runs the benchmark. Writes and removes a temporary image of `opts.size` bytes.
-pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashError> {
+pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchError> {
     for (tool, package) in [("openssl", "openssl"), ("sha256sum", "coreutils")] {
         if !on_path(tool) {
-            return Err(BenchHashError::MissingTool { tool, package });
+            return Err(BenchError::MissingTool { tool, package });
         }
     }
-    let load_average = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|l| l.parse().ok()));
+    let load_average = super::load_average();
     let dir = tempfile::Builder::new()
         .prefix("bw-bench-hash")
         .tempdir_in(&opts.dir)
-        .map_err(|source| BenchHashError::Image {
+        .map_err(|source| BenchError::Path {
             path: opts.dir.clone(),
             source,
         })?;
@@ -234,12 +188,12 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
     write_image(&image, opts.size)?;
 
     // Warm the page cache so every contender hashes from memory, not from the disk.
-    let _ = crate::hash::hash_image(&image).map_err(BenchHashError::Hash)?;
+    let _ = crate::hash::hash_image(&image).map_err(BenchError::Hash)?;
     let mut hash_time = Duration::MAX;
     let mut truth = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        truth = crate::hash::hash_image(&image).map_err(BenchHashError::Hash)?;
+        truth = crate::hash::hash_image(&image).map_err(BenchError::Hash)?;
         hash_time = hash_time.min(start.elapsed());
     }
 
@@ -248,7 +202,7 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
     let mut g = GenerationRecord::new(1, BackupKind::Full, truth.clone());
     let column: Vec<_> = truth.iter().map(|h| Some(*h)).collect();
     g.snapshot = Some(column.clone());
-    g.live = Some(vec![crate::record::Live::Equal; truth.len()]);
+    g.live = Some(vec![Live::Equal; truth.len()]);
     g.transport = Some(column.clone());
     g.target = Some(column);
     g.committed = true;
@@ -256,20 +210,20 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
     let result = classify_generation("bench", &g);
     let classify_time = start.elapsed();
     if let Some(f) = result.findings.first() {
-        return Err(BenchHashError::Mismatch { block: f.block });
+        return Err(BenchError::Mismatch { block: f.block });
     }
 
     let start = Instant::now();
-    let sum = run(Command::new("sha256sum").arg(&image))?;
+    let sum = run_host(Command::new("sha256sum").arg(&image))?;
     let sha256sum_time = start.elapsed();
     if sum.split_whitespace().next().is_none_or(|h| h.len() != 64) {
-        return Err(BenchHashError::Tool {
+        return Err(BenchError::Tool {
             command: "sha256sum".into(),
             detail: format!("unexpected output {sum:?}"),
         });
     }
 
-    let speed = run(Command::new("openssl").args([
+    let speed = run_host(Command::new("openssl").args([
         "speed",
         "-evp",
         "sha256",
@@ -279,7 +233,7 @@ pub fn bench_hash(opts: &BenchHashOptions) -> Result<BenchHashReport, BenchHashE
         &opts.openssl_seconds.to_string(),
     ]))?;
     let openssl_per_core =
-        parse_openssl_speed(&speed).ok_or_else(|| BenchHashError::OpensslOutput {
+        parse_openssl_speed(&speed).ok_or_else(|| BenchError::OpensslOutput {
             output: speed.clone(),
         })?;
 

@@ -2,165 +2,33 @@
 //! active, for bwsnap and for the kernel's own dm-snapshot, in one guest, against the
 //! same volume with no snapshot.
 //!
-//! Also owns the guest test tools of kmod/ (the static `bwtool` helper and the shell
-//! scripts of kmod/tests/guest), which reach a guest on a small read-only ext4 "tools"
-//! disk built on the host, so the image stays as it is. The kmod VM tests
-//! (harness/tests/kmod.rs) use the same disk.
-//!
+//! The guest reaches the scripts of kmod/tests/guest on the tools disk (`image::tools`).
 //! dm-snapshot without dmsetup (not in busybox): `bwtool dm` creates the snapshot-origin
 //! and snapshot devices through the device-mapper ioctls. The origin disk has two
 //! partitions: 1 holds the ext4 filesystem that is written (and bwsnap's COW file), 2 is
 //! dm-snapshot's exception store, so both snapshots keep their copies on the same disk.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::guest::{Guest, GuestError};
+use super::{load_average, median, run_host, BenchError};
+use crate::image::tools::{guest_dev, mount_tools, script_command, tools_disk};
 use crate::image::BuiltImage;
 use crate::qemu::{Accel, Disk, DiskFormat};
-use crate::vm::{BootOptions, Vm, VmError};
+use crate::vm::{BootOptions, Vm};
 
-/// Where the tools disk is mounted in the guest: `bwtool` at the top, the scripts of
-/// kmod/tests/guest under `guest/`.
-pub const TOOLS_MOUNT: &str = "/tools";
-/// The tools disk's id (its serial is `bw-tools`).
-pub const TOOLS_ID: &str = "tools";
-
-/// Why the guest tools could not be prepared or the benchmark could not be measured.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchCowError {
-    #[error("image {image} was built without bwsnap.ko")]
-    NoModule { image: String },
-    #[error("`{command}` failed: {detail}")]
-    Tool { command: String, detail: String },
-    #[error("{path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("booting the benchmark guest")]
-    Vm(#[from] VmError),
-    #[error("in the benchmark guest")]
-    Guest(#[from] GuestError),
-    #[error("the guest benchmark script failed ({how}):\n{output}")]
-    Script { how: String, output: String },
-    #[error("the guest benchmark printed no figure for {mode} {setup}; output:\n{output}")]
-    MissingFigure {
-        mode: &'static str,
-        setup: &'static str,
-        output: String,
-    },
-    #[error("{setup} made no copies during the {mode} run: the snapshot was not active, the figure means nothing")]
-    NoCopies {
-        mode: &'static str,
-        setup: &'static str,
-    },
-    #[error("the guest kernel reported trouble during the benchmark: {line}")]
-    Kernel { line: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchCowError + '_ {
-    move |source| BenchCowError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+    move |source| BenchError::Path {
         path: path.to_path_buf(),
         source,
     }
 }
 
-/// Runs a host command, failing with its stderr.
-fn run(cmd: &mut Command) -> Result<(), BenchCowError> {
-    let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|e| BenchCowError::Tool {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchCowError::Tool {
-            command,
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
-    }
-}
-
-/// Builds the tools disk in `dir`: `bwtool` compiled static from
-/// kmod/tests/tools/bwtool.c, and kmod/tests/guest/*.sh, on an 8 MiB ext4 image made
-/// with `mkfs.ext4 -d`. Attached read-only.
-pub fn tools_disk(project_root: &Path, dir: &Path) -> Result<Disk, BenchCowError> {
-    let tests = project_root.join("kmod/tests");
-    let tree = dir.join("tools-tree");
-    let scripts = tree.join("guest");
-    std::fs::create_dir_all(&scripts).map_err(io_err(&scripts))?;
-    run(Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(tree.join("bwtool"))
-        .arg(tests.join("tools/bwtool.c")))?;
-    let guest_dir = tests.join("guest");
-    for entry in std::fs::read_dir(&guest_dir).map_err(io_err(&guest_dir))? {
-        let path = entry.map_err(io_err(&guest_dir))?.path();
-        if path.extension().is_some_and(|e| e == "sh") {
-            let dest = scripts.join(path.file_name().expect("a file has a name"));
-            std::fs::copy(&path, &dest).map_err(io_err(&dest))?;
-        }
-    }
-    let image = dir.join("tools.raw");
-    let file = std::fs::File::create(&image).map_err(io_err(&image))?;
-    file.set_len(8 << 20).map_err(io_err(&image))?;
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "^has_journal", "-L", "bw-tools", "-d"])
-        .arg(&tree)
-        .arg(&image))?;
-    Ok(Disk {
-        id: TOOLS_ID.into(),
-        path: image,
-        format: DiskFormat::Raw,
-        serial: format!("bw-{TOOLS_ID}"),
-        read_only: true,
-        blkdebug: false,
-    })
-}
-
-/// The guest's device name (`vdX`) of the disk with serial `serial`.
-pub fn guest_dev(guest: &mut Guest, serial: &str) -> Result<String, GuestError> {
-    let out = guest.sh(
-        &format!("grep -lx '{serial}' /sys/block/vd*/serial | cut -d/ -f4"),
-        Duration::from_secs(30),
-    )?;
-    match out.lines().next() {
-        Some(dev) if !dev.is_empty() => Ok(dev.to_string()),
-        _ => Err(GuestError::Failed {
-            command: format!("find the disk with serial {serial}"),
-            how: "no such disk in the guest".into(),
-        }),
-    }
-}
-
-/// Mounts the tools disk read-only on [`TOOLS_MOUNT`].
-pub fn mount_tools(guest: &mut Guest) -> Result<(), GuestError> {
-    let dev = guest_dev(guest, &format!("bw-{TOOLS_ID}"))?;
-    guest.sh(
-        &format!("mkdir -p {TOOLS_MOUNT} && mount -t ext4 -o ro /dev/{dev} {TOOLS_MOUNT}"),
-        Duration::from_secs(30),
-    )?;
-    Ok(())
-}
-
-/// A shell command line that runs kmod/tests/guest/`script` (with `args`) from the
-/// tools disk, `bwtool` on the PATH and `env` (NAME=value words) set.
-pub fn script_command(script: &str, args: &str, env: &str) -> String {
-    format!("cd {TOOLS_MOUNT}/guest && PATH={TOOLS_MOUNT}:$PATH {env} sh ./{script} {args}")
-}
-
 /// A raw disk with an MBR of two Linux partitions, `p1_mib` and `p2_mib` MiB, the first
 /// at 1 MiB, holding an ext4 filesystem (4 KiB blocks) made on the host.
-fn partitioned_disk(dir: &Path, id: &str, p1_mib: u32, p2_mib: u32) -> Result<Disk, BenchCowError> {
+fn partitioned_disk(dir: &Path, id: &str, p1_mib: u32, p2_mib: u32) -> Result<Disk, BenchError> {
     let path = dir.join(format!("{id}.raw"));
     let sectors = |mib: u32| mib * 2048;
     let mut mbr = [0u8; 512];
@@ -188,18 +56,13 @@ fn partitioned_disk(dir: &Path, id: &str, p1_mib: u32, p2_mib: u32) -> Result<Di
         .map_err(io_err(&path))?;
     file.set_len(u64::from(1 + p1_mib + p2_mib) << 20)
         .map_err(io_err(&path))?;
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-E", "offset=1048576"])
-        .arg(&path)
-        .arg(format!("{p1_mib}M")))?;
-    Ok(Disk {
-        id: id.into(),
-        path,
-        format: DiskFormat::Raw,
-        serial: format!("bw-{id}"),
-        read_only: false,
-        blkdebug: false,
-    })
+    run_host(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "offset=1048576"])
+            .arg(&path)
+            .arg(format!("{p1_mib}M")),
+    )?;
+    Ok(Disk::new(id, path, DiskFormat::Raw))
 }
 
 /// The write patterns measured.
@@ -245,9 +108,7 @@ pub struct CowFigure {
 impl CowFigure {
     /// The median run, MiB/s.
     pub fn median(&self) -> f64 {
-        let mut xs = self.runs.clone();
-        xs.sort_by(f64::total_cmp);
-        xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+        median(self.runs.clone())
     }
 }
 
@@ -362,11 +223,11 @@ impl fmt::Display for CowBench {
 
 /// Reads the `BENCH MODE SETUP MIB/S COPIES` lines of kmod/tests/guest/bench.sh: every
 /// mode and set-up must have `rounds` runs, and every snapshot must have made copies.
-pub fn parse_figures(output: &str, rounds: u32) -> Result<Vec<CowFigure>, BenchCowError> {
+pub fn parse_figures(output: &str, rounds: u32) -> Result<Vec<CowFigure>, BenchError> {
     let mut figures = Vec::new();
     for mode in MODES {
         for setup in SETUPS {
-            let missing = || BenchCowError::MissingFigure {
+            let missing = || BenchError::MissingFigure {
                 mode,
                 setup,
                 output: output.to_string(),
@@ -385,7 +246,7 @@ pub fn parse_figures(output: &str, rounds: u32) -> Result<Vec<CowFigure>, BenchC
                         // -1: the script saw the snapshot fail (overflow, invalid).
                         let copies: u64 = copies.parse().map_err(|_| missing())?;
                         if setup.contains("snap") && copies == 0 {
-                            return Err(BenchCowError::NoCopies { mode, setup });
+                            return Err(BenchError::NoCopies { mode, setup });
                         }
                         fig.runs.push(rate);
                         fig.copies.push(copies);
@@ -402,7 +263,7 @@ pub fn parse_figures(output: &str, rounds: u32) -> Result<Vec<CowFigure>, BenchC
 }
 
 /// `bench cow` with the default settings.
-pub fn bench_cow(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<CowBench, BenchCowError> {
+pub fn bench_cow(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<CowBench, BenchError> {
     bench_cow_with(img, accel, dir, &CowBenchOptions::default())
 }
 
@@ -414,26 +275,25 @@ pub fn bench_cow_with(
     accel: Accel,
     dir: &Path,
     opts: &CowBenchOptions,
-) -> Result<CowBench, BenchCowError> {
+) -> Result<CowBench, BenchError> {
     if img.bwsnap_sha256.is_none() {
-        return Err(BenchCowError::NoModule {
+        return Err(BenchError::NoModule {
             image: img.name.clone(),
         });
     }
-    let load_average = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok());
+    let load_average = load_average();
     let tools = tools_disk(&crate::paths::project_root(), dir)?;
     // 1: ext4 with the 64 MiB file and bwsnap's 96 MiB COW file; 2: dm's store, room
     // for every block of the file plus its metadata.
     let origin = partitioned_disk(dir, "origin", 256, 128)?;
+    let origin_serial = origin.serial.clone();
     let mut boot = BootOptions::new(accel, dir.join("run"));
     boot.disks = vec![tools, origin];
     boot.extra_modules = vec!["dm_snapshot".into()];
     let mut vm = Vm::boot(img, boot)?;
     let console = vm.machine.console_path();
     mount_tools(&mut vm.guest)?;
-    let dev = guest_dev(&mut vm.guest, "bw-origin")?;
+    let dev = guest_dev(&mut vm.guest, &origin_serial)?;
     let command = script_command(
         "bench.sh",
         "",
@@ -449,7 +309,7 @@ pub fn bench_cow_with(
     let figures = if done.success() {
         parse_figures(&done.stdout, opts.rounds)
     } else {
-        Err(BenchCowError::Script {
+        Err(BenchError::Script {
             how: done.describe(),
             output: output.clone(),
         })
@@ -459,7 +319,7 @@ pub fn bench_cow_with(
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .map_err(io_err(&console))?;
     if let Some(trouble) = crate::console::scan(&text).into_iter().next() {
-        return Err(BenchCowError::Kernel { line: trouble.line });
+        return Err(BenchError::Kernel { line: trouble.line });
     }
     Ok(CowBench {
         accel,
@@ -520,12 +380,12 @@ mod tests {
     fn a_missing_or_meaningless_figure_is_an_error() {
         assert!(matches!(
             parse_figures(&output(), 3),
-            Err(BenchCowError::MissingFigure { .. })
+            Err(BenchError::MissingFigure { .. })
         ));
         let without = output().replacen("BENCH seq1m dm-none", "XBENCH", 1);
         assert!(matches!(
             parse_figures(&without, 2),
-            Err(BenchCowError::MissingFigure {
+            Err(BenchError::MissingFigure {
                 mode: "seq1m",
                 setup: "dm-none",
                 ..
@@ -534,7 +394,7 @@ mod tests {
         let no_copies = output().replacen("bwsnap 9.5 100", "bwsnap 9.5 0", 1);
         assert!(matches!(
             parse_figures(&no_copies, 2),
-            Err(BenchCowError::NoCopies {
+            Err(BenchError::NoCopies {
                 setup: "bwsnap",
                 ..
             })

@@ -1,10 +1,17 @@
 //! The QEMU process: command-line construction (small pure functions, one per device),
 //! launch, the guard that kills and reaps it, the watchdog, and connections to its
-//! sockets (QMP and the virtio-serial ports).
+//! sockets (the virtio-serial ports, and QMP, which stays private to this module: the
+//! rest of the harness asks [`Machine`] for what it needs done).
 //!
-//! No QEMU outlives its runner: the child runs in its own process group, is killed on
-//! drop (also while unwinding from a panic), on Ctrl-C (see [`install_interrupt_handler`])
-//! and, as a last resort, by PR_SET_PDEATHSIG when the harness dies.
+//! No QEMU outlives its runner: every launch (a [`Machine`] or a [`bare_boot`]) runs in
+//! its own process group, is killed on drop (also while unwinding from a panic), on
+//! Ctrl-C (see [`install_interrupt_handler`]) and, as a last resort, by PR_SET_PDEATHSIG
+//! when the harness dies.
+//!
+//! Disk naming lives here too: a disk's block node is its id, its device `<id>-dev`, its
+//! serial (how the guest finds it) `bw-<id>`, and volume `i`'s id is `d<i>`.
+
+mod qmp;
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -15,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::qmp::{Qmp, QmpError};
+use qmp::Qmp;
+pub use qmp::QmpError;
 
 /// How the guest CPU is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +62,50 @@ pub struct Disk {
     /// Put a blkdebug layer under the format node so requests can be suspended on
     /// demand (`qemu-io <id> "break read_aio <tag>"`): a device that never answers.
     pub blkdebug: bool,
+}
+
+impl Disk {
+    /// A writable disk called `id`, with serial `bw-<id>`.
+    pub fn new(id: impl Into<String>, path: PathBuf, format: DiskFormat) -> Disk {
+        let id = id.into();
+        Disk {
+            serial: Disk::serial_of(&id),
+            id,
+            path,
+            format,
+            read_only: false,
+            blkdebug: false,
+        }
+    }
+
+    /// The disk of volume number `index` (its position among a scenario's volumes).
+    pub fn volume(index: usize, path: PathBuf, format: DiskFormat) -> Disk {
+        Disk::new(Disk::volume_id(index), path, format)
+    }
+
+    /// The id (and block node name) of volume number `index`'s disk: `d<index>`.
+    pub fn volume_id(index: usize) -> String {
+        format!("d{index}")
+    }
+
+    /// The serial the guest sees for the disk called `id`: `bw-<id>`.
+    pub fn serial_of(id: &str) -> String {
+        format!("bw-{id}")
+    }
+
+    /// The id of the disk's virtio-blk device (what `device_del` removes).
+    pub fn device_id(&self) -> String {
+        format!("{}-dev", self.id)
+    }
+}
+
+/// One disk's part of a point-in-time snapshot: a qcow2 overlay `file`, node `new_node`,
+/// goes on top of node `node`.
+#[derive(Clone, Debug)]
+pub struct SnapshotLayer {
+    pub node: String,
+    pub file: PathBuf,
+    pub new_node: String,
 }
 
 /// The floppy drive of the `pc` machine's controller.
@@ -172,8 +224,10 @@ pub fn disk_args(disk: &Disk) -> Vec<String> {
         node.to_string(),
         "-device".into(),
         format!(
-            "virtio-blk-pci,drive={},id={}-dev,serial={}",
-            disk.id, disk.id, disk.serial
+            "virtio-blk-pci,drive={},id={},serial={}",
+            disk.id,
+            disk.device_id(),
+            disk.serial
         ),
     ]
 }
@@ -300,13 +354,7 @@ pub fn bare_boot(
     args.extend(console_args(console));
     let stderr_path = console.with_extension("stderr.log");
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr_path)?)
-        .process_group(0)
-        .spawn()?;
+    let mut guard = spawn(&args, File::create(&stderr_path)?)?;
     let seen = || {
         std::fs::read_to_string(console)
             .map(|t| t.contains(marker))
@@ -321,7 +369,7 @@ pub fn bare_boot(
         if boot.marker_at.is_none() && seen() {
             boot.marker_at = Some(started.elapsed());
         }
-        if child.try_wait()?.is_some() {
+        if guard.try_wait()?.is_some() {
             boot.exited_at = Some(started.elapsed());
             if boot.marker_at.is_none() && seen() {
                 boot.marker_at = boot.exited_at;
@@ -329,12 +377,12 @@ pub fn bare_boot(
             break;
         }
         if started.elapsed() > timeout {
-            kill_group(child.id() as i32);
-            let _ = child.wait();
+            // Dropping the guard kills and reaps it.
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    drop(guard);
     boot.stderr = crate::console::tail(&stderr_path, 5);
     Ok(boot)
 }
@@ -359,6 +407,33 @@ pub fn install_interrupt_handler() {
         eprintln!("interrupted: guests stopped");
         std::process::exit(130);
     });
+}
+
+/// Starts qemu-system-x86_64 with `args` in its own process group, dying with the
+/// harness, and registered for the Ctrl-C handler until its guard drops.
+fn spawn(args: &[String], stderr: File) -> std::io::Result<Guard> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; only sets this child's death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    // Held across the spawn, so the Ctrl-C handler never misses a child.
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let child = cmd.spawn()?;
+    let guard = Guard {
+        child,
+        exited: None,
+    };
+    live.push(guard.pid());
+    Ok(guard)
 }
 
 /// Owns the QEMU child: kills and reaps it when dropped.
@@ -440,27 +515,7 @@ impl Machine {
             path: stderr_path.clone(),
             source,
         })?;
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(qemu_args(spec, &socket_dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; only sets this child's death signal.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut live = LIVE.lock().unwrap();
-        let child = cmd.spawn().map_err(QemuError::Spawn)?;
-        let guard = Guard {
-            child,
-            exited: None,
-        };
-        live.push(guard.pid());
-        drop(live);
+        let guard = spawn(&qemu_args(spec, &socket_dir), stderr).map_err(QemuError::Spawn)?;
         let guard = Arc::new(Mutex::new(guard));
 
         let socket_deadline = Duration::from_secs(20);
@@ -513,8 +568,62 @@ impl Machine {
         })
     }
 
-    pub fn qmp(&mut self) -> &mut Qmp {
-        &mut self.qmp
+    /// Runs an HMP command through QMP (e.g. `qemu-io NODE "break read_aio TAG"`).
+    pub fn hmp(&mut self, command_line: &str) -> Result<String, QmpError> {
+        self.qmp.hmp(command_line, Duration::from_secs(10))
+    }
+
+    /// Resets the guest at once (with `-no-reboot`, QEMU then exits).
+    pub fn reset(&mut self) -> Result<(), QmpError> {
+        self.qmp
+            .execute(
+                "system_reset",
+                serde_json::json!({}),
+                Duration::from_secs(10),
+            )
+            .map(|_| ())
+    }
+
+    /// Unplugs a disk's device from the running guest (QMP `device_del`).
+    pub fn remove_disk(&mut self, disk_id: &str) -> Result<(), QmpError> {
+        let device = Disk::new(disk_id, PathBuf::new(), DiskFormat::Raw).device_id();
+        self.qmp
+            .execute(
+                "device_del",
+                serde_json::json!({ "id": device }),
+                Duration::from_secs(10),
+            )
+            .map(|_| ())
+    }
+
+    /// Puts a qcow2 overlay on top of each listed node in one QMP `transaction`, so the
+    /// layers below stop changing at the same instant.
+    pub fn snapshot_disks(
+        &mut self,
+        layers: &[SnapshotLayer],
+        timeout: Duration,
+    ) -> Result<(), QmpError> {
+        let actions: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "type": "blockdev-snapshot-sync",
+                    "data": {
+                        "node-name": l.node,
+                        "snapshot-file": l.file.display().to_string(),
+                        "snapshot-node-name": l.new_node,
+                        "format": "qcow2",
+                    }
+                })
+            })
+            .collect();
+        self.qmp
+            .execute(
+                "transaction",
+                serde_json::json!({ "actions": actions }),
+                timeout,
+            )
+            .map(|_| ())
     }
 
     /// The host socket of a virtio-serial port.
@@ -618,14 +727,7 @@ mod tests {
             memory_mb: 512,
             cpus: 2,
             accel: Accel::Tcg,
-            disks: vec![Disk {
-                id: "d0".into(),
-                path: "/r/d0.raw".into(),
-                format: DiskFormat::Raw,
-                serial: "bw-d0".into(),
-                read_only: false,
-                blkdebug: false,
-            }],
+            disks: vec![Disk::volume(0, "/r/d0.raw".into(), DiskFormat::Raw)],
             floppy: Floppy::None,
             ports: vec!["bw.control".into()],
             run_dir: "/r".into(),
@@ -666,6 +768,18 @@ mod tests {
         assert_eq!(floppy_args(&Floppy::Empty), ["-device", "floppy,unit=0"]);
         let media = floppy_args(&Floppy::Media("/f.img".into())).join(" ");
         assert!(media.contains("floppy,unit=0,drive=fd0"));
+    }
+
+    #[test]
+    fn disks_are_named_in_one_place() {
+        let d = Disk::volume(3, "/r/d3.raw".into(), DiskFormat::Raw);
+        assert_eq!(
+            (d.id.as_str(), d.serial.as_str(), d.device_id().as_str()),
+            ("d3", "bw-d3", "d3-dev")
+        );
+        let t = Disk::new("tools", "/t".into(), DiskFormat::Raw);
+        assert_eq!(t.serial, Disk::serial_of("tools"));
+        assert!(disk_args(&d).join(" ").contains("id=d3-dev,serial=bw-d3"));
     }
 
     #[test]
