@@ -36,19 +36,29 @@ pub struct VolumeArg {
     pub cow_size: Option<CowSize>,
 }
 
+/// A `--volume` argument that does not read as `MOUNT[=ID[,cow=BYTES]]`.
+#[derive(Debug, thiserror::Error)]
+#[error("volume {text:?}: {problem}")]
+pub struct VolumeArgError {
+    pub text: String,
+    pub problem: String,
+}
+
 impl std::str::FromStr for VolumeArg {
-    type Err = String;
+    type Err = VolumeArgError;
 
     /// `MOUNT[=ID[,cow=BYTES]]`
-    fn from_str(text: &str) -> Result<VolumeArg, String> {
+    fn from_str(text: &str) -> Result<VolumeArg, VolumeArgError> {
+        let bad = |problem: String| VolumeArgError {
+            text: text.to_string(),
+            problem,
+        };
         let (mount, rest) = match text.split_once('=') {
             Some((m, r)) => (m, Some(r)),
             None => (text, None),
         };
         if !mount.starts_with('/') {
-            return Err(format!(
-                "volume {text:?}: the mount point must be an absolute path"
-            ));
+            return Err(bad("the mount point must be an absolute path".into()));
         }
         let mut arg = VolumeArg {
             mount: mount.into(),
@@ -59,22 +69,18 @@ impl std::str::FromStr for VolumeArg {
             let mut parts = rest.split(',');
             let id = parts.next().unwrap_or_default();
             if id.is_empty() {
-                return Err(format!("volume {text:?}: empty id after '='"));
+                return Err(bad("empty id after '='".into()));
             }
             arg.id = id.to_string();
             for opt in parts {
                 match opt.split_once('=') {
                     Some(("cow", bytes)) => {
-                        let n: u64 = bytes.parse().map_err(|_| {
-                            format!("volume {text:?}: cow={bytes} is not a byte count")
-                        })?;
+                        let n: u64 = bytes
+                            .parse()
+                            .map_err(|_| bad(format!("cow={bytes} is not a byte count")))?;
                         arg.cow_size = Some(CowSize::Bytes(n));
                     }
-                    _ => {
-                        return Err(format!(
-                            "volume {text:?}: unknown option {opt:?} (allowed: cow=BYTES)"
-                        ))
-                    }
+                    _ => return Err(bad(format!("unknown option {opt:?} (allowed: cow=BYTES)"))),
                 }
             }
         }
@@ -101,6 +107,99 @@ pub struct BackupOptions {
     pub fault_skip_blocks: u64,
     /// Fault for the harness: make the freeze of these mount points fail.
     pub fault_freeze_fail: Vec<PathBuf>,
+}
+
+/// Why a backup run failed before or around its instant (the summary's `message` is
+/// this error's chain).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("no volumes given")]
+    NoVolumes,
+    #[error("{} is not a mounted block device", .0.display())]
+    NotMounted(PathBuf),
+    #[error(transparent)]
+    Control(bwsnap::BwsnapError),
+    #[error("arming {mount}")]
+    Arm {
+        mount: String,
+        #[source]
+        source: ArmError,
+    },
+    #[error("freeze failed, every volume was thawed")]
+    Freeze(#[source] FreezeError),
+    #[error("START on minor {minor}")]
+    Start {
+        minor: u32,
+        #[source]
+        source: bwsnap::BwsnapError,
+    },
+    #[error("hook")]
+    HookConnect(#[source] crate::transport::TransportError),
+    #[error(transparent)]
+    Hook(#[from] hook::HookError),
+    #[error("witness")]
+    WitnessConnect(#[source] crate::transport::TransportError),
+    #[error("witness")]
+    WitnessOpen(#[source] witness::WitnessWriteError),
+}
+
+/// Why one volume could not be armed (SETUP or TO_SNAPSHOT).
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    #[error(transparent)]
+    Info(bwsnap::BwsnapError),
+    #[error("TO_SNAPSHOT on minor {minor}{hint}")]
+    ToSnapshot {
+        minor: u32,
+        hint: &'static str,
+        #[source]
+        source: bwsnap::BwsnapError,
+    },
+    #[error("no free bwsnap minor")]
+    NoFreeMinor,
+    #[error("SETUP of {device} as minor {minor}{hint}")]
+    Setup {
+        device: String,
+        minor: u32,
+        hint: &'static str,
+        #[source]
+        source: bwsnap::BwsnapError,
+    },
+}
+
+/// Why one volume's session failed (its summary's `error` is this error's chain).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Module(bwsnap::BwsnapError),
+    #[error("{device} is {size} bytes, not a whole number of 4 KiB blocks")]
+    NotWholeBlocks { device: String, size: u64 },
+    #[error("session id")]
+    SessionId(#[source] io::Error),
+    #[error("open {path}")]
+    OpenSnapshot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("witness")]
+    Witness(#[source] witness::WitnessWriteError),
+    #[error("COW overflow: the snapshot's COW file ({cow_size} bytes) filled up during the backup and the snapshot failed")]
+    CowOverflow {
+        cow_size: u64,
+        #[source]
+        source: SendError,
+    },
+    #[error("the snapshot failed with errno {errno}")]
+    SnapshotFailed {
+        errno: i32,
+        #[source]
+        source: SendError,
+    },
+    #[error(transparent)]
+    Send(SendError),
+    #[error("the backup committed but its witness was lost: {0}")]
+    WitnessLost(String),
 }
 
 /// What the agent remembers between runs (kept on tmpfs in the guest).
@@ -441,11 +540,11 @@ fn arm(
     vol: &mut Vol,
     taken: &[u32],
     opts: &BackupOptions,
-) -> Result<(), String> {
+) -> Result<(), ArmError> {
     let known = state.volumes.get(&vol.arg.id).cloned();
     let device = vol.device.display().to_string();
     if let Some(k) = known.filter(|k| k.device == device) {
-        let info = control.info(k.minor).map_err(|e| error_chain(&e))?;
+        let info = control.info(k.minor).map_err(ArmError::Info)?;
         if info.state == State::Incremental && info.bdev_path == device {
             control
                 .to_snapshot(
@@ -453,13 +552,10 @@ fn arm(
                     &vol.cow_path,
                     vol.arg.cow_size.unwrap_or(opts.cow_size),
                 )
-                .map_err(|e| {
-                    format!(
-                        "TO_SNAPSHOT on minor {}: {}{}",
-                        k.minor,
-                        error_chain(&e),
-                        busy_hint(&e)
-                    )
+                .map_err(|source| ArmError::ToSnapshot {
+                    minor: k.minor,
+                    hint: busy_hint(&source),
+                    source,
                 })?;
             vol.minor = k.minor;
             vol.full = opts.force_full || !k.chain_ok || k.last_committed.is_none();
@@ -472,7 +568,7 @@ fn arm(
             let _ = control.destroy(k.minor);
         }
     }
-    let minor = free_minor(control, taken).ok_or("no free bwsnap minor")?;
+    let minor = free_minor(control, taken).ok_or(ArmError::NoFreeMinor)?;
     control
         .setup(
             minor,
@@ -480,12 +576,11 @@ fn arm(
             &vol.cow_path,
             vol.arg.cow_size.unwrap_or(opts.cow_size),
         )
-        .map_err(|e| {
-            format!(
-                "SETUP of {device} as minor {minor}: {}{}",
-                error_chain(&e),
-                busy_hint(&e)
-            )
+        .map_err(|source| ArmError::Setup {
+            device: device.clone(),
+            minor,
+            hint: busy_hint(&source),
+            source,
         })?;
     let last = state
         .volumes
@@ -537,14 +632,13 @@ fn send_volume(
     instant_ns: u64,
     witness: Option<&mut Witness>,
     skip_every: u64,
-) -> Result<Committed, String> {
-    let info = control.info(vol.minor).map_err(|e| error_chain(&e))?;
+) -> Result<Committed, VolumeError> {
+    let info = control.info(vol.minor).map_err(VolumeError::Module)?;
     if info.dev_size % BLOCK != 0 {
-        return Err(format!(
-            "{} is {} bytes, not a whole number of 4 KiB blocks",
-            vol.device.display(),
-            info.dev_size
-        ));
+        return Err(VolumeError::NotWholeBlocks {
+            device: vol.device.display().to_string(),
+            size: info.dev_size,
+        });
     }
     let blocks = info.dev_size / BLOCK;
     let extents: Vec<BlockExtent> = if vol.full && skip_every > 0 {
@@ -574,7 +668,7 @@ fn send_volume(
             count: blocks,
         }]
     } else {
-        let map = control.read_map(vol.minor).map_err(|e| error_chain(&e))?;
+        let map = control.read_map(vol.minor).map_err(VolumeError::Module)?;
         let mut ex: Vec<BlockExtent> = map
             .ranges()
             .into_iter()
@@ -590,7 +684,7 @@ fn send_volume(
         }
         ex
     };
-    let session = SessionId::random().map_err(|e| format!("session id: {e}"))?;
+    let session = SessionId::random().map_err(VolumeError::SessionId)?;
     let kind = match (vol.full, vol.parent) {
         (false, Some(parent)) => BackupKind::Incremental { parent },
         _ => BackupKind::Full,
@@ -607,8 +701,10 @@ fn send_volume(
         extents,
     };
     let snap_path = bwsnap::snapshot_device(vol.minor);
-    let snapshot =
-        open_direct(&snap_path).map_err(|e| format!("open {}: {e}", snap_path.display()))?;
+    let snapshot = open_direct(&snap_path).map_err(|source| VolumeError::OpenSnapshot {
+        path: snap_path.clone(),
+        source,
+    })?;
     let mut witness = witness;
     if let Some(w) = witness.as_deref_mut() {
         let cow = control.cow_extents(vol.minor).unwrap_or_default();
@@ -637,8 +733,7 @@ fn send_volume(
                 .collect(),
             module: module_info(),
         };
-        w.session_start(&start)
-            .map_err(|e| format!("witness: {}", error_chain(&e)))?;
+        w.session_start(&start).map_err(VolumeError::Witness)?;
     }
     let has_witness = witness.is_some();
     let mut source = SnapshotSource {
@@ -672,7 +767,7 @@ fn send_volume(
     vol.summary.reconnects = stats.reconnects;
     let witness_error = source.witness_error.take();
     let recorded = source.recorded;
-    let result = result.map_err(|e| describe_send_error(control, vol.minor, &e, &mut vol.summary));
+    let result = result.map_err(|e| describe_send_error(control, vol.minor, e, &mut vol.summary));
     if let Some(w) = source.witness.as_deref_mut() {
         let end = SessionEnd {
             volume_index: index,
@@ -683,15 +778,13 @@ fn send_volume(
             } else {
                 witness::SessionVerdict::Failed
             },
-            message: result.as_ref().err().cloned(),
+            message: result.as_ref().err().map(|e| error_chain(e)),
         };
         let _ = w.session_end(&end).and_then(|()| w.flush());
     }
     match (result, witness_error) {
         (Ok(c), None) => Ok(c),
-        (Ok(_), Some(w)) => Err(format!(
-            "the backup committed but its witness was lost: {w}"
-        )),
+        (Ok(_), Some(w)) => Err(VolumeError::WitnessLost(w)),
         (Err(e), _) => Err(e),
     }
 }
@@ -700,23 +793,25 @@ fn send_volume(
 fn describe_send_error(
     control: &Control,
     minor: u32,
-    err: &SendError,
+    err: SendError,
     summary: &mut VolumeSummary,
-) -> String {
-    let text = error_chain(err);
+) -> VolumeError {
     if let Ok(info) = control.info(minor) {
         if info.error == -libc::ENOSPC {
             summary.cow_overflow = true;
-            return format!(
-                "COW overflow: the snapshot's COW file ({} bytes) filled up during the backup and the snapshot failed ({text})",
-                info.cow_size
-            );
+            return VolumeError::CowOverflow {
+                cow_size: info.cow_size,
+                source: err,
+            };
         }
         if info.error != 0 {
-            return format!("the snapshot failed with errno {} ({text})", -info.error);
+            return VolumeError::SnapshotFailed {
+                errno: -info.error,
+                source: err,
+            };
         }
     }
-    text
+    VolumeError::Send(err)
 }
 
 /// Runs one backup. Never panics on a product failure: the summary says what happened.
@@ -755,15 +850,19 @@ pub fn backup(opts: &BackupOptions) -> Summary {
                 .collect();
             summary.message = Some(failed.join("; "));
         }
-        Err(e) => summary.message = Some(e),
+        Err(e) => summary.message = Some(error_chain(&e)),
     }
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary
 }
 
-fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> Result<(), String> {
+fn run(
+    opts: &BackupOptions,
+    state: &mut AgentState,
+    summary: &mut Summary,
+) -> Result<(), BackupError> {
     if opts.volumes.is_empty() {
-        return Err("no volumes given".into());
+        return Err(BackupError::NoVolumes);
     }
     // Discovery finds each mount's device without touching dead devices.
     let found: Discovery = discover::discover(&opts.discovery);
@@ -774,7 +873,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
             .devices
             .iter()
             .find(|d| d.mount_points.iter().any(|m| m == &arg.mount))
-            .ok_or_else(|| format!("{} is not a mounted block device", arg.mount.display()))?;
+            .ok_or_else(|| BackupError::NotMounted(arg.mount.clone()))?;
         vols.push(Vol {
             arg: arg.clone(),
             device: dev.path.clone(),
@@ -791,7 +890,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
             },
         });
     }
-    let control = Control::open().map_err(|e| error_chain(&e))?;
+    let control = Control::open().map_err(BackupError::Control)?;
 
     // Arm every volume while the filesystems are still writable (the COW file is
     // created and preallocated now).
@@ -799,7 +898,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
     for i in 0..vols.len() {
         remove_leftover(&vols[i].cow_path);
         if let Err(e) = arm(&control, state, &mut vols[i], &taken, opts) {
-            vols[i].summary.error = Some(e.clone());
+            vols[i].summary.error = Some(error_chain(&e));
             let mount = vols[i].arg.mount.display().to_string();
             // Volumes armed so far go back to tracking; their chains are broken.
             back_to_incremental(&control, &vols[..i]);
@@ -809,7 +908,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
                 }
             }
             summary.volumes = vols.iter().map(|v| v.summary.clone()).collect();
-            return Err(format!("arming {mount}: {e}"));
+            return Err(BackupError::Arm { mount, source: e });
         }
         taken.push(vols[i].minor);
         vols[i].summary.minor = Some(vols[i].minor);
@@ -835,16 +934,18 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
     let frozen = match Frozen::freeze_all(&mounts, &opts.fault_freeze_fail) {
         Ok(f) => f,
         Err(e) => {
-            let msg = error_chain(&e);
             back_to_incremental(&control, &vols);
             summary.volumes = vols.iter().map(|v| v.summary.clone()).collect();
-            return Err(format!("freeze failed, every volume was thawed: {msg}"));
+            return Err(BackupError::Freeze(e));
         }
     };
     let mut instant_result = Ok(());
     for vol in &vols {
-        if let Err(e) = control.start(vol.minor) {
-            instant_result = Err(format!("START on minor {}: {}", vol.minor, error_chain(&e)));
+        if let Err(source) = control.start(vol.minor) {
+            instant_result = Err(BackupError::Start {
+                minor: vol.minor,
+                source,
+            });
             break;
         }
     }
@@ -888,7 +989,7 @@ fn run(opts: &BackupOptions, state: &mut AgentState, summary: &mut Summary) -> R
                     ));
                 }
             }
-            Err(e) => vol.summary.error = Some(e),
+            Err(e) => vol.summary.error = Some(error_chain(&e)),
         }
     }
     sender.close();
@@ -939,9 +1040,9 @@ fn announce(
     instant_ns: u64,
     vols: &[Vol],
     timeout: Duration,
-) -> Result<(), String> {
-    let mut conn = Conn::connect(addr, Duration::from_secs(30))
-        .map_err(|e| format!("hook: {}", error_chain(&e)))?;
+) -> Result<(), BackupError> {
+    let mut conn =
+        Conn::connect(addr, Duration::from_secs(30)).map_err(BackupError::HookConnect)?;
     let msg = HookMessage::Frozen {
         run,
         instant_ns,
@@ -955,12 +1056,11 @@ fn announce(
             })
             .collect(),
     };
-    hook::announce(&mut conn, &msg, timeout).map_err(|e| error_chain(&e))
+    Ok(hook::announce(&mut conn, &msg, timeout)?)
 }
 
-fn open_witness(addr: &Address) -> Result<Witness, String> {
-    let conn = Conn::connect(addr, Duration::from_secs(30))
-        .map_err(|e| format!("witness: {}", error_chain(&e)))?;
+fn open_witness(addr: &Address) -> Result<Witness, BackupError> {
+    let conn = Conn::connect(addr, Duration::from_secs(30)).map_err(BackupError::WitnessConnect)?;
     WitnessWriter::new(io::BufWriter::with_capacity(1 << 20, ConnWriter(conn)))
-        .map_err(|e| format!("witness: {}", error_chain(&e)))
+        .map_err(BackupError::WitnessOpen)
 }
