@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reference_agent::transport::TransportError;
 use reference_agent::transport::{Address, Conn};
 use reference_agent::wire::{
     encode_block, BlockView, End, Frame, FrameBuffer, FrameView, Item, ManifestDigest,
@@ -30,7 +31,29 @@ use reference_agent::wire::{
 use sha2::{Digest, Sha256};
 
 use crate::error_chain;
-use crate::model::FrameSel;
+use crate::model::{BlockHash, FrameSel, BLOCK};
+
+/// The wire protocol's per-block hash, for checking and re-encoding frames (the rewrite
+/// fault). It must stay the one `reference_agent::wire` puts in block frames; what the
+/// proxy records is [`BlockHash::of`].
+fn wire_hash(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Why the proxy closed both sides of the link.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("poll")]
+    Poll(#[source] std::io::Error),
+    #[error("QEMU side closed")]
+    QemuClosed,
+    #[error("QEMU side")]
+    Qemu(#[source] TransportError),
+    #[error("target closed the connection")]
+    TargetClosed,
+    #[error("target side")]
+    Target(#[source] TransportError),
+}
 
 /// A transport fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +100,7 @@ pub struct TransportRecord {
     pub length: u32,
     /// sha256 of each 4 KiB of the data as forwarded (after any injected fault); the
     /// block of byte offset `offset + 4096 * i` is `block_hashes[i]`.
-    pub block_hashes: Vec<[u8; 32]>,
+    pub block_hashes: Vec<BlockHash>,
     /// Whether the data still matched the frame's own hashes when it left the proxy.
     pub hashes_match: bool,
     /// A frame with this sequence number crossed the proxy before in this session.
@@ -320,8 +343,8 @@ impl Proxy {
                     }
                 }
             }
-            if let Err(reason) = self.step() {
-                self.close_both(reason);
+            if let Err(e) = self.step() {
+                self.close_both(error_chain(&e));
             }
         }
         if self.up.is_some() || self.target.is_some() {
@@ -369,7 +392,7 @@ impl Proxy {
     }
 
     /// One poll round: read what is ready, parse, write what is pending.
-    fn step(&mut self) -> Result<(), String> {
+    fn step(&mut self) -> Result<(), LinkError> {
         let Some(up) = self.up.as_ref() else {
             return Ok(());
         };
@@ -393,7 +416,7 @@ impl Proxy {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(());
             }
-            return Err(format!("poll: {e}"));
+            return Err(LinkError::Poll(e));
         }
         let up_ready = fds[0].revents;
         let target_ready = fds.get(1).map_or(0, |f| f.revents);
@@ -413,15 +436,15 @@ impl Proxy {
         Ok(())
     }
 
-    fn read_upstream(&mut self) -> Result<(), String> {
+    fn read_upstream(&mut self) -> Result<(), LinkError> {
         let Some(up) = self.up.as_mut() else {
             return Ok(());
         };
         match up.try_read(self.up_in.space()) {
             Ok(None) => return Ok(()),
-            Ok(Some(0)) => return Err("QEMU side closed".into()),
+            Ok(Some(0)) => return Err(LinkError::QemuClosed),
             Ok(Some(n)) => self.up_in.commit(n),
-            Err(e) => return Err(format!("QEMU side: {}", error_chain(&e))),
+            Err(e) => return Err(LinkError::Qemu(e)),
         }
         self.parse_upstream();
         Ok(())
@@ -572,10 +595,7 @@ impl Proxy {
                     let mut data = raw[data_at..].to_vec();
                     data[byte] ^= 1 << bit;
                     let bl = b.data_len / b.hashes.len().max(1);
-                    let hashes: Vec<[u8; 32]> = data
-                        .chunks(bl.max(1))
-                        .map(|c| Sha256::digest(c).into())
-                        .collect();
+                    let hashes: Vec<[u8; 32]> = data.chunks(bl.max(1)).map(wire_hash).collect();
                     let mut out = Vec::with_capacity(raw.len());
                     if encode_block(&mut out, b.seq, b.offset, &hashes, &data).is_ok() {
                         raw = out;
@@ -598,14 +618,11 @@ impl Proxy {
         if let Some(fwd) = st.forwarded.as_mut() {
             if delivered && !b.hashes.is_empty() {
                 let bl = b.data_len / b.hashes.len();
-                let hashes = data.chunks(bl).map(|c| Sha256::digest(c).into()).collect();
+                let hashes = data.chunks(bl).map(wire_hash).collect();
                 fwd.insert(b.seq, (b.offset, bl as u32, hashes));
             }
         }
-        let block_hashes: Vec<[u8; 32]> = data
-            .chunks(4096)
-            .map(|c| Sha256::digest(c).into())
-            .collect();
+        let block_hashes: Vec<BlockHash> = data.chunks(BLOCK).map(BlockHash::of).collect();
         let bl = if b.hashes.is_empty() {
             0
         } else {
@@ -615,7 +632,7 @@ impl Proxy {
             && data
                 .chunks(bl)
                 .zip(&b.hashes)
-                .all(|(c, h)| <[u8; 32]>::from(Sha256::digest(c)) == *h);
+                .all(|(c, h)| wire_hash(c) == *h);
         if fault.is_some() {
             self.stats.faults_injected += 1;
         }
@@ -640,7 +657,7 @@ impl Proxy {
         self.emit(ProxyEvent::Block(rec));
     }
 
-    fn read_target(&mut self) -> Result<(), String> {
+    fn read_target(&mut self) -> Result<(), LinkError> {
         let Some(t) = self.target.as_mut() else {
             return Ok(());
         };
@@ -653,10 +670,10 @@ impl Proxy {
                     let _ = up.write_all(&self.to_up, Instant::now() + Duration::from_millis(500));
                 }
                 self.to_up.clear();
-                return Err("target closed the connection".into());
+                return Err(LinkError::TargetClosed);
             }
             Ok(Some(n)) => n,
-            Err(e) => return Err(format!("target side: {}", error_chain(&e))),
+            Err(e) => return Err(LinkError::Target(e)),
         };
         self.to_up.extend_from_slice(&buf[..n]);
         self.down_in.push(&buf[..n]);
@@ -687,7 +704,7 @@ impl Proxy {
         Ok(())
     }
 
-    fn write_pending(&mut self) -> Result<(), String> {
+    fn write_pending(&mut self) -> Result<(), LinkError> {
         if let Some(t) = self.target.as_mut() {
             while !self.to_target.is_empty() {
                 match t.try_write(&self.to_target) {
@@ -696,7 +713,7 @@ impl Proxy {
                         self.stats.bytes_to_target += n as u64;
                         self.to_target.drain(..n);
                     }
-                    Err(e) => return Err(format!("target side: {}", error_chain(&e))),
+                    Err(e) => return Err(LinkError::Target(e)),
                 }
             }
         }
@@ -708,7 +725,7 @@ impl Proxy {
                         self.stats.bytes_to_agent += n as u64;
                         self.to_up.drain(..n);
                     }
-                    Err(e) => return Err(format!("QEMU side: {}", error_chain(&e))),
+                    Err(e) => return Err(LinkError::Qemu(e)),
                 }
             }
         }
@@ -901,7 +918,7 @@ mod tests {
 
     /// The last delivered record of every block carries the source's hash.
     fn assert_transport_column_exact(recs: &[&TransportRecord], src: &Mem) {
-        let mut last: HashMap<u64, [u8; 32]> = HashMap::new();
+        let mut last: HashMap<u64, BlockHash> = HashMap::new();
         for r in recs.iter().filter(|r| r.delivered) {
             for (i, h) in r.block_hashes.iter().enumerate() {
                 last.insert(r.offset / 4096 + i as u64, *h);
@@ -910,7 +927,7 @@ mod tests {
         assert_eq!(last.len() as u64, BLOCKS, "blocks that never crossed");
         for b in 0..BLOCKS {
             let s = b as usize * 4096;
-            let want: [u8; 32] = Sha256::digest(&src.0[s..s + 4096]).into();
+            let want = BlockHash::of(&src.0[s..s + 4096]);
             assert_eq!(last[&b], want, "block {b}");
         }
     }
@@ -986,8 +1003,7 @@ mod tests {
         assert!(matches!(f.fault, Some(InjectedFault::BitFlip { .. })));
         assert_eq!(f.frame_number, 7);
         assert!(!f.hashes_match);
-        let want: [u8; 32] =
-            Sha256::digest(&src.0[f.offset as usize..f.offset as usize + 4096]).into();
+        let want = BlockHash::of(&src.0[f.offset as usize..f.offset as usize + 4096]);
         assert_ne!(f.block_hashes[0], want, "the record holds the damaged data");
         let resent = recs
             .iter()

@@ -778,7 +778,7 @@ impl Pipeline for Reference {
                     let first = r.offset / BLOCK as u64;
                     for (i, h) in r.block_hashes.iter().enumerate() {
                         let b = first + i as u64;
-                        if crossed.insert(b, BlockHash(*h)).is_some() {
+                        if crossed.insert(b, *h).is_some() {
                             *vb.retransmits.entry(b).or_default() += 1;
                         }
                     }

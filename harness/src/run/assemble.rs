@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::hash::HashError;
 use crate::model::{BackupKind, BlockHash};
 use crate::pipeline::{BackupResult, Pipeline};
 use crate::plan::Plan;
@@ -27,9 +28,8 @@ fn hash(
     path: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
     total: u64,
-) -> Result<Vec<BlockHash>, String> {
+) -> Result<Vec<BlockHash>, HashError> {
     crate::hash::hash_image_with_progress(path, &|done| progress(done, total))
-        .map_err(|e| chain(&e))
 }
 
 /// The recording of every backed-up volume. Errors are infrastructure problems (a
@@ -109,7 +109,11 @@ pub(super) fn volumes(
             let truth_hashes = match hash(&image, progress, v.size_bytes) {
                 Ok(h) => h,
                 Err(e) => {
-                    errors.push(format!("hashing the truth of volume {}: {e}", v.name));
+                    errors.push(format!(
+                        "hashing the truth of volume {}: {}",
+                        v.name,
+                        chain(&e)
+                    ));
                     continue;
                 }
             };
@@ -164,8 +168,9 @@ pub(super) fn volumes(
                         target_hashes = Some(h);
                     }
                     Err(e) => errors.push(format!(
-                        "re-reading generation {generation} of volume {} at the target: {e}",
-                        v.name
+                        "re-reading generation {generation} of volume {} at the target: {}",
+                        v.name,
+                        chain(&e)
                     )),
                 }
             }

@@ -39,6 +39,9 @@ pub(super) struct RunDisks {
     pub floppy: QFloppy,
 }
 
+/// The id of the extra disk whose reads never complete.
+pub const HANG_ID: &str = "hang";
+
 /// The raw file of volume number `index` in `dir`.
 pub fn volume_file(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("{}.raw", Disk::volume_id(index)))
@@ -199,7 +202,7 @@ pub(super) fn create(plan: &Plan, work: &Path) -> Result<RunDisks, DiskError> {
             make_raw(&path, bytes)?;
             Some(Disk {
                 blkdebug: true,
-                ..Disk::new("hang", path, DiskFormat::Raw)
+                ..Disk::new(HANG_ID, path, DiskFormat::Raw)
             })
         }
         None => None,

@@ -7,7 +7,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{chain, disks};
+use bw_guest::workload::Summary as WorkloadSummary;
+use reference_agent::agent::discover::Discovery;
+
 use crate::events::{Event, Reporter};
+use crate::guest::GuestError;
 use crate::model::Skipped;
 use crate::pipeline::GuestVolume;
 use crate::plan::{Plan, WorkloadRun};
@@ -19,15 +23,55 @@ use crate::vm::Vm;
 
 const SHORT: Duration = Duration::from_secs(60);
 
+/// Why something the run does in the guest failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestOpError {
+    #[error("guest control channel")]
+    Guest(#[from] GuestError),
+    #[error("volume {volume}: no disk with serial {serial} in the guest (found: {found:?})")]
+    NoDisk {
+        volume: String,
+        serial: String,
+        found: BTreeMap<String, String>,
+    },
+    #[error("mounting volume {volume}")]
+    Mount {
+        volume: String,
+        #[source]
+        source: GuestError,
+    },
+    #[error("no volume named {0}")]
+    NoVolume(String),
+    #[error("`{command}` {how}")]
+    Failed { command: String, how: String },
+    #[error("starting `{command}`")]
+    Start {
+        command: String,
+        #[source]
+        source: GuestError,
+    },
+    #[error("volume {volume}")]
+    List {
+        volume: String,
+        #[source]
+        source: GuestError,
+    },
+    #[error(
+        "volume {volume}: {differ} of {files} files differ or are missing after the second boot"
+    )]
+    FilesDiffer {
+        volume: String,
+        differ: usize,
+        files: usize,
+    },
+}
+
 /// Serial → device name of every disk the guest sees (sysfs only: no I/O to the disks).
-fn serials(vm: &mut Vm) -> Result<BTreeMap<String, String>, String> {
-    let out = vm
-        .guest
-        .sh(
-            r#"for d in /sys/block/*; do [ -f "$d/serial" ] && echo "$(cat "$d/serial") ${d##*/}"; done; true"#,
-            SHORT,
-        )
-        .map_err(|e| chain(&e))?;
+fn serials(vm: &mut Vm) -> Result<BTreeMap<String, String>, GuestError> {
+    let out = vm.guest.sh(
+        r#"for d in /sys/block/*; do [ -f "$d/serial" ] && echo "$(cat "$d/serial") ${d##*/}"; done; true"#,
+        SHORT,
+    )?;
     Ok(out
         .lines()
         .filter_map(|l| {
@@ -47,16 +91,15 @@ fn mount_type(fs: Filesystem) -> Option<&'static str> {
 }
 
 /// Finds every volume's device by its serial and mounts it.
-pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, String> {
+pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, GuestOpError> {
     let serials = serials(vm)?;
     let mut out = Vec::new();
     for v in &plan.volumes {
         let serial = Disk::serial_of(&Disk::volume_id(v.index));
-        let dev = serials.get(&serial).ok_or_else(|| {
-            format!(
-                "volume {}: no disk with serial {serial} in the guest (found: {:?})",
-                v.name, serials
-            )
+        let dev = serials.get(&serial).ok_or_else(|| GuestOpError::NoDisk {
+            volume: v.name.clone(),
+            serial: serial.clone(),
+            found: serials.clone(),
         })?;
         let device = format!("/dev/{dev}");
         if let (Some(mount), Some(fstype)) = (&v.mount, mount_type(v.fs)) {
@@ -65,7 +108,10 @@ pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, String
                     &format!("mkdir -p {mount} && mount -t {fstype} {device} {mount}"),
                     SHORT,
                 )
-                .map_err(|e| format!("mounting volume {}: {}", v.name, chain(&e)))?;
+                .map_err(|source| GuestOpError::Mount {
+                    volume: v.name.clone(),
+                    source,
+                })?;
         }
         out.push(GuestVolume {
             name: v.name.clone(),
@@ -116,20 +162,23 @@ pub fn workload_argv(w: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
     argv
 }
 
-fn volume<'v>(volumes: &'v [GuestVolume], name: &str) -> Result<&'v GuestVolume, String> {
+fn volume<'v>(volumes: &'v [GuestVolume], name: &str) -> Result<&'v GuestVolume, GuestOpError> {
     volumes
         .iter()
         .find(|v| v.name == name)
-        .ok_or_else(|| format!("no volume named {name}"))
+        .ok_or_else(|| GuestOpError::NoVolume(name.to_string()))
 }
 
-fn run_to_end(vm: &mut Vm, argv: &[String], timeout: Duration) -> Result<String, String> {
+fn run_to_end(vm: &mut Vm, argv: &[String], timeout: Duration) -> Result<String, GuestOpError> {
     let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let done = vm.guest.exec(&argv_ref, timeout).map_err(|e| chain(&e))?;
+    let done = vm.guest.exec(&argv_ref, timeout)?;
     if done.success() {
         Ok(done.stdout)
     } else {
-        Err(format!("`{}` {}", argv.join(" "), done.describe()))
+        Err(GuestOpError::Failed {
+            command: argv.join(" "),
+            how: done.describe(),
+        })
     }
 }
 
@@ -140,7 +189,7 @@ pub(super) fn fill(
     volumes: &[GuestVolume],
     reporter: &dyn Reporter,
     run_id: &str,
-) -> Result<(), String> {
+) -> Result<(), GuestOpError> {
     for v in &plan.volumes {
         if v.fill_bytes == 0 {
             continue;
@@ -161,7 +210,7 @@ pub(super) fn fill(
         run_to_end(vm, &argv, Duration::from_secs(1800))?;
     }
     run_workloads(vm, &plan.before, volumes, Duration::from_secs(1800))?;
-    vm.guest.sh("sync", SHORT).map_err(|e| chain(&e))?;
+    vm.guest.sh("sync", SHORT)?;
     Ok(())
 }
 
@@ -171,7 +220,7 @@ pub(super) fn run_workloads(
     runs: &[WorkloadRun],
     volumes: &[GuestVolume],
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), GuestOpError> {
     for w in runs {
         let argv = workload_argv(w, volume(volumes, &w.volume)?);
         run_to_end(vm, &argv, limit)?;
@@ -184,7 +233,7 @@ pub(super) fn start_workloads(
     vm: &mut Vm,
     runs: &[WorkloadRun],
     volumes: &[GuestVolume],
-) -> Result<Vec<(u64, String)>, String> {
+) -> Result<Vec<(u64, String)>, GuestOpError> {
     let mut handles = Vec::new();
     for w in runs {
         let argv = workload_argv(w, volume(volumes, &w.volume)?);
@@ -192,7 +241,10 @@ pub(super) fn start_workloads(
         let h = vm
             .guest
             .spawn(&argv_ref)
-            .map_err(|e| format!("starting `{}`: {}", argv.join(" "), chain(&e)))?;
+            .map_err(|source| GuestOpError::Start {
+                command: argv.join(" "),
+                source,
+            })?;
         handles.push((h, format!("{} on {}", w.kind.name(), w.volume)));
     }
     Ok(handles)
@@ -209,23 +261,29 @@ pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Vec<St
         let _ = vm.guest.kill(h, libc::SIGTERM);
         match vm.guest.wait(h, Duration::from_secs(20)) {
             Ok(Some(done)) => {
-                let summary: serde_json::Value = done
+                let summary = done
                     .stdout
                     .lines()
                     .rev()
-                    .find_map(|l| serde_json::from_str(l).ok())
-                    .unwrap_or_default();
-                notes.push(format!(
-                    "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
-                    summary["writes"],
-                    summary["bytes"].as_u64().unwrap_or(0) >> 20,
-                    summary["first_seq"],
-                    summary["last_seq"],
-                    match summary["errors"].as_array() {
-                        Some(e) if !e.is_empty() => format!(", errors: {e:?}"),
-                        _ => String::new(),
+                    .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
+                notes.push(match summary {
+                    Some(s) => {
+                        let seq = |n: Option<u64>| n.map_or("null".into(), |n| n.to_string());
+                        format!(
+                            "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
+                            s.writes,
+                            s.bytes >> 20,
+                            seq(s.first_seq),
+                            seq(s.last_seq),
+                            if s.errors.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", errors: {:?}", s.errors)
+                            }
+                        )
                     }
-                ));
+                    None => format!("workload {what}: no summary ({})", done.describe()),
+                });
             }
             Ok(None) => {
                 let _ = vm.guest.kill(h, libc::SIGKILL);
@@ -268,7 +326,9 @@ pub(super) fn check_volumes_present(
 /// reason, within the discovery timeout.
 pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
     let limit = plan.discovery_timeout;
-    let hang_name = serials(vm).ok().and_then(|s| s.get("bw-hang").cloned());
+    let hang_name = serials(vm)
+        .ok()
+        .and_then(|s| s.get(&Disk::serial_of(disks::HANG_ID)).cloned());
     let probe = (limit / 4).max(Duration::from_millis(500));
     let started = Instant::now();
     let result = vm.guest.exec(
@@ -301,8 +361,7 @@ pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
                     "discovery took {took:?}, over its limit of {limit:?}"
                 ));
             }
-            let found: serde_json::Value = serde_json::from_str(&done.stdout).unwrap_or_default();
-            let skipped = found["skipped"].as_array().cloned().unwrap_or_default();
+            let found: Discovery = serde_json::from_str(&done.stdout).unwrap_or_default();
             let name = match want {
                 Skipped::Floppy => Some("fd0".to_string()),
                 Skipped::HangDisk => hang_name.clone(),
@@ -310,15 +369,11 @@ pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
             let Some(name) = name else {
                 return fail("the never-answering disk is not in the guest".into());
             };
-            match skipped.iter().find(|s| s["name"] == name.as_str()) {
-                Some(s) if s["reason"].as_str().is_some_and(|r| !r.is_empty()) => CheckResult {
+            match found.skipped.iter().find(|s| s.name == name) {
+                Some(s) if !s.reason.is_empty() => CheckResult {
                     kind,
                     passed: true,
-                    detail: format!(
-                        "{name} skipped in {:.1}s: {}",
-                        took.as_secs_f64(),
-                        s["reason"].as_str().unwrap_or_default()
-                    ),
+                    detail: format!("{name} skipped in {:.1}s: {}", took.as_secs_f64(), s.reason),
                 },
                 _ => fail(format!(
                     "{name} was not skipped with a reason (discovery said: {})",
@@ -334,7 +389,7 @@ pub(super) fn discovery_check(vm: &mut Vm, plan: &Plan) -> Vec<CheckResult> {
 pub(super) fn file_lists(
     vm: &mut Vm,
     volumes: &[GuestVolume],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, GuestOpError> {
     let mut out = Vec::new();
     for v in volumes {
         let Some(m) = &v.mount else { continue };
@@ -346,7 +401,10 @@ pub(super) fn file_lists(
                 ),
                 Duration::from_secs(600),
             )
-            .map_err(|e| format!("volume {}: {}", v.name, chain(&e)))?;
+            .map_err(|source| GuestOpError::List {
+                volume: v.name.clone(),
+                source,
+            })?;
         out.push((v.name.clone(), list));
     }
     Ok(out)
@@ -357,7 +415,7 @@ pub(super) fn remount_compare(
     vm: &mut Vm,
     plan: &Plan,
     before: &[(String, String)],
-) -> Result<String, String> {
+) -> Result<String, GuestOpError> {
     let volumes = setup(vm, plan)?;
     let after = file_lists(vm, &volumes)?;
     let mut files = 0;
@@ -371,10 +429,11 @@ pub(super) fn remount_compare(
             let a: Vec<&str> = list.lines().collect();
             let b: Vec<&str> = now.lines().collect();
             let differ = a.iter().filter(|l| !b.contains(l)).count();
-            return Err(format!(
-                "volume {name}: {differ} of {} files differ or are missing after the second boot",
-                a.len()
-            ));
+            return Err(GuestOpError::FilesDiffer {
+                volume: name.clone(),
+                differ,
+                files: a.len(),
+            });
         }
         files += list.lines().count();
     }

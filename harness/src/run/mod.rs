@@ -18,7 +18,9 @@ use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
 use crate::model::{BlockClass, Exit, Outcome, Verdict};
 use crate::pipeline::reference::Reference;
-use crate::pipeline::{BackupResult, GuestVolume, InstantError, Pipeline, Progress, RunHooks};
+use crate::pipeline::{
+    BackupResult, GuestVolume, InstantError, Pipeline, PipelineError, Progress, RunHooks,
+};
 use crate::plan::{BackupStep, Plan};
 use crate::qemu::{Accel, Disk, DiskFormat};
 use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
@@ -173,7 +175,7 @@ struct Runner<'a> {
     hang_armed: bool,
 }
 
-/// Suspends the next read of the extra disk `hang` (blkdebug), forever.
+/// Suspends the next read of the extra disk `hang` ([`disks::HANG_ID`], blkdebug), forever.
 const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
 /// Lets the suspended read of `hang` complete. QEMU drains every disk before a
 /// snapshot, a device removal or its exit, and a drain waits for that read: the hang
@@ -470,7 +472,7 @@ impl<'a> Runner<'a> {
             match outcome {
                 Ok(rec) => self.backups.push(rec),
                 Err(e) => {
-                    self.harness_error(format!("backup {}: {e}", step.number));
+                    self.harness_error(format!("backup {}: {}", step.number, chain(&e)));
                     break;
                 }
             }
@@ -524,7 +526,7 @@ impl<'a> Runner<'a> {
         step: &BackupStep,
         volumes: &[GuestVolume],
         backed: &[GuestVolume],
-    ) -> Result<BackupRecord, String> {
+    ) -> Result<BackupRecord, BackupError> {
         let during = guestops::start_workloads(vm, &step.during, volumes)?;
         let mut hooks = Hooks {
             hang_armed: self.hang_armed,
@@ -552,7 +554,7 @@ impl<'a> Runner<'a> {
         for n in workload_notes {
             self.note(n);
         }
-        let result: BackupResult = result.map_err(|e| chain(&e))?;
+        let result: BackupResult = result?;
         for n in &result.notes {
             self.note(n.clone());
         }
@@ -645,7 +647,7 @@ impl<'a> Runner<'a> {
                 passed: true,
                 detail,
             },
-            Err(detail) => fail(detail),
+            Err(e) => fail(chain(&e)),
         }
     }
 
@@ -731,6 +733,15 @@ impl<'a> Runner<'a> {
             events,
         }
     }
+}
+
+/// Why a backup could not be run (a harness error).
+#[derive(Debug, thiserror::Error)]
+enum BackupError {
+    #[error(transparent)]
+    Workloads(#[from] guestops::GuestOpError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
 }
 
 /// The run's side of a backup: the truth at the instant, guest faults on their triggers.
