@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{BackupKind, Expectations};
 use crate::scenario::units::format_size;
 use crate::scenario::{
-    FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadKind,
+    FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadSpec,
 };
 
 /// The module's COW default is a share of the volume, capped here.
@@ -76,13 +76,8 @@ pub struct VolumePlan {
 pub struct WorkloadRun {
     /// Index in the scenario's `workloads`.
     pub index: usize,
-    pub kind: WorkloadKind,
-    pub volume: String,
-    pub stamped: bool,
-    pub rate: Option<Rate>,
-    pub amount: Option<u64>,
-    pub ops: Option<u64>,
-    pub duration: Option<Duration>,
+    #[serde(flatten)]
+    pub spec: WorkloadSpec,
     /// The seed of this run (distinct per workload and per backup).
     pub seed: u64,
     /// The workload's writer id (stamped blocks carry it).
@@ -181,13 +176,7 @@ impl Plan {
             let w = &s.workloads[index];
             WorkloadRun {
                 index,
-                kind: w.kind,
-                volume: w.volume.clone(),
-                stamped: w.stamped,
-                rate: w.rate,
-                amount: w.amount,
-                ops: w.ops,
-                duration: w.duration,
+                spec: w.spec.clone(),
                 seed: derive_seed(seed, PURPOSE_WORKLOAD, index as u64, u64::from(backup)),
                 writer: index as u32 + 1,
             }
@@ -285,7 +274,8 @@ fn shell_quote(text: &str) -> String {
     }
 }
 
-fn describe_workload(w: &WorkloadRun) -> String {
+fn describe_workload(run: &WorkloadRun) -> String {
+    let w = &run.spec;
     let mut parts = vec![format!("{} on {}", w.kind.name(), w.volume)];
     if w.stamped {
         parts.push("stamped".into());
@@ -305,7 +295,7 @@ fn describe_workload(w: &WorkloadRun) -> String {
     if let Some(d) = w.duration {
         parts.push(format!("{:?}", d));
     }
-    parts.push(format!("seed {:#x}", w.seed));
+    parts.push(format!("seed {:#x}", run.seed));
     parts.join(", ")
 }
 

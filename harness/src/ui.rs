@@ -40,6 +40,17 @@ impl Terminal {
             None => eprintln!("{text}"),
         }
     }
+
+    /// Ends the progress bars of one run.
+    fn clear_bars(&self, run_id: &str) {
+        let mut st = self.state.lock().unwrap();
+        for ((r, _), bar) in st.bars.iter() {
+            if r == run_id {
+                bar.finish_and_clear();
+            }
+        }
+        st.bars.retain(|(r, _), _| r != run_id);
+    }
 }
 
 fn short(run_id: &str) -> &str {
@@ -67,14 +78,7 @@ impl Reporter for Terminal {
                 short(run_id)
             )),
             Event::Phase { run_id, name } => {
-                let mut st = self.state.lock().unwrap();
-                for ((r, _), bar) in st.bars.iter() {
-                    if r == run_id {
-                        bar.finish_and_clear();
-                    }
-                }
-                st.bars.retain(|(r, _), _| r != run_id);
-                drop(st);
+                self.clear_bars(run_id);
                 self.line(&format!("[{}] {name}", short(run_id)));
             }
             Event::Progress {
@@ -136,14 +140,7 @@ impl Reporter for Terminal {
                 report_dir,
                 elapsed,
             } => {
-                let mut st = self.state.lock().unwrap();
-                for ((r, _), bar) in st.bars.iter() {
-                    if r == run_id {
-                        bar.finish_and_clear();
-                    }
-                }
-                st.bars.retain(|(r, _), _| r != run_id);
-                drop(st);
+                self.clear_bars(run_id);
                 self.line(&format!(
                     "[{}] {verdict} in {:.0}s: {report_dir}",
                     short(run_id),

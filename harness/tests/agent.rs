@@ -9,18 +9,29 @@ use std::time::{Duration, Instant};
 use blockwitness::qemu::Floppy;
 use blockwitness::vm::{BootOptions, Vm};
 
+/// Boot options with `n` 32 MiB ext4 disks d0, d1, ... in a scratch directory.
+fn with_ext4_disks(
+    what: &str,
+    n: usize,
+) -> (
+    &'static blockwitness::image::BuiltImage,
+    tempfile::TempDir,
+    BootOptions,
+) {
+    let img = common::image("debian-6.1");
+    let dir = common::scratch(what);
+    let mut opts = BootOptions::new(common::accel(img), dir.path().join("run"));
+    for i in 0..n {
+        let id = format!("d{i}");
+        let disk = common::raw_disk(dir.path(), &id, 32, &["mkfs.ext4", "-q", "-F"]);
+        opts.disks.push(disk);
+    }
+    (img, dir, opts)
+}
+
 #[test]
 fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
-    let img = common::image("debian-6.1");
-    let accel = common::accel(img);
-    let dir = common::scratch("agent-discovery");
-    let mut opts = BootOptions::new(accel, dir.path().join("run"));
-    opts.disks.push(common::raw_disk(
-        dir.path(),
-        "d0",
-        32,
-        &["mkfs.ext4", "-q", "-F"],
-    ));
+    let (img, dir, mut opts) = with_ext4_disks("agent-discovery", 1);
     let mut dead = common::raw_disk(dir.path(), "dead", 16, &[]);
     dead.blkdebug = true;
     opts.disks.push(dead);
@@ -141,22 +152,7 @@ fn assert_thawed_and_released(vm: &mut Vm) {
 
 #[test]
 fn vm_a_failed_freeze_thaws_the_volumes_already_frozen() {
-    let img = common::image("debian-6.1");
-    let accel = common::accel(img);
-    let dir = common::scratch("agent-freeze");
-    let mut opts = BootOptions::new(accel, dir.path().join("run"));
-    opts.disks.push(common::raw_disk(
-        dir.path(),
-        "d0",
-        32,
-        &["mkfs.ext4", "-q", "-F"],
-    ));
-    opts.disks.push(common::raw_disk(
-        dir.path(),
-        "d1",
-        32,
-        &["mkfs.ext4", "-q", "-F"],
-    ));
+    let (img, _dir, opts) = with_ext4_disks("agent-freeze", 2);
     let mut vm = Vm::boot(img, opts).unwrap_or_else(|e| panic!("{}", common::error_chain(&e)));
     let t = Duration::from_secs(60);
     vm.guest

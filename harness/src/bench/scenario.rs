@@ -125,11 +125,11 @@ pub fn scenario(
         let vol = plan
             .volumes
             .iter()
-            .find(|v| v.name == w.volume)
+            .find(|v| v.name == w.spec.volume)
             .ok_or_else(|| failed("workload", "unknown volume"))?;
         let mut argv = vec![
             "/bin/bw-workload".to_string(),
-            w.kind.name().to_string(),
+            w.spec.kind.name().to_string(),
             "--dir".into(),
             vol.mount.clone().unwrap_or_default(),
             "--seed".into(),
@@ -137,10 +137,10 @@ pub fn scenario(
             "--duration".into(),
             format!("{}ms", backup.as_millis()),
         ];
-        if w.stamped {
+        if w.spec.stamped {
             argv.push("--stamped".into());
         }
-        if let Some(Rate::BytesPerSec(b)) = w.rate {
+        if let Some(Rate::BytesPerSec(b)) = w.spec.rate {
             argv.extend(["--rate".into(), format!("{b}/s")]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

@@ -7,15 +7,26 @@ use crate::classify::Classification;
 use crate::model::BlockHash;
 use crate::record::{Live, Recording, Source};
 
-pub const HEADER: &str = "volume,generation,kind,block,class,why,truth,snapshot,live,source,transport,retransmits,target,previous,fault_site,owner,write";
-
-fn field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_owned()
-    }
-}
+/// The columns, in order.
+pub const COLUMNS: [&str; 17] = [
+    "volume",
+    "generation",
+    "kind",
+    "block",
+    "class",
+    "why",
+    "truth",
+    "snapshot",
+    "live",
+    "source",
+    "transport",
+    "retransmits",
+    "target",
+    "previous",
+    "fault_site",
+    "owner",
+    "write",
+];
 
 /// "-" = stage not recorded, "none" = not read / never crossed / absent.
 fn hash_cell(column: Option<&Option<BlockHash>>) -> String {
@@ -27,22 +38,27 @@ fn hash_cell(column: Option<&Option<BlockHash>>) -> String {
 }
 
 pub fn render(rec: &Recording, c: &Classification) -> String {
-    let mut out = String::from(HEADER);
-    out.push('\n');
+    let mut out = csv::Writer::from_writer(Vec::new());
+    // Writing records into memory cannot fail; the field counts agree by construction.
+    let mut row = |fields: &[String]| {
+        out.write_record(fields)
+            .expect("a CSV row is written to memory")
+    };
+    row(&COLUMNS.map(String::from));
     for v in &rec.volumes {
         for g in &v.generations {
             let kind = g.kind.name();
             for e in &g.excluded {
-                let row = [
-                    field(&v.name),
+                let mut fields = vec![
+                    v.name.clone(),
                     g.generation.to_string(),
                     kind.into(),
                     format!("{}-{}", e.start, e.end.saturating_sub(1)),
                     "excluded".into(),
-                    field(&e.reason),
+                    e.reason.clone(),
                 ];
-                out.push_str(&row.join(","));
-                out.push_str(",,,,,,,,,,,\n");
+                fields.resize(COLUMNS.len(), String::new());
+                row(&fields);
             }
             let Some(result) = c
                 .generations
@@ -77,13 +93,13 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                         .and_then(|i| i.previous.as_ref())
                         .map(|p| &p[b]),
                 );
-                let row = [
-                    field(&v.name),
+                row(&[
+                    v.name.clone(),
                     g.generation.to_string(),
                     kind.into(),
                     f.block.to_string(),
                     f.class.name().into(),
-                    field(&f.why),
+                    f.why.clone(),
                     g.truth[b].hex(),
                     hash_cell(g.snapshot.as_ref().map(|s| &s[b])),
                     live,
@@ -96,38 +112,73 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                         .to_string(),
                     target,
                     previous,
-                    if f.fault_site {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    },
-                    field(g.owners.get(&f.block).map(String::as_str).unwrap_or("")),
-                    field(&f.write.map(|w| w.to_string()).unwrap_or_default()),
-                ];
-                out.push_str(&row.join(","));
-                out.push('\n');
+                    if f.fault_site { "yes" } else { "no" }.into(),
+                    g.owners.get(&f.block).cloned().unwrap_or_default(),
+                    f.write.map(|w| w.to_string()).unwrap_or_default(),
+                ]);
             }
         }
     }
-    out
+    let bytes = out.into_inner().expect("a CSV writer into memory flushes");
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::classify;
+    use crate::model::{BackupKind, Expectations};
+    use crate::record::{Claim, Exclusion, GenerationRecord, RunEvents, RunInfo, VolumeRecord};
 
-    #[test]
-    fn quotes_fields_that_need_it() {
-        assert_eq!(field("plain"), "plain");
-        assert_eq!(field("a,b"), "\"a,b\"");
-        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn recording() -> Recording {
+        let truth: Vec<BlockHash> = (0..8u64).map(|i| BlockHash::of(&i.to_le_bytes())).collect();
+        let mut g = GenerationRecord::new(1, BackupKind::Full, truth.clone());
+        let mut target: Vec<Option<BlockHash>> = truth.iter().copied().map(Some).collect();
+        target[3] = Some(BlockHash::of(b"wrong"));
+        g.target = Some(target);
+        g.committed = true;
+        g.agent = Claim::Success;
+        g.excluded.push(Exclusion {
+            start: 6,
+            end: 8,
+            reason: "COW file, \"bwsnap\", 2 blocks".into(),
+        });
+        g.owners.insert(3, "/data/a,b.txt".into());
+        Recording {
+            run: RunInfo::default(),
+            expect: Expectations::clean(),
+            volumes: vec![VolumeRecord {
+                name: "data".into(),
+                fs: "ext4".into(),
+                generations: vec![g],
+            }],
+            events: RunEvents::default(),
+        }
     }
 
     #[test]
-    fn header_and_rows_have_the_same_columns() {
-        let cols = HEADER.split(',').count();
-        assert_eq!(cols, 17);
-        // An excluded row: 6 fields plus 11 empty ones.
-        assert_eq!(6 + ",,,,,,,,,,,".len(), cols);
+    fn rows_read_back_with_every_column_and_quoted_fields_intact() {
+        let rec = recording();
+        let c = classify(&rec).unwrap();
+        let text = render(&rec, &c);
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header, COLUMNS);
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        // Every row has every column.
+        assert!(rows.iter().all(|r| r.len() == COLUMNS.len()));
+        let excluded = &rows[0];
+        assert_eq!(&excluded[3], "6-7");
+        assert_eq!(&excluded[4], "excluded");
+        assert_eq!(&excluded[5], "COW file, \"bwsnap\", 2 blocks");
+        let bad = &rows[1];
+        assert_eq!((&bad[3], &bad[4]), ("3", "unattributed"));
+        assert_eq!(&bad[6], rec.volumes[0].generations[0].truth[3].hex());
+        assert_eq!(
+            (&bad[7], &bad[12]),
+            ("-", BlockHash::of(b"wrong").hex().as_str())
+        );
+        assert_eq!(&bad[15], "/data/a,b.txt");
     }
 }

@@ -68,13 +68,7 @@ impl std::fmt::Display for ReportOutcome {
             s.run.image,
             s.run.seed
         )?;
-        let counts: Vec<String> = s
-            .counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect();
-        writeln!(f, "  blocks: {}", counts.join(", "))?;
+        writeln!(f, "  blocks: {}", s.found_counts(" ").join(", "))?;
         if !s.outcomes.is_empty() {
             writeln!(f, "  outcomes: {}", s.outcomes.join(", "))?;
         }
@@ -110,12 +104,7 @@ impl Rendered {
 /// The run as one JUnit test case.
 fn junit_suite(s: &Summary, verdict: &Verdict) -> junit::Suite {
     let suite = format!("blockwitness.{}", s.run.scenario);
-    let counts: Vec<String> = s
-        .counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(c, n)| format!("{c}={n}"))
-        .collect();
+    let counts = s.found_counts("=");
     junit::Suite {
         name: suite.clone(),
         cases: vec![junit::Case {

@@ -61,6 +61,15 @@ fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
 }
 
 impl Summary {
+    /// `class<sep>count` of every class with blocks.
+    pub fn found_counts(&self, sep: &str) -> Vec<String> {
+        self.counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, n)| format!("{c}{sep}{n}"))
+            .collect()
+    }
+
     pub fn build(rec: &Recording, c: &Classification, verdict: &Verdict) -> Summary {
         let run = &rec.run;
         let volumes = rec

@@ -131,14 +131,15 @@ fn target_args(vol: &GuestVolume) -> Vec<String> {
 }
 
 /// The bw-workload command line of one workload run.
-pub fn workload_argv(w: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
+pub fn workload_argv(run: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
+    let w = &run.spec;
     let mut argv = vec!["/bin/bw-workload".to_string(), w.kind.name().to_string()];
     argv.extend(target_args(vol));
     argv.extend([
         "--seed".into(),
-        w.seed.to_string(),
+        run.seed.to_string(),
         "--writer".into(),
-        w.writer.to_string(),
+        run.writer.to_string(),
     ]);
     if w.stamped {
         argv.push("--stamped".into());
@@ -222,7 +223,7 @@ pub(super) fn run_workloads(
     limit: Duration,
 ) -> Result<(), GuestOpError> {
     for w in runs {
-        let argv = workload_argv(w, volume(volumes, &w.volume)?);
+        let argv = workload_argv(w, volume(volumes, &w.spec.volume)?);
         run_to_end(vm, &argv, limit)?;
     }
     Ok(())
@@ -236,7 +237,7 @@ pub(super) fn start_workloads(
 ) -> Result<Vec<(u64, String)>, GuestOpError> {
     let mut handles = Vec::new();
     for w in runs {
-        let argv = workload_argv(w, volume(volumes, &w.volume)?);
+        let argv = workload_argv(w, volume(volumes, &w.spec.volume)?);
         let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
         let h = vm
             .guest
@@ -245,7 +246,7 @@ pub(super) fn start_workloads(
                 command: argv.join(" "),
                 source,
             })?;
-        handles.push((h, format!("{} on {}", w.kind.name(), w.volume)));
+        handles.push((h, format!("{} on {}", w.spec.kind.name(), w.spec.volume)));
     }
     Ok(handles)
 }

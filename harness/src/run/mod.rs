@@ -332,32 +332,9 @@ impl<'a> Runner<'a> {
             .backups
             .iter()
             .flat_map(|b| &b.faults)
-            .find_map(|f| match &f.spec {
-                FaultSpec::DiskEio { .. } => Some(
-                    "fault `eio` (disk layer) is not implemented by the run yet: blkdebug cannot \
-                 be armed mid-run for errors"
-                        .to_string(),
-                ),
-                FaultSpec::DiskHang { .. } => Some(
-                    "fault `hang` (disk layer) on a volume is not implemented by the run yet; \
-                 use guest.hang_disk for a device that never answers"
-                        .to_string(),
-                ),
-                FaultSpec::CowReadLive { .. }
-                | FaultSpec::DropTracking { .. }
-                | FaultSpec::CorruptCow { .. }
-                | FaultSpec::DelayCow { .. }
-                | FaultSpec::BitFlip { .. }
-                | FaultSpec::Rewrite { .. }
-                | FaultSpec::DropFrame { .. }
-                | FaultSpec::Disconnect { .. }
-                | FaultSpec::WrongOffset { .. }
-                | FaultSpec::SkipVerify
-                | FaultSpec::CrashBeforeCommit
-                | FaultSpec::SkipBlocks { .. }
-                | FaultSpec::Reset { .. }
-                | FaultSpec::Panic { .. }
-                | FaultSpec::RemoveDisk { .. } => None,
+            .find_map(|f| match run_fault(&f.spec) {
+                RunFault::Unsupported(why) => Some(why.to_string()),
+                RunFault::Pipeline | RunFault::Guest { .. } | RunFault::RemoveDisk { .. } => None,
             })
     }
 
@@ -735,6 +712,46 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The run's share of a fault: what it does, and when.
+enum RunFault<'a> {
+    /// Injected by the pipeline under test (module, transport, target, agent layers).
+    Pipeline,
+    /// A kind the run cannot inject yet: a harness error, never a silent skip.
+    Unsupported(&'static str),
+    /// Reset the guest, or crash its kernel, when `at` is reached.
+    Guest { at: &'a ResetAt, panic: bool },
+    /// Remove the volume's disk while the filesystems are frozen.
+    RemoveDisk { volume: &'a str },
+}
+
+fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
+    match spec {
+        FaultSpec::CowReadLive { .. }
+        | FaultSpec::DropTracking { .. }
+        | FaultSpec::CorruptCow { .. }
+        | FaultSpec::DelayCow { .. }
+        | FaultSpec::BitFlip { .. }
+        | FaultSpec::Rewrite { .. }
+        | FaultSpec::DropFrame { .. }
+        | FaultSpec::Disconnect { .. }
+        | FaultSpec::WrongOffset { .. }
+        | FaultSpec::SkipVerify
+        | FaultSpec::CrashBeforeCommit
+        | FaultSpec::SkipBlocks { .. } => RunFault::Pipeline,
+        FaultSpec::DiskEio { .. } => RunFault::Unsupported(
+            "fault `eio` (disk layer) is not implemented by the run yet: blkdebug cannot \
+             be armed mid-run for errors",
+        ),
+        FaultSpec::DiskHang { .. } => RunFault::Unsupported(
+            "fault `hang` (disk layer) on a volume is not implemented by the run yet; \
+             use guest.hang_disk for a device that never answers",
+        ),
+        FaultSpec::Reset { at } => RunFault::Guest { at, panic: false },
+        FaultSpec::Panic { at } => RunFault::Guest { at, panic: true },
+        FaultSpec::RemoveDisk { volume, .. } => RunFault::RemoveDisk { volume },
+    }
+}
+
 /// Why a backup could not be run (a harness error).
 #[derive(Debug, thiserror::Error)]
 enum BackupError {
@@ -773,8 +790,8 @@ impl RunHooks for Hooks<'_> {
         let took = taken?;
         self.instant_at = Some(took);
         for f in &self.step.faults {
-            if let FaultSpec::RemoveDisk { volume, .. } = &f.spec {
-                let Some(v) = self.plan.volumes.iter().find(|v| &v.name == volume) else {
+            if let RunFault::RemoveDisk { volume } = run_fault(&f.spec) {
+                let Some(v) = self.plan.volumes.iter().find(|v| v.name == volume) else {
                     continue;
                 };
                 match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
@@ -803,25 +820,12 @@ impl RunHooks for Hooks<'_> {
             return;
         }
         for f in &self.step.faults {
-            let (at, panic) = match &f.spec {
-                FaultSpec::Reset { at } => (at, false),
-                FaultSpec::Panic { at } => (at, true),
-                // Faults of other moments (the instant) and of the pipeline's layers.
-                FaultSpec::CowReadLive { .. }
-                | FaultSpec::DropTracking { .. }
-                | FaultSpec::CorruptCow { .. }
-                | FaultSpec::DelayCow { .. }
-                | FaultSpec::DiskHang { .. }
-                | FaultSpec::DiskEio { .. }
-                | FaultSpec::BitFlip { .. }
-                | FaultSpec::Rewrite { .. }
-                | FaultSpec::DropFrame { .. }
-                | FaultSpec::Disconnect { .. }
-                | FaultSpec::WrongOffset { .. }
-                | FaultSpec::SkipVerify
-                | FaultSpec::CrashBeforeCommit
-                | FaultSpec::SkipBlocks { .. }
-                | FaultSpec::RemoveDisk { .. } => continue,
+            let (at, panic) = match run_fault(&f.spec) {
+                RunFault::Guest { at, panic } => (at, panic),
+                // Faults of another moment (the instant) or of the pipeline's layers.
+                RunFault::Pipeline | RunFault::Unsupported(_) | RunFault::RemoveDisk { .. } => {
+                    continue
+                }
             };
             let due = match at {
                 ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),

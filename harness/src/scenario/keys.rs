@@ -109,16 +109,21 @@ pub const WORKLOAD_KINDS: &[&str] = &[
 ];
 pub const WHEN: &[&str] = &["before", "during", "between"];
 pub const PIPELINES: &[&str] = &["reference"];
+/// The names of every value of an enum with a const `ALL` and a const `name()`.
+macro_rules! names {
+    ($t:ty) => {{
+        let mut out = [""; <$t>::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = <$t>::ALL[i].name();
+            i += 1;
+        }
+        out
+    }};
+}
+
 /// Every layer name, from [`Layer::ALL`].
-pub const LAYERS: &[&str] = &{
-    let mut out = [""; Layer::ALL.len()];
-    let mut i = 0;
-    while i < out.len() {
-        out[i] = Layer::ALL[i].name();
-        i += 1;
-    }
-    out
-};
+pub const LAYERS: &[&str] = &names!(Layer);
 pub const OPS: &[&str] = &["read", "write"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
@@ -140,15 +145,7 @@ pub const EXPECTABLE_OUTCOMES: &[&str] = &[
 ];
 
 /// Every fault kind name, in [`FaultKind::ALL`]'s order (for the `faults[].kind` key).
-pub const FAULT_KIND_NAMES: &[&str] = &{
-    let mut out = [""; FaultKind::ALL.len()];
-    let mut i = 0;
-    while i < out.len() {
-        out[i] = FaultKind::ALL[i].name();
-        i += 1;
-    }
-    out
-};
+pub const FAULT_KIND_NAMES: &[&str] = &names!(FaultKind);
 
 /// The fault parameters: every key of `faults[]` other than layer, kind and backup.
 pub const FAULT_PARAMS: &[&str] = &[

@@ -102,8 +102,9 @@ impl Filesystem {
     }
 }
 
+/// What a workload does, wherever and whenever it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Workload {
+pub struct WorkloadSpec {
     pub kind: WorkloadKind,
     pub volume: String,
     pub stamped: bool,
@@ -111,6 +112,12 @@ pub struct Workload {
     pub amount: Option<u64>,
     pub ops: Option<u64>,
     pub duration: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    #[serde(flatten)]
+    pub spec: WorkloadSpec,
     pub when: When,
     /// The backups (1 = the full) a `during` or `between` workload runs for; empty for
     /// `before`.

@@ -627,13 +627,15 @@ fn validate_workloads(
             None => applicable,
         };
         out.push(Workload {
-            kind: w.kind,
-            volume,
-            stamped,
-            rate,
-            amount,
-            ops: w.ops,
-            duration,
+            spec: WorkloadSpec {
+                kind: w.kind,
+                volume,
+                stamped,
+                rate,
+                amount,
+                ops: w.ops,
+                duration,
+            },
             when,
             backups: chosen,
         });
@@ -928,7 +930,7 @@ fn validate_expect(
     }
     let named_writes = raw.named_writes.unwrap_or(false);
     if named_writes {
-        if !workloads.iter().any(|w| w.stamped) {
+        if !workloads.iter().any(|w| w.spec.stamped) {
             cx.err(
                 &base.key("named_writes"),
                 "`named_writes` needs a stamped workload",

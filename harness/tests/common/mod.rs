@@ -4,13 +4,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use blockwitness::accel::{self, AccelChoice};
 use blockwitness::image::{self, BuildOptions, BuiltImage};
 use blockwitness::paths;
 use blockwitness::qemu::{Accel, Disk, DiskFormat};
+use blockwitness::run::disks;
 
 /// Builds (or finds in the cache) image `name`, once per process.
 pub fn image(name: &str) -> &'static BuiltImage {
@@ -57,15 +57,10 @@ pub fn scratch(what: &str) -> tempfile::TempDir {
 /// Creates a raw disk of `mib` MiB with a filesystem made by `mkfs` on the host.
 pub fn raw_disk(dir: &Path, id: &str, mib: u64, mkfs: &[&str]) -> Disk {
     let path: PathBuf = dir.join(format!("{id}.raw"));
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(mib << 20).unwrap();
-    if let Some((prog, args)) = mkfs.split_first() {
-        let out = Command::new(prog).args(args).arg(&path).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{prog} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    disks::make_raw(&path, mib << 20).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    if !mkfs.is_empty() {
+        let cmd: Vec<String> = mkfs.iter().map(|a| a.to_string()).collect();
+        disks::mkfs(&cmd, &path).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     }
     Disk::new(id, path, DiskFormat::Raw)
 }

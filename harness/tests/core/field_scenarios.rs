@@ -41,7 +41,7 @@ fn future_clean_is_131072_blocks_over_five_seeds_and_two_images() {
     let plan = Plan::resolve(&s, s.seed, "debian-6.1");
     assert_eq!(plan.volumes[0].blocks, 131_072);
     assert_eq!(plan.backups[0].during.len(), 1);
-    assert!(plan.backups[0].during[0].stamped);
+    assert!(plan.backups[0].during[0].spec.stamped);
     assert!(plan.expect.classes.is_empty() && plan.expect.outcomes.is_empty());
 }
 
