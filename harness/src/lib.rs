@@ -2,7 +2,9 @@
 //! scenarios against it, records every block at every stage and classifies the first
 //! stage where a block diverges from the point-in-time truth.
 //!
-//! The binary (`src/main.rs`) is a thin command-line layer over this library.
+//! The binary (`src/main.rs`) is a thin command-line layer over this library. The
+//! module map in docs/architecture.md gives each module's one job and what it may
+//! import; [`model`] is the vocabulary at the bottom.
 
 pub mod accel;
 pub mod bench;
