@@ -95,7 +95,12 @@ impl Disk {
 
     /// The id of the disk's virtio-blk device (what `device_del` removes).
     pub fn device_id(&self) -> String {
-        format!("{}-dev", self.id)
+        Disk::device_id_of(&self.id)
+    }
+
+    /// The virtio-blk device id of the disk called `id`: `<id>-dev`.
+    pub fn device_id_of(id: &str) -> String {
+        format!("{id}-dev")
     }
 }
 
@@ -586,7 +591,7 @@ impl Machine {
 
     /// Unplugs a disk's device from the running guest (QMP `device_del`).
     pub fn remove_disk(&mut self, disk_id: &str) -> Result<(), QmpError> {
-        let device = Disk::new(disk_id, PathBuf::new(), DiskFormat::Raw).device_id();
+        let device = Disk::device_id_of(disk_id);
         self.qmp
             .execute(
                 "device_del",
