@@ -10,6 +10,7 @@
 //! generation compact binary columns. Columns are stored relative to truth (a clean
 //! block costs a bit in a run-length code), truth relative to the previous generation's
 //! truth; so a clean 512 MiB run's recording is its 4 MiB of truth hashes and little else.
+//! The byte layout is codec.rs's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -18,8 +19,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::console;
-#[cfg(test)]
-use crate::model::HASH_LEN;
 use crate::model::{BackupKind, BlockHash, Expectations, Skipped};
 
 /// The live read the agent made right after the snapshot read of a block.
@@ -376,6 +375,7 @@ mod codec;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HASH_LEN;
 
     fn h(n: u64) -> BlockHash {
         BlockHash::of(&n.to_le_bytes())
