@@ -129,6 +129,12 @@ enum ImagesCommand {
     },
     /// Show what is cached: image, kernel version, packages and hashes.
     List,
+    /// Resolve each image's meta-packages to the exact kernel it would build today
+    /// (refreshing stale apt lists once, as root). Fetches nothing.
+    Resolve {
+        /// Image names (default: every image in images/).
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +201,22 @@ fn images_build(names: Vec<String>, without_bwsnap: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn images_resolve(names: Vec<String>) -> anyhow::Result<()> {
+    let names = if names.is_empty() {
+        image::list_defs(&paths::images_dir())
+    } else {
+        names
+    };
+    for name in names {
+        let pkgs = image::resolve(&name, &paths::project_root(), &mut |step| {
+            eprintln!("==> {step}")
+        })
+        .with_context(|| format!("resolving image {name}"))?;
+        println!("{name}\t{}\t{}", pkgs.release, pkgs.image.version);
+    }
+    Ok(())
+}
+
 fn images_list() {
     let built = image::list_built(&paths::cache_dir());
     if built.is_empty() {
@@ -216,6 +238,19 @@ fn images_list() {
         println!("    busybox sha256:{}", img.busybox_sha256);
         println!("    modules: {}", img.modules.join(" "));
     }
+}
+
+/// Installs the host requirements, then makes sure every image's kernel resolves, so a
+/// machine whose apt lists predate a kernel is ready after one command.
+fn setup_cmd() -> anyhow::Result<()> {
+    let ran = doctor::setup()?;
+    if ran.is_empty() {
+        eprintln!("every host requirement is already there");
+    }
+    for r in ran {
+        eprintln!("ran: {r}");
+    }
+    images_resolve(Vec::new())
 }
 
 fn doctor_cmd() -> bool {
@@ -292,17 +327,7 @@ fn main() -> ExitCode {
         } else {
             Exit::HarnessError
         }),
-        Command::Setup => doctor::setup()
-            .map(|ran| {
-                if ran.is_empty() {
-                    eprintln!("every requirement is already there");
-                }
-                for r in ran {
-                    eprintln!("ran: {r}");
-                }
-                Exit::Pass
-            })
-            .map_err(Into::into),
+        Command::Setup => setup_cmd().map(|()| Exit::Pass),
         Command::Images { command } => match command {
             ImagesCommand::Build {
                 names,
@@ -312,6 +337,7 @@ fn main() -> ExitCode {
                 images_list();
                 Ok(Exit::Pass)
             }
+            ImagesCommand::Resolve { names } => images_resolve(names).map(|()| Exit::Pass),
         },
         Command::Exec {
             image,

@@ -272,6 +272,20 @@ fn build_binaries(
     Ok(out)
 }
 
+/// Resolves an image definition's meta-packages to the exact kernel packages, refreshing
+/// stale apt lists once (as root). Nothing is fetched.
+pub fn resolve(
+    name: &str,
+    project_root: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelPackages, ImageError> {
+    let (def, _) = load_def(&project_root.join("images"), name)?;
+    debian::with_fresh_lists(progress, |progress| {
+        progress(&format!("resolving {} and {}", def.kernel, def.headers));
+        debian::resolve(&def.kernel, &def.headers)
+    })
+}
+
 /// Builds image `name` (or finds it in the cache) and returns its record.
 pub fn build(
     name: &str,
@@ -284,9 +298,14 @@ pub fn build(
     let def_text = std::fs::read(&def_path).map_err(|e| ImageError::io(&def_path, e))?;
     let cache = &opts.cache;
 
-    progress(&format!("resolving {} and {}", def.kernel, def.headers));
-    let pkgs = debian::resolve(&def.kernel, &def.headers)?;
-    let (kernel_root, fetched) = ensure_kernel(&pkgs, cache, progress)?;
+    // Lists older than the kernels (a fresh machine) or than the archive (a version
+    // since removed) are refreshed once, as root, and the step runs again.
+    let (pkgs, (kernel_root, fetched)) = debian::with_fresh_lists(progress, |progress| {
+        progress(&format!("resolving {} and {}", def.kernel, def.headers));
+        let pkgs = debian::resolve(&def.kernel, &def.headers)?;
+        let kernel = ensure_kernel(&pkgs, cache, progress)?;
+        Ok((pkgs, kernel))
+    })?;
     let bwsnap = if opts.with_bwsnap {
         Some(build_kmod(
             &opts.project_root.join("kmod"),

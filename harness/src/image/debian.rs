@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -150,6 +151,85 @@ pub fn resolve(kernel_meta: &str, headers_meta: &str) -> Result<KernelPackages, 
         image,
         headers,
     })
+}
+
+/// Whether this process already refreshed the apt lists: `apt-get update` runs at most
+/// once per process, so a package that is still missing afterwards is an error, not a loop.
+static LISTS_REFRESHED: Mutex<bool> = Mutex::new(false);
+
+/// Whether `err` may be cured by fresher apt lists: a package the lists do not name yet
+/// (lists older than the kernel), a meta-package pair caught mid-update, or a version the
+/// archive no longer serves (lists older than the archive).
+pub fn stale_lists(err: &ImageError) -> bool {
+    match err {
+        ImageError::PackageUnknown { .. }
+        | ImageError::Resolve(_)
+        | ImageError::Download { .. } => true,
+        ImageError::UnknownImage { .. }
+        | ImageError::BadDefinition { .. }
+        | ImageError::Unpack { .. }
+        | ImageError::Kmod { .. }
+        | ImageError::Cargo { .. }
+        | ImageError::Invalid { .. }
+        | ImageError::Tool { .. }
+        | ImageError::Io { .. }
+        | ImageError::ListsNeedRoot { .. }
+        | ImageError::Missing(_) => false,
+    }
+}
+
+/// Runs `apt-get update` once per process (as root) because `cause` says the lists are
+/// stale. Returns false when it already ran, so the caller reports `cause` as it is.
+pub fn refresh_lists(cause: &ImageError) -> Result<bool, ImageError> {
+    let mut refreshed = LISTS_REFRESHED.lock().unwrap_or_else(|p| p.into_inner());
+    if *refreshed {
+        return Ok(false);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ImageError::ListsNeedRoot {
+            cause: cause.to_string(),
+        });
+    }
+    let out = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| ImageError::Tool {
+            tool: "apt-get".into(),
+            source: e,
+        })?;
+    *refreshed = true;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        return Err(ImageError::Resolve(format!(
+            "the apt lists looked stale ({cause}) and `apt-get update` failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    Ok(true)
+}
+
+/// Runs `step` (a resolution or a download); when it fails because the apt lists are
+/// stale, refreshes them once (as root) and runs it again. `progress` hears about the
+/// refresh, which takes a while.
+pub fn with_fresh_lists<T>(
+    progress: &mut dyn FnMut(&str),
+    mut step: impl FnMut(&mut dyn FnMut(&str)) -> Result<T, ImageError>,
+) -> Result<T, ImageError> {
+    match step(progress) {
+        Err(e) if stale_lists(&e) => {
+            progress(&format!("{e}: running `apt-get update` once and retrying"));
+            if refresh_lists(&e)? {
+                step(progress)
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {

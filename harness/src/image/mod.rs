@@ -20,7 +20,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{build, BuildOptions};
+pub use build::{build, resolve, BuildOptions};
 
 /// An image definition (`images/<name>.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,6 +125,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{cause}; the apt lists need `apt-get update`, which needs root: run it as root, or run `blockwitness setup` as root")]
+    ListsNeedRoot { cause: String },
     #[error(transparent)]
     Missing(#[from] crate::doctor::Missing),
 }

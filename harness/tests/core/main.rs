@@ -1,6 +1,7 @@
 //! Integration tests of the harness core: scenario files, classification, the differ,
 //! reports, and docs/scenarios.md. One binary, a module per feature.
 
+mod apt_lists;
 mod classify_props;
 mod docs;
 mod field_scenarios;
