@@ -17,6 +17,7 @@ pub mod vm;
 
 pub mod bench_cow;
 pub mod bench_hash;
+pub mod bench_oracle;
 pub mod classify;
 pub mod diff;
 pub mod events;
