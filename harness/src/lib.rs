@@ -23,6 +23,7 @@ pub mod events;
 pub mod fsmap;
 pub mod hash;
 pub mod nightly;
+pub mod oracle;
 pub mod pipeline;
 pub mod plan;
 pub mod proxy;

@@ -158,6 +158,20 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
     },
+    /// The history oracle on a seeded synthetic history (512 MiB, 100k writes) against
+    /// hashing the same image with xxh3-128 and sha256.
+    Oracle {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Volume size in 4 KiB blocks.
+        #[arg(long, default_value_t = 131_072)]
+        blocks: u64,
+        #[arg(long, default_value_t = 100_000)]
+        writes: u64,
+        /// Timed runs of each contender; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -407,6 +421,24 @@ fn main() -> ExitCode {
                     Exit::Pass
                 })
                 .map_err(Into::into),
+            BenchCommand::Oracle {
+                seed,
+                blocks,
+                writes,
+                runs,
+            } => blockwitness::bench::oracle::bench_oracle(
+                &blockwitness::bench::oracle::BenchOracleOptions {
+                    seed,
+                    blocks,
+                    writes,
+                    runs,
+                },
+            )
+            .map(|r| {
+                println!("{r}");
+                Exit::Pass
+            })
+            .map_err(Into::into),
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod boot;
 pub mod cow;
 pub mod hash;
+pub mod oracle;
 pub mod scenario;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum BenchError {
     Tool { command: String, detail: String },
     #[error("hashing the benchmark image failed")]
     Hash(#[source] crate::hash::HashError),
+    #[error("the oracle benchmark")]
+    Oracle(#[from] oracle::BenchOracleError),
     #[error("cannot read a sha256 figure from `openssl speed` output: {output}")]
     OpensslOutput { output: String },
     #[error("the benchmark's own hash of block {block} differs from sha256sum's view of the file")]
