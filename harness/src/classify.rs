@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bw_guest::stamp::Piece;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{
@@ -166,15 +167,36 @@ pub enum StampOrder {
 }
 
 impl StampOrder {
-    /// Orders the held stamp against truth's stamp (same workload run and writer) or,
-    /// failing that, against the snapshot instant.
+    /// Orders each held piece against truth's piece at the same place (same workload
+    /// run and writer) or, failing that, against the snapshot instant. One later piece
+    /// makes the block later; otherwise one earlier piece makes it earlier.
     pub fn of(evidence: Option<&StampEvidence>, instant_ns: Option<u64>) -> StampOrder {
         let Some(e) = evidence else {
             return StampOrder::Unknown;
         };
-        if let Some(t) = e.truth {
-            if t.run == e.held.run && t.writer == e.held.writer && t.lba == e.held.lba {
-                return match e.held.seq.cmp(&t.seq) {
+        let orders: Vec<StampOrder> = e
+            .held
+            .iter()
+            .map(|h| Self::of_piece(h, &e.truth, instant_ns))
+            .collect();
+        if orders.contains(&StampOrder::Later) {
+            StampOrder::Later
+        } else if orders.contains(&StampOrder::Earlier) {
+            StampOrder::Earlier
+        } else {
+            StampOrder::Unknown
+        }
+    }
+
+    fn of_piece(held: &Piece, truth: &[Piece], instant_ns: Option<u64>) -> StampOrder {
+        let h = &held.stamp;
+        let same_place = truth
+            .iter()
+            .find(|t| (t.at, t.len) == (held.at, held.len))
+            .map(|t| t.stamp);
+        if let Some(t) = same_place {
+            if t.run == h.run && t.writer == h.writer && t.lba == h.lba {
+                return match h.seq.cmp(&t.seq) {
                     std::cmp::Ordering::Greater => StampOrder::Later,
                     std::cmp::Ordering::Less => StampOrder::Earlier,
                     std::cmp::Ordering::Equal => StampOrder::Unknown,
@@ -182,7 +204,7 @@ impl StampOrder {
             }
         }
         match instant_ns {
-            Some(i) if e.held.time_ns > i => StampOrder::Later,
+            Some(i) if h.time_ns > i => StampOrder::Later,
             _ => StampOrder::Unknown,
         }
     }
@@ -327,11 +349,15 @@ pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
     }
 }
 
-/// The write a stamped block holds, and when it was made relative to the snapshot.
+/// A write a stamped block holds (one per stamped piece), and when it was made relative
+/// to the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteNote {
     pub seq: u64,
     pub lba: u64,
+    /// The piece's bytes inside the 4 KiB block: `at`, `len` (0, 4096 for a whole block).
+    pub at: u32,
+    pub len: u32,
     pub time_ns: u64,
     pub writer: u32,
     /// Write time minus the snapshot instant, when the instant is known.
@@ -345,6 +371,9 @@ impl std::fmt::Display for WriteNote {
             "write #{} (writer {}) at LBA {}",
             self.seq, self.writer, self.lba
         )?;
+        if self.len as usize != bw_guest::stamp::BLOCK_SIZE {
+            write!(f, " bytes {}..{}", self.at, self.at + self.len)?;
+        }
         match self.after_instant_ns {
             Some(d) if d >= 0 => write!(f, ", {:.3} ms after the snapshot instant", d as f64 / 1e6),
             Some(d) => write!(f, ", {:.3} ms before the snapshot instant", -d as f64 / 1e6),
@@ -359,8 +388,17 @@ pub struct Finding {
     pub block: u64,
     pub class: BlockClass,
     pub why: String,
-    pub write: Option<WriteNote>,
+    /// The writes the block's stamped pieces name, in block order.
+    pub write: Vec<WriteNote>,
     pub fault_site: bool,
+}
+
+impl Finding {
+    /// The writes the block names, as one line ("" when it names none).
+    pub fn writes_text(&self) -> String {
+        let notes: Vec<String> = self.write.iter().map(WriteNote::to_string).collect();
+        notes.join("; ")
+    }
 }
 
 /// The classification of one volume's generation.
@@ -451,16 +489,22 @@ pub fn classify_generation(volume: &str, g: &GenerationRecord) -> GenerationResu
         *counts.entry(class).or_default() += 1;
         if class.is_problem() {
             let block = b as u64;
-            let write = g.stamps.get(&block).map(|e| WriteNote {
-                seq: e.held.seq,
-                lba: e.held.lba,
-                time_ns: e.held.time_ns,
-                writer: e.held.writer,
-                after_instant_ns: g.snapshot_instant_ns.map(|i| {
-                    (i128::from(e.held.time_ns) - i128::from(i))
-                        .clamp(i64::MIN.into(), i64::MAX.into()) as i64
-                }),
-            });
+            let held = g.stamps.get(&block).map_or(&[][..], |e| &e.held[..]);
+            let write = held
+                .iter()
+                .map(|p| WriteNote {
+                    seq: p.stamp.seq,
+                    lba: p.stamp.lba,
+                    at: p.at,
+                    len: p.len,
+                    time_ns: p.stamp.time_ns,
+                    writer: p.stamp.writer,
+                    after_instant_ns: g.snapshot_instant_ns.map(|i| {
+                        (i128::from(p.stamp.time_ns) - i128::from(i))
+                            .clamp(i64::MIN.into(), i64::MAX.into()) as i64
+                    }),
+                })
+                .collect();
             findings.push(Finding {
                 block,
                 class,
@@ -657,7 +701,7 @@ pub fn verdict(c: &Classification, rec: &Recording) -> Verdict {
                             g.generation,
                             f.block,
                             f.fault_site,
-                            f.write.is_some(),
+                            !f.write.is_empty(),
                         )
                     })
             })
@@ -890,7 +934,7 @@ pub fn evaluate(rec: &Recording) -> Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bw_guest::stamp::Stamp;
+    use bw_guest::stamp::{Piece, Stamp};
 
     fn h(n: u8) -> BlockHash {
         BlockHash([n; 32])
@@ -967,7 +1011,15 @@ mod tests {
             run: 1,
             writer: 1,
         };
-        let e = |held, truth| StampEvidence { held, truth };
+        let whole = |stamp| Piece {
+            at: 0,
+            len: 4096,
+            stamp,
+        };
+        let e = |held: Stamp, truth: Option<Stamp>| StampEvidence {
+            held: vec![whole(held)],
+            truth: truth.into_iter().map(whole).collect(),
+        };
         assert_eq!(
             StampOrder::of(Some(&e(s(9, 0), Some(s(4, 0)))), None),
             StampOrder::Later
@@ -990,6 +1042,53 @@ mod tests {
         assert_eq!(
             StampOrder::of(Some(&e(s(9, 0), Some(other))), None),
             StampOrder::Unknown
+        );
+    }
+
+    #[test]
+    fn stamp_order_of_a_block_of_pieces() {
+        let p = |at, seq, time_ns| Piece {
+            at,
+            len: 1024,
+            stamp: Stamp {
+                lba: 5,
+                seq,
+                time_ns,
+                run: 1,
+                writer: 1,
+            },
+        };
+        let truth = vec![p(0, 4, 0), p(1024, 4, 0), p(2048, 4, 0), p(3072, 4, 0)];
+        // One piece rewritten after truth: the block holds a later write.
+        let one_later = StampEvidence {
+            held: vec![p(0, 4, 0), p(1024, 9, 0), p(2048, 4, 0), p(3072, 4, 0)],
+            truth: truth.clone(),
+        };
+        assert_eq!(StampOrder::of(Some(&one_later), None), StampOrder::Later);
+        // Pieces compare with truth's piece at their own place only.
+        let older = StampEvidence {
+            held: vec![p(2048, 2, 0)],
+            truth,
+        };
+        assert_eq!(StampOrder::of(Some(&older), None), StampOrder::Earlier);
+        // A stamped piece beside metadata, no truth stamp: the instant decides.
+        let beside = StampEvidence {
+            held: vec![p(3072, 9, 700)],
+            truth: vec![],
+        };
+        assert_eq!(StampOrder::of(Some(&beside), Some(500)), StampOrder::Later);
+        let note = WriteNote {
+            seq: 9,
+            lba: 5,
+            at: 3072,
+            len: 1024,
+            time_ns: 700,
+            writer: 1,
+            after_instant_ns: Some(200),
+        };
+        assert_eq!(
+            note.to_string(),
+            "write #9 (writer 1) at LBA 5 bytes 3072..4096, 0.000 ms after the snapshot instant"
         );
     }
 

@@ -104,7 +104,7 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                         "no".into()
                     },
                     field(g.owners.get(&f.block).map(String::as_str).unwrap_or("")),
-                    field(&f.write.map(|w| w.to_string()).unwrap_or_default()),
+                    field(&f.writes_text()),
                 ];
                 out.push_str(&row.join(","));
                 out.push('\n');
