@@ -203,9 +203,9 @@ fn read_block(file: &File, path: &Path, block: u64) -> Result<Option<[u8; BLOCK]
     }
 }
 
-/// Decodes the stamps `held` holds at `blocks` (at most [`MAX_STAMP_READS`] of them),
-/// with the truth image's stamp at the same block when it has one. Blocks without a valid
-/// stamp in `held`, or past its end, are left out.
+/// Decodes the stamped pieces `held` holds at `blocks` (at most [`MAX_STAMP_READS`] of
+/// them), with the truth image's pieces at the same block. Blocks without a valid piece
+/// in `held`, or past its end, are left out.
 pub fn read_stamps(
     truth: &Path,
     held: &Path,
@@ -224,16 +224,12 @@ pub fn read_stamps(
         let Some(data) = read_block(&fh, held, block)? else {
             continue;
         };
-        if let Ok(stamp) = bw_guest::stamp::Stamp::decode(&data) {
-            let t = read_block(&ft, truth, block)?
-                .and_then(|t| bw_guest::stamp::Stamp::decode(&t).ok());
-            out.insert(
-                block,
-                StampEvidence {
-                    held: stamp,
-                    truth: t,
-                },
-            );
+        let held = bw_guest::stamp::decode_block(&data).unwrap_or_default();
+        if !held.is_empty() {
+            let truth = read_block(&ft, truth, block)?
+                .and_then(|t| bw_guest::stamp::decode_block(&t).ok())
+                .unwrap_or_default();
+            out.insert(block, StampEvidence { held, truth });
         }
     }
     Ok(out)
@@ -536,8 +532,8 @@ mod tests {
         );
         g.committed = true;
         annotate_generation("data", &mut g, Filesystem::None, &t, Some(&b)).unwrap();
-        assert_eq!(g.stamps[&2].held.seq, 6);
-        assert_eq!(g.stamps[&2].truth.map(|s| s.seq), Some(4));
+        assert_eq!(g.stamps[&2].held[0].stamp.seq, 6);
+        assert_eq!(g.stamps[&2].truth[0].stamp.seq, 4);
         assert!(g.owners[&2].starts_with("not mapped"), "{}", g.owners[&2]);
         let r = crate::classify::classify_generation("data", &g);
         assert_eq!(r.findings[0].class, BlockClass::DataFromTheFuture);

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bw_guest::workload::{self, ArgsError, Config, StopReason, USAGE};
+use bw_guest::workload::{self, ArgsError, Config, USAGE};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -51,13 +51,7 @@ fn main() -> ExitCode {
     let summary = match workload::run(&config, &STOP) {
         Ok(summary) => summary,
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("bw-workload: {message}");
+            eprintln!("bw-workload: {}", bw_guest::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -68,11 +62,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let failed = summary.error_count > 0
-        || matches!(summary.stopped_by, StopReason::Errors | StopReason::Fatal);
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    match summary.failure {
+        Some(failure) => {
+            eprintln!(
+                "bw-workload: {failure} (stopped by {:?})",
+                summary.stopped_by
+            );
+            ExitCode::from(1)
+        }
+        None => ExitCode::SUCCESS,
     }
 }

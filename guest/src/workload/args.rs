@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::{Config, Kind, Target, BLOCK};
+use super::{Config, Kind, Target, BLOCK, DEFAULT_PACED_TIMEOUT};
 use crate::units::{parse_duration, parse_rate, parse_size, Rate};
 
 /// The help text printed by `bw-workload --help` and after a usage error.
@@ -26,11 +26,19 @@ kinds:
 options:
   --seed N            seed of the operation sequence (default 0)
   --writer ID         writer id put into every stamp (default 0)
-  --rate R            limit: \"20MiB/s\" or \"100ops/s\"
+  --rate R            limit by the wall clock: \"20MiB/s\" or \"100ops/s\"
+  --paced FILE        pace by an allowance the harness writes into FILE (cumulative,
+                      one amount a line: \"1048576\" or \"1MiB\" for bytes, \"12ops\" for
+                      operations; a last line \"end\" makes it final); operations run
+                      while what is done is below it, and FILE.done gets the progress
+                      as JSON (temp + rename) after every operation. Excludes --rate
+                      and --duration.
+  --paced-timeout D   longest wait for the allowance to grow (default 10m)
   --duration D        stop after D (\"20s\", \"500ms\", \"2m\")
   --bytes SIZE        stop after SIZE of data; for fill, the total size to create
   --ops N             stop after N operations
-  --stamped           every data block is a stamped block naming its LBA (FIEMAP, O_DIRECT)
+  --stamped           every filesystem block written is a stamped piece naming its device
+                      offset (FIEMAP, O_DIRECT); 4 KiB pieces on a raw device
   --sync N            syncfs (fsync for --device) after every N operations
   --log FILE          write one JSON line per 4 KiB block written
   --set-size SIZE     working set created when there are no files to work on (default 16MiB)
@@ -38,8 +46,8 @@ options:
   --max-write SIZE    largest single overwrite or append (default 64KiB)
 
 SIGTERM or SIGINT stops the run within a second (unless a write is blocked on a frozen
-filesystem); the JSON summary goes to stdout. Exit: 0 done, 1 ran with errors, 2 usage or
-start failure.";
+filesystem); the JSON summary goes to stdout. Exit: 0 done, 1 ran with errors or wrote
+nothing although asked to (the summary's \"failure\"), 2 usage or start failure.";
 
 /// A command line that cannot be run.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +84,15 @@ pub enum ArgsError {
     NeedsDir { kind: Kind },
     #[error("fill over a directory needs --bytes, the total size to create")]
     FillNeedsBytes,
+    #[error(
+        "--paced excludes {option}: a paced run's amount must not depend on the machine's speed"
+    )]
+    PacedExcludes { option: &'static str },
+    #[error("option {option} needs {needs}")]
+    Requires {
+        option: &'static str,
+        needs: &'static str,
+    },
 }
 
 const SIZE: &str = "a size such as 4096, 64KiB, 16MiB or 1GiB";
@@ -92,6 +109,8 @@ const OPTIONS: &[&str] = &[
     "--seed",
     "--writer",
     "--rate",
+    "--paced",
+    "--paced-timeout",
     "--duration",
     "--bytes",
     "--ops",
@@ -213,6 +232,12 @@ impl RawArgs {
             rate: self.parsed("--rate", RATE, |v| {
                 parse_rate(v).filter(|r| !matches!(r, Rate::BytesPerSec(0) | Rate::OpsPerSec(0)))
             })?,
+            paced: self.get("--paced").map(PathBuf::from),
+            paced_timeout: self
+                .parsed("--paced-timeout", DURATION, |v| {
+                    parse_duration(v).filter(|d| !d.is_zero())
+                })?
+                .unwrap_or(DEFAULT_PACED_TIMEOUT),
             duration: self.parsed("--duration", DURATION, parse_duration)?,
             bytes: self.parsed("--bytes", SIZE, parse_size)?,
             ops: self.parsed("--ops", COUNT, |v| v.parse().ok())?,
@@ -234,6 +259,21 @@ impl RawArgs {
             if !matches!(kind, Kind::Fill | Kind::FillToFull | Kind::Overwrite) {
                 return Err(ArgsError::NeedsDir { kind });
             }
+        }
+        if config.paced.is_some() {
+            for (option, given) in [
+                ("--rate", config.rate.is_some()),
+                ("--duration", config.duration.is_some()),
+            ] {
+                if given {
+                    return Err(ArgsError::PacedExcludes { option });
+                }
+            }
+        } else if self.get("--paced-timeout").is_some() {
+            return Err(ArgsError::Requires {
+                option: "--paced-timeout",
+                needs: "--paced",
+            });
         }
         if kind == Kind::Fill
             && matches!(config.target, Target::Dir(_))
@@ -296,6 +336,16 @@ mod tests {
             (None, None, None, None, None)
         );
         assert_eq!((c.set_size, c.max_write), (16 << 20, 64 << 10));
+        assert_eq!((c.paced, c.paced_timeout), (None, DEFAULT_PACED_TIMEOUT));
+    }
+
+    #[test]
+    fn paced_runs() {
+        let c =
+            parse("delete-rewrite --dir /d --paced /run/w0 --paced-timeout 90s --ops 40").unwrap();
+        assert_eq!(c.paced, Some(PathBuf::from("/run/w0")));
+        assert_eq!(c.paced_timeout, Duration::from_secs(90));
+        assert!(c.validate().is_ok());
     }
 
     #[test]
@@ -346,6 +396,31 @@ mod tests {
             ),
             ("fill --dir /d", ArgsError::FillNeedsBytes),
             ("fill --dir /d --bytes 100", ArgsError::FillNeedsBytes),
+            (
+                "overwrite --dir /d --paced /run/p --rate 1MiB/s",
+                ArgsError::PacedExcludes { option: "--rate" },
+            ),
+            (
+                "overwrite --dir /d --paced /run/p --duration 5s",
+                ArgsError::PacedExcludes {
+                    option: "--duration",
+                },
+            ),
+            (
+                "overwrite --dir /d --paced-timeout 5s",
+                ArgsError::Requires {
+                    option: "--paced-timeout",
+                    needs: "--paced",
+                },
+            ),
+            (
+                "overwrite --dir /d --paced /run/p --paced-timeout 0s",
+                ArgsError::BadValue {
+                    option: "--paced-timeout",
+                    value: "0s".into(),
+                    expected: DURATION,
+                },
+            ),
             (
                 "overwrite --dir /d --bytes 512MB",
                 ArgsError::BadValue {
@@ -435,6 +510,20 @@ mod tests {
             },
             Config {
                 sync_every: Some(0),
+                ..good.clone()
+            },
+            Config {
+                paced: Some("/run/p".into()),
+                rate: Some(Rate::OpsPerSec(5)),
+                ..good.clone()
+            },
+            Config {
+                paced: Some("/run/p".into()),
+                duration: Some(Duration::from_secs(1)),
+                ..good.clone()
+            },
+            Config {
+                paced_timeout: Duration::ZERO,
                 ..good.clone()
             },
             Config {

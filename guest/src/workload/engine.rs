@@ -1,6 +1,7 @@
 //! The run loop: opens the target and the write log, steps a kind until a limit, a signal,
-//! the end of its work or too many failures, and executes its data writes (stamped or
-//! plain, in chunks, paced, each block logged and counted), then builds the summary.
+//! the end of its work or its allowance, or too many failures, and executes its data
+//! writes (stamped or plain, in chunks, paced, each block logged and counted), then builds
+//! the summary.
 //!
 //! Kinds decide *what* to do (kinds.rs); everything that touches counters, the log, the
 //! clock or the stop flag is here, so every kind stops, paces and reports the same way.
@@ -14,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::io::{self, BlockBuf};
+use super::paced::{PaceUnit, PacedProgress, Pacer};
 use super::{
-    fiemap, kinds, Config, Kind, LogRecord, Rate, StopReason, Summary, Target, WorkloadError,
-    BLOCK, MAX_ERROR_MESSAGES,
+    fiemap, kinds, Config, Failure, Kind, LogRecord, Rate, StopReason, Target, WorkloadError,
+    WorkloadSummary, BLOCK, MAX_ERROR_MESSAGES,
 };
-use crate::stamp::Stamp;
+use crate::stamp::{Piece, Stamp};
 
 /// Blocks per write call: big enough for throughput, small enough that a stop request is
 /// seen within a fraction of a second even on a slow emulated disk.
@@ -68,20 +70,41 @@ pub(crate) struct FileWrite {
     pub allocate: bool,
 }
 
-/// Where the LBA of each block of a write comes from.
-enum Lbas<'a> {
+/// Where the blocks of a write go on the device.
+enum Placement<'a> {
+    /// Unstamped file data: the filesystem places it later.
     Unknown,
-    Mapped(&'a [u64]),
+    /// The device byte offset of each `piece`-byte piece, in file order.
+    Mapped { places: &'a [u64], piece: u64 },
+    /// A raw device, from this 4 KiB block on.
     From(u64),
 }
 
-impl Lbas<'_> {
-    fn get(&self, index: u64) -> Option<u64> {
+impl Placement<'_> {
+    /// The device byte offsets of the pieces of block `index` of the write; None when
+    /// unknown (or past the mapping, which would be a bug).
+    fn pieces(&self, index: u64) -> Option<Vec<u64>> {
         match self {
-            Lbas::Unknown => None,
-            Lbas::Mapped(lbas) => lbas.get(index as usize).copied(),
-            Lbas::From(first) => Some(first + index),
+            Placement::Unknown => None,
+            Placement::Mapped { places, piece } => {
+                let per = (BLOCK / piece) as usize;
+                let first = index as usize * per;
+                places.get(first..first + per).map(<[u64]>::to_vec)
+            }
+            Placement::From(first) => Some(vec![(first + index) * BLOCK]),
         }
+    }
+
+    /// The 4 KiB device block holding the whole of block `index`, when one does.
+    fn lba(&self, index: u64) -> Option<u64> {
+        let pieces = self.pieces(index)?;
+        let first = *pieces.first()?;
+        let step = BLOCK / pieces.len() as u64;
+        let in_order = pieces
+            .iter()
+            .enumerate()
+            .all(|(j, &p)| p == first + j as u64 * step);
+        (first.is_multiple_of(BLOCK) && in_order).then_some(first / BLOCK)
     }
 }
 
@@ -90,6 +113,8 @@ enum Place {
     Dir {
         path: PathBuf,
         handle: File,
+        /// Bytes per stamped piece: the filesystem block size, at most 4 KiB.
+        piece: u64,
     },
     Device {
         path: PathBuf,
@@ -116,9 +141,20 @@ impl Place {
                 if !is_dir {
                     return Err(WorkloadError::NotADirectory { path: path.clone() });
                 }
+                let size = io::fs_block_size(&handle).map_err(|source| WorkloadError::Target {
+                    path: path.clone(),
+                    source,
+                })?;
+                if config.stamped && (size < 1024 || !size.is_power_of_two()) {
+                    return Err(WorkloadError::BlockSize {
+                        path: path.clone(),
+                        size,
+                    });
+                }
                 Ok(Place::Dir {
                     path: path.clone(),
                     handle,
+                    piece: size.min(BLOCK),
                 })
             }
             Target::Device(path) => {
@@ -179,6 +215,7 @@ struct Recorder<'c> {
     touched: HashSet<String>,
     error_count: u64,
     errors: Vec<String>,
+    last_error: Option<String>,
     pace_base: Instant,
     pace_base_amount: u64,
 }
@@ -187,9 +224,11 @@ struct Recorder<'c> {
 pub(crate) struct Engine<'c> {
     place: Place,
     rec: Recorder<'c>,
+    /// Set for a run paced by the backup's progress (`--paced`).
+    pacer: Option<Pacer>,
 }
 
-pub(crate) fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, WorkloadError> {
+pub(crate) fn run(cfg: &Config, stop: &AtomicBool) -> Result<WorkloadSummary, WorkloadError> {
     let start_ns = io::monotonic_ns();
     let started = Instant::now();
     let place = Place::open(cfg)?;
@@ -231,9 +270,14 @@ pub(crate) fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, WorkloadEr
             touched: HashSet::new(),
             error_count: 0,
             errors: Vec::new(),
+            last_error: None,
             pace_base: started,
             pace_base_amount: 0,
         },
+        pacer: cfg
+            .paced
+            .as_ref()
+            .map(|file| Pacer::new(file, cfg.paced_timeout)),
     };
     let reason = engine.drive();
     Ok(engine.finish(reason, start_ns))
@@ -276,14 +320,24 @@ impl<'c> Engine<'c> {
     ) -> Result<(), OpFailure> {
         self.rec.check()?;
         let path = self.dir()?.join(rel);
+        let piece = match &self.place {
+            Place::Dir { piece, .. } => *piece,
+            Place::Device { .. } => BLOCK,
+        };
         self.rec.touched.insert(rel.to_string());
         let stamped = self.rec.cfg.stamped;
         let fail = |what: String, e: stdio::Error| io_failure(op, rel, &what, &e);
         let file = io::open_write(&path, w.create, stamped).map_err(|e| fail("open".into(), e))?;
         if !stamped {
-            return self
-                .rec
-                .write_blocks(&file, rel, w.offset, w.blocks, Lbas::Unknown, op, phase);
+            return self.rec.write_blocks(
+                &file,
+                rel,
+                w.offset,
+                w.blocks,
+                Placement::Unknown,
+                op,
+                phase,
+            );
         }
         if w.allocate && w.blocks > 0 {
             io::allocate(&path, &file, w.offset, w.blocks * BLOCK).map_err(|e| {
@@ -293,14 +347,17 @@ impl<'c> Engine<'c> {
                 )
             })?;
         }
-        let lbas = fiemap::physical_blocks(&file, w.offset, w.blocks)
+        let places = fiemap::physical_pieces(&file, w.offset, w.blocks, piece)
             .map_err(|e| OpFailure::Fatal(format!("{op} {rel}: {}", crate::error_chain(&e))))?;
         self.rec.write_blocks(
             &file,
             rel,
             w.offset,
             w.blocks,
-            Lbas::Mapped(&lbas),
+            Placement::Mapped {
+                places: &places,
+                piece,
+            },
             op,
             phase,
         )
@@ -323,7 +380,7 @@ impl<'c> Engine<'c> {
                     &name,
                     first * BLOCK,
                     blocks,
-                    Lbas::From(first),
+                    Placement::From(first),
                     op,
                     phase,
                 )
@@ -367,9 +424,16 @@ impl<'c> Engine<'c> {
                 return StopReason::Fatal;
             }
         };
+        // The first progress says the working set exists: the run is ready to be paced.
+        if let Err(reason) = self.report_progress() {
+            return reason;
+        }
         let mut failures_in_row = 0;
         loop {
             if let Some(reason) = self.rec.limit_reached() {
+                return reason;
+            }
+            if let Some(reason) = self.wait_for_allowance() {
                 return reason;
             }
             let failure = match work.step(self) {
@@ -377,7 +441,11 @@ impl<'c> Engine<'c> {
                 Ok(Step::Op) => {
                     self.rec.ops += 1;
                     failures_in_row = 0;
-                    match self.after_op() {
+                    let after = self.after_op();
+                    if let Err(reason) = self.report_progress() {
+                        return reason;
+                    }
+                    match after {
                         Ok(()) => continue,
                         Err(failure) => failure,
                     }
@@ -391,6 +459,9 @@ impl<'c> Engine<'c> {
                 }
                 OpFailure::Failed(message) | OpFailure::NoSpace(message) => {
                     self.rec.record(message);
+                    if let Err(reason) = self.report_progress() {
+                        return reason;
+                    }
                     failures_in_row += 1;
                     if failures_in_row >= MAX_FAILURES_IN_ROW {
                         return StopReason::Errors;
@@ -402,6 +473,52 @@ impl<'c> Engine<'c> {
                 }
             }
         }
+    }
+
+    /// For a paced run: waits until what is done is below the allowance. Some: the run
+    /// ends (the final allowance is used, a stop request, or a pacing error, recorded).
+    fn wait_for_allowance(&mut self) -> Option<StopReason> {
+        let (pacer, rec) = (self.pacer.as_mut()?, &self.rec);
+        let done = |unit| rec.done(unit);
+        match pacer.wait(done, || rec.interrupted()) {
+            Ok(end) => end,
+            Err(e) => {
+                self.rec
+                    .record(format!("paced: {}", crate::error_chain(&e)));
+                Some(StopReason::Fatal)
+            }
+        }
+    }
+
+    /// For a paced run: replaces the progress file. Err: it could not be written, so the
+    /// harness would wait in vain; the run ends (the error is recorded).
+    fn report_progress(&mut self) -> Result<(), StopReason> {
+        self.write_progress(None).map_err(|message| {
+            self.rec.record(message);
+            StopReason::Fatal
+        })
+    }
+
+    fn write_progress(&self, stopped_by: Option<StopReason>) -> Result<(), String> {
+        let Some(pacer) = &self.pacer else {
+            return Ok(());
+        };
+        let rec = &self.rec;
+        let allowance = pacer.allowance();
+        let progress = PacedProgress {
+            allowance,
+            done: allowance.unit.map_or(0, |unit| rec.done(unit)),
+            ops: rec.ops,
+            bytes: rec.bytes,
+            writes: rec.writes,
+            last_seq: rec.last_seq,
+            error_count: rec.error_count,
+            last_error: rec.last_error.clone(),
+            stopped_by,
+        };
+        pacer
+            .write_progress(&progress)
+            .map_err(|e| format!("paced: {}", crate::error_chain(&e)))
     }
 
     /// The periodic sync and the ops pace.
@@ -416,7 +533,7 @@ impl<'c> Engine<'c> {
         self.rec.pace(false)
     }
 
-    fn finish(mut self, reason: StopReason, start_ns: u64) -> Summary {
+    fn finish(mut self, reason: StopReason, start_ns: u64) -> WorkloadSummary {
         // On a signal the harness wants the workload gone, not its page cache flushed.
         if reason != StopReason::Signal {
             if let Err(e) = self.place.sync() {
@@ -432,12 +549,27 @@ impl<'c> Engine<'c> {
                 self.rec.record(message);
             }
         }
+        if let Err(message) = self.write_progress(Some(reason)) {
+            self.rec.record(message);
+        }
+        let paced = self.pacer.as_ref().map(Pacer::allowance);
         let rec = self.rec;
         let cfg = rec.cfg;
         let target = match &cfg.target {
             Target::Dir(p) | Target::Device(p) => p.display().to_string(),
         };
-        Summary {
+        // Asked for nothing: a zero limit, or a paced run granted nothing.
+        let asked_nothing =
+            cfg.ops == Some(0) || cfg.bytes == Some(0) || paced.is_some_and(|a| a.amount == 0);
+        let failure =
+            if rec.error_count > 0 || matches!(reason, StopReason::Errors | StopReason::Fatal) {
+                Some(Failure::Errors)
+            } else if rec.ops == 0 && !asked_nothing {
+                Some(Failure::NothingWritten)
+            } else {
+                None
+            };
+        WorkloadSummary {
             kind: cfg.kind,
             seed: cfg.seed,
             writer: cfg.writer,
@@ -457,6 +589,8 @@ impl<'c> Engine<'c> {
             stopped_by: reason,
             error_count: rec.error_count,
             errors: rec.errors,
+            paced,
+            failure,
         }
     }
 }
@@ -495,7 +629,16 @@ impl Recorder<'_> {
     fn record(&mut self, message: String) {
         self.error_count += 1;
         if self.errors.len() < MAX_ERROR_MESSAGES {
-            self.errors.push(message);
+            self.errors.push(message.clone());
+        }
+        self.last_error = Some(message);
+    }
+
+    /// What counts against a paced allowance.
+    fn done(&self, unit: PaceUnit) -> u64 {
+        match unit {
+            PaceUnit::Bytes => self.bytes,
+            PaceUnit::Ops => self.ops,
         }
     }
 
@@ -534,11 +677,11 @@ impl Recorder<'_> {
         name: &str,
         offset: u64,
         blocks: u64,
-        lbas: Lbas<'_>,
+        placement: Placement<'_>,
         op: &'static str,
         phase: Phase,
     ) -> Result<(), OpFailure> {
-        let is_device = matches!(lbas, Lbas::From(_));
+        let is_device = matches!(placement, Placement::From(_));
         let mut done = 0;
         while done < blocks {
             self.check()?;
@@ -550,20 +693,34 @@ impl Recorder<'_> {
             for i in 0..n {
                 let block = self.buf.block_mut(i as usize);
                 let seq = first_seq + i;
-                if self.cfg.stamped {
-                    let lba = lbas.get(done + i).ok_or_else(|| {
-                        OpFailure::Fatal(format!("{op} {name}: no LBA known for a stamped block"))
-                    })?;
-                    Stamp {
-                        lba,
-                        seq,
-                        time_ns,
-                        run: self.cfg.seed,
-                        writer: self.cfg.writer,
+                let (run, writer) = (self.cfg.seed, self.cfg.writer);
+                if !self.cfg.stamped {
+                    io::fill_plain(block, run, writer, seq);
+                    continue;
+                }
+                let fatal = |what: String| OpFailure::Fatal(format!("{op} {name}: {what}"));
+                let pieces = placement
+                    .pieces(done + i)
+                    .ok_or_else(|| fatal("no device offset known for a stamped block".into()))?;
+                if let [whole] = pieces[..] {
+                    if whole.is_multiple_of(BLOCK) {
+                        let lba = whole / BLOCK;
+                        Stamp {
+                            lba,
+                            seq,
+                            time_ns,
+                            run,
+                            writer,
+                        }
+                        .write_into(block);
+                        continue;
                     }
-                    .write_into(block);
-                } else {
-                    io::fill_plain(block, self.cfg.seed, self.cfg.writer, seq);
+                }
+                let len = block.len() / pieces.len();
+                for (part, &place) in block.chunks_exact_mut(len).zip(&pieces) {
+                    Piece::at_offset(place, len, seq, time_ns, run, writer)
+                        .and_then(|piece| piece.write_into(part))
+                        .map_err(|e| fatal(format!("stamp for device byte {place}: {e}")))?;
                 }
             }
             self.next_seq += n;
@@ -588,7 +745,12 @@ impl Recorder<'_> {
                 for i in 0..n {
                     let record = LogRecord {
                         seq: first_seq + i,
-                        lba: lbas.get(done + i),
+                        lba: placement.lba(done + i),
+                        pieces: if self.cfg.stamped {
+                            placement.pieces(done + i).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                         time_ns,
                         file: (!is_device).then(|| name.to_string()),
                         offset: at + i * BLOCK,

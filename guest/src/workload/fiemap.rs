@@ -1,8 +1,9 @@
 //! FS_IOC_FIEMAP: where a file's blocks are on the filesystem's device, so a stamped
-//! block can carry its own LBA. Only mappings that an O_DIRECT overwrite keeps in place
-//! are accepted; anything else (delayed allocation, inline or encoded data, shared
-//! extents that would be copied on write, blocks that are not whole aligned 4 KiB device
-//! blocks) is an error, because a stamp naming the wrong LBA is worse than none.
+//! piece can carry its own device offset. Only mappings that an O_DIRECT overwrite keeps
+//! in place are accepted; anything else (delayed allocation, inline or encoded data,
+//! shared extents that would be copied on write, pieces that are not whole filesystem
+//! blocks aligned on the device) is an error, because a stamp naming the wrong place is
+//! worse than none. Unwritten extents (fallocate) are fine: a write converts them in place.
 
 use std::fs::File;
 use std::io;
@@ -41,7 +42,7 @@ struct Request {
     extents: [Extent; EXTENTS_PER_CALL],
 }
 
-/// Why the physical blocks of a file range could not be named.
+/// Why the physical place of a file range could not be named.
 #[derive(Debug, thiserror::Error)]
 pub enum FiemapError {
     #[error("FIEMAP failed (does the filesystem support it?)")]
@@ -50,28 +51,51 @@ pub enum FiemapError {
     Hole { offset: u64 },
     #[error("file offset {offset} is in an extent with flags {flags:#x}: its place on the device is not fixed")]
     Untrusted { offset: u64, flags: u32 },
-    #[error("file offset {offset} is not a whole 4 KiB-aligned device block (filesystem block size below 4 KiB?)")]
-    Unaligned { offset: u64 },
-    #[error("range of {blocks} blocks at offset {offset} is not 4 KiB-aligned")]
-    BadRange { offset: u64, blocks: u64 },
+    #[error("file offset {offset} lies at device byte {physical}, not a whole {piece}-byte block aligned on the device")]
+    Unaligned {
+        offset: u64,
+        physical: u64,
+        piece: u64,
+    },
+    #[error("range of {blocks} blocks at offset {offset} is not 4 KiB-aligned, or pieces of {piece} bytes do not divide 4 KiB")]
+    BadRange {
+        offset: u64,
+        blocks: u64,
+        piece: u64,
+    },
 }
 
-/// The device LBA (in 4 KiB blocks) of each of `blocks` 4 KiB blocks at byte `offset`
-/// of `file`. Delayed allocations are flushed first (FIEMAP_FLAG_SYNC).
-pub fn physical_blocks(file: &File, offset: u64, blocks: u64) -> Result<Vec<u64>, FiemapError> {
-    if !offset.is_multiple_of(BLOCK) {
-        return Err(FiemapError::BadRange { offset, blocks });
+/// The device byte offset of each `piece`-byte piece of the `blocks` 4 KiB blocks at byte
+/// `offset` of `file`, in file order (4096 / `piece` per block). `piece` is the
+/// filesystem block size capped at 4 KiB; every piece must lie whole in one extent and be
+/// aligned to its size on the device. Delayed allocations are flushed first
+/// (FIEMAP_FLAG_SYNC).
+pub fn physical_pieces(
+    file: &File,
+    offset: u64,
+    blocks: u64,
+    piece: u64,
+) -> Result<Vec<u64>, FiemapError> {
+    let bad_range = FiemapError::BadRange {
+        offset,
+        blocks,
+        piece,
+    };
+    if !offset.is_multiple_of(BLOCK) || !matches!(piece, 1024 | 2048 | 4096) {
+        return Err(bad_range);
     }
-    let end = blocks
+    let Some(end) = blocks
         .checked_mul(BLOCK)
         .and_then(|len| len.checked_add(offset))
-        .ok_or(FiemapError::BadRange { offset, blocks })?;
+    else {
+        return Err(bad_range);
+    };
     let extents = extents(file, offset, end)?;
-    let mut lbas = Vec::with_capacity(blocks as usize);
+    let mut places = Vec::with_capacity((blocks * (BLOCK / piece)) as usize);
     let mut next = extents.iter().peekable();
     let mut at = offset;
     while at < end {
-        // Extents come sorted by logical offset; skip those ending before this block.
+        // Extents come sorted by logical offset; skip those ending before this piece.
         while next.peek().is_some_and(|e| e.logical + e.length <= at) {
             next.next();
         }
@@ -86,13 +110,17 @@ pub fn physical_blocks(file: &File, offset: u64, blocks: u64) -> Result<Vec<u64>
             });
         }
         let physical = extent.physical + (at - extent.logical);
-        if !physical.is_multiple_of(BLOCK) || at + BLOCK > extent.logical + extent.length {
-            return Err(FiemapError::Unaligned { offset: at });
+        if !physical.is_multiple_of(piece) || at + piece > extent.logical + extent.length {
+            return Err(FiemapError::Unaligned {
+                offset: at,
+                physical,
+                piece,
+            });
         }
-        lbas.push(physical / BLOCK);
-        at += BLOCK;
+        places.push(physical);
+        at += piece;
     }
-    Ok(lbas)
+    Ok(places)
 }
 
 /// The extents overlapping [start, end), with logically and physically contiguous

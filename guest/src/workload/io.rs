@@ -86,6 +86,17 @@ pub(crate) fn allocate(path: &Path, file: &File, offset: u64, len: u64) -> io::R
     buffered.sync_data()
 }
 
+/// The block size of the filesystem holding `file` (statvfs f_bsize).
+pub(crate) fn fs_block_size(file: &File) -> io::Result<u64> {
+    // SAFETY: statvfs is plain old data; fstatvfs fills it from a descriptor we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 {
+        Ok(st.f_bsize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// syncfs(2) on the filesystem holding `dir`.
 pub(crate) fn syncfs(dir: &File) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor we own.

@@ -534,6 +534,8 @@ mod tests {
             seed: 9,
             writer: 0,
             rate: None,
+            paced: None,
+            paced_timeout: crate::workload::DEFAULT_PACED_TIMEOUT,
             duration: None,
             bytes: None,
             ops: None,

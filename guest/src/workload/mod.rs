@@ -8,13 +8,20 @@
 //! seed and arguments over the same starting state issue the same operations; a run stopped
 //! by a signal or a duration issued a prefix of them.
 //!
-//! Stamped mode: every 4 KiB data block written is a [`crate::stamp::Stamp`] naming the
-//! block's LBA on the filesystem's device. New ranges are allocated first (fallocate, or
-//! zeros and fdatasync where the filesystem has no fallocate, e.g. ext2), their physical
-//! blocks are looked up with FIEMAP, and the stamps are written with O_DIRECT into those
-//! very blocks, so the LBA in a stamp is where the block lives. For a raw device the LBA
-//! is the offset / 4096. FIEMAP offsets are relative to the filesystem's own device: the
-//! harness gives each volume a whole disk, so they are disk LBAs.
+//! Stamped mode: every 4 KiB data block written is made of stamped pieces
+//! ([`crate::stamp::Piece`]), one per filesystem block (1, 2 or 4 KiB), each naming its
+//! byte offset on the filesystem's device. New ranges are allocated first (fallocate, or
+//! zeros and fdatasync where the filesystem has no fallocate, e.g. ext2), the physical
+//! place of every filesystem block is looked up with FIEMAP, and the pieces are written
+//! with O_DIRECT into those very blocks, so the offset in a stamp is where the piece
+//! lives, whether or not the filesystem's blocks line up with 4 KiB device blocks. For a
+//! raw device every 4 KiB block is one piece at offset / 4096. FIEMAP offsets are relative
+//! to the filesystem's own device: the harness gives each volume a whole disk, so they
+//! are disk offsets.
+//!
+//! Pacing: by the wall clock (`--rate`, for `before`/`between` workloads), or by the
+//! backup's progress (`--paced FILE`, for `during` workloads; see paced.rs), where the
+//! amount written and its order relative to the backup depend on the seed only.
 //!
 //! A write that blocks on a frozen filesystem just waits: no operation has a timeout.
 
@@ -23,6 +30,7 @@ mod engine;
 mod fiemap;
 mod io;
 mod kinds;
+mod paced;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -30,7 +38,10 @@ use std::time::Duration;
 
 pub use crate::units::{parse_duration, parse_rate, parse_size};
 pub use args::{ArgsError, USAGE};
-pub use fiemap::{physical_blocks, FiemapError};
+pub use fiemap::{physical_pieces, FiemapError};
+pub use paced::{
+    parse_allowance, Allowance, AllowanceProblem, PaceUnit, PacedError, PacedProgress,
+};
 
 /// Bytes per block: the unit of every write, stamp and LBA.
 pub const BLOCK: u64 = crate::stamp::BLOCK_SIZE as u64;
@@ -96,6 +107,10 @@ pub struct Config {
     /// Written into every stamp, so concurrent workloads are told apart.
     pub writer: u32,
     pub rate: Option<Rate>,
+    /// Paced by the backup's progress: the allowance file (see paced.rs).
+    pub paced: Option<PathBuf>,
+    /// Longest wait for a paced allowance to grow before the run gives up.
+    pub paced_timeout: Duration,
     pub duration: Option<Duration>,
     /// Data bytes to write; for `fill`, the total size of the files to create.
     pub bytes: Option<u64>,
@@ -124,6 +139,8 @@ pub enum StopReason {
     Done,
     /// fill-to-full reached ENOSPC (or the end of the device): the expected end.
     Full,
+    /// A paced run used its final allowance (the allowance file said "end").
+    AllowanceUsed,
     /// Too many operations failed in a row: the target is gone or broken.
     Errors,
     /// An error after which the run cannot go on (the log, or stamps that could not be
@@ -131,9 +148,30 @@ pub enum StopReason {
     Fatal,
 }
 
-/// The JSON summary printed on stdout at the end of a run.
+/// Why a run did not do what it was asked: the harness must not count it as a workload
+/// that ran. `bw-workload` exits 1 when a summary has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    /// Operations failed, or the run ended on an error: `errors` says which.
+    Errors,
+    /// Asked to write, the run completed no operation (stopped before its first, or
+    /// every one failed).
+    NothingWritten,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::Errors => "the workload hit errors",
+            Failure::NothingWritten => "the workload was asked to write and wrote nothing",
+        })
+    }
+}
+
+/// The JSON summary printed on stdout at the end of a run; the harness deserializes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
+pub struct WorkloadSummary {
     pub kind: Kind,
     pub seed: u64,
     pub writer: u32,
@@ -160,7 +198,14 @@ pub struct Summary {
     pub error_count: u64,
     /// The first errors, as messages (at most [`MAX_ERROR_MESSAGES`]).
     pub errors: Vec<String>,
+    /// The allowance last read, for a paced run.
+    pub paced: Option<Allowance>,
+    /// Set when the run failed or did nothing it was asked to: never a clean workload.
+    pub failure: Option<Failure>,
 }
+
+/// How long a paced run waits for its allowance to grow, unless told otherwise.
+pub const DEFAULT_PACED_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How many error messages a summary keeps; `error_count` counts them all.
 pub const MAX_ERROR_MESSAGES: usize = 20;
@@ -169,9 +214,15 @@ pub const MAX_ERROR_MESSAGES: usize = 20;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogRecord {
     pub seq: u64,
-    /// Block number on the device; null for an unstamped write into a file, whose
-    /// placement the filesystem decides later.
+    /// The 4 KiB device block that holds this whole block, when one does: on a raw
+    /// device, or a stamped block whose pieces fill one device block in order. Null for
+    /// an unstamped write into a file (the filesystem places it later) and for pieces
+    /// spread over several device blocks.
     pub lba: Option<u64>,
+    /// Device byte offset of each stamped piece of this block, in file order (one for a
+    /// whole 4 KiB piece, four on a filesystem of 1 KiB blocks); empty when unstamped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<u64>,
     /// CLOCK_MONOTONIC ns when the write was issued.
     pub time_ns: u64,
     /// Path relative to the directory; null on a raw device.
@@ -195,6 +246,8 @@ pub enum WorkloadError {
     NotADirectory { path: PathBuf },
     #[error("device {path} is smaller than one 4 KiB block")]
     DeviceTooSmall { path: PathBuf },
+    #[error("the filesystem of {path} has {size}-byte blocks: stamps need 1 KiB or larger, a power of two")]
+    BlockSize { path: PathBuf, size: u64 },
     #[error("invalid setting {field}: {problem}")]
     BadConfig {
         field: &'static str,
@@ -210,7 +263,7 @@ pub enum WorkloadError {
 
 /// Runs a workload until its kind is done, a limit is reached, or `stop` is set (the
 /// binary sets it from SIGTERM/SIGINT).
-pub fn run(config: &Config, stop: &AtomicBool) -> Result<Summary, WorkloadError> {
+pub fn run(config: &Config, stop: &AtomicBool) -> Result<WorkloadSummary, WorkloadError> {
     config.validate()?;
     engine::run(config, stop)
 }
@@ -233,6 +286,15 @@ impl Config {
         }
         if self.sync_every == Some(0) {
             return bad("sync_every", "must be above zero");
+        }
+        if self.paced.is_some() && self.rate.is_some() {
+            return bad("rate", "a paced run has no wall-clock rate");
+        }
+        if self.paced.is_some() && self.duration.is_some() {
+            return bad("duration", "a paced run has no wall-clock duration");
+        }
+        if self.paced_timeout.is_zero() {
+            return bad("paced_timeout", "must be above zero");
         }
         let needs_dir = !matches!(self.kind, Kind::Fill | Kind::FillToFull | Kind::Overwrite);
         if needs_dir && matches!(self.target, Target::Device(_)) {

@@ -1,6 +1,8 @@
 //! One block: every recording point of a block against truth, and the first stage that
 //! diverges. One rule per case, and every decision carries its reason.
 
+use bw_guest::stamp::Piece;
+
 use crate::model::{BackupKind, BlockClass, BlockHash};
 use crate::record::{Live, StampEvidence, TargetBlock};
 
@@ -16,15 +18,36 @@ pub enum StampOrder {
 }
 
 impl StampOrder {
-    /// Orders the held stamp against truth's stamp (same workload run and writer) or,
-    /// failing that, against the snapshot instant.
+    /// Orders each held piece against truth's piece at the same place (same workload
+    /// run and writer) or, failing that, against the snapshot instant. One later piece
+    /// makes the block later; otherwise one earlier piece makes it earlier.
     pub fn of(evidence: Option<&StampEvidence>, instant_ns: Option<u64>) -> StampOrder {
         let Some(e) = evidence else {
             return StampOrder::Unknown;
         };
-        if let Some(t) = e.truth {
-            if t.run == e.held.run && t.writer == e.held.writer && t.lba == e.held.lba {
-                return match e.held.seq.cmp(&t.seq) {
+        let orders: Vec<StampOrder> = e
+            .held
+            .iter()
+            .map(|h| Self::of_piece(h, &e.truth, instant_ns))
+            .collect();
+        if orders.contains(&StampOrder::Later) {
+            StampOrder::Later
+        } else if orders.contains(&StampOrder::Earlier) {
+            StampOrder::Earlier
+        } else {
+            StampOrder::Unknown
+        }
+    }
+
+    fn of_piece(held: &Piece, truth: &[Piece], instant_ns: Option<u64>) -> StampOrder {
+        let h = &held.stamp;
+        let same_place = truth
+            .iter()
+            .find(|t| (t.at, t.len) == (held.at, held.len))
+            .map(|t| t.stamp);
+        if let Some(t) = same_place {
+            if t.run == h.run && t.writer == h.writer && t.lba == h.lba {
+                return match h.seq.cmp(&t.seq) {
                     std::cmp::Ordering::Greater => StampOrder::Later,
                     std::cmp::Ordering::Less => StampOrder::Earlier,
                     std::cmp::Ordering::Equal => StampOrder::Unknown,
@@ -32,7 +55,7 @@ impl StampOrder {
             }
         }
         match instant_ns {
-            Some(i) if e.held.time_ns > i => StampOrder::Later,
+            Some(i) if h.time_ns > i => StampOrder::Later,
             _ => StampOrder::Unknown,
         }
     }

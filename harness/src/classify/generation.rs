@@ -11,11 +11,15 @@ use crate::console::Trouble;
 use crate::model::{BackupKind, BlockClass, Outcome};
 use crate::record::{Claim, GenerationRecord, RecordError, Recording};
 
-/// The write a stamped block holds, and when it was made relative to the snapshot.
+/// A write a stamped block holds (one per stamped piece), and when it was made relative
+/// to the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteNote {
     pub seq: u64,
     pub lba: u64,
+    /// The piece's bytes inside the 4 KiB block: `at`, `len` (0, 4096 for a whole block).
+    pub at: u32,
+    pub len: u32,
     pub time_ns: u64,
     pub writer: u32,
     /// Write time minus the snapshot instant, when the instant is known.
@@ -29,6 +33,9 @@ impl std::fmt::Display for WriteNote {
             "write #{} (writer {}) at LBA {}",
             self.seq, self.writer, self.lba
         )?;
+        if self.len as usize != bw_guest::stamp::BLOCK_SIZE {
+            write!(f, " bytes {}..{}", self.at, self.at + self.len)?;
+        }
         match self.after_instant_ns {
             Some(d) if d >= 0 => write!(f, ", {:.3} ms after the snapshot instant", d as f64 / 1e6),
             Some(d) => write!(f, ", {:.3} ms before the snapshot instant", -d as f64 / 1e6),
@@ -43,8 +50,17 @@ pub struct Finding {
     pub block: u64,
     pub class: BlockClass,
     pub why: String,
-    pub write: Option<WriteNote>,
+    /// The writes the block's stamped pieces name, in block order.
+    pub write: Vec<WriteNote>,
     pub fault_site: bool,
+}
+
+impl Finding {
+    /// The writes the block names, as one line ("" when it names none).
+    pub fn writes_text(&self) -> String {
+        let notes: Vec<String> = self.write.iter().map(WriteNote::to_string).collect();
+        notes.join("; ")
+    }
 }
 
 /// The classification of one volume's generation.
@@ -135,16 +151,22 @@ pub fn classify_generation(volume: &str, g: &GenerationRecord) -> GenerationResu
         *counts.entry(class).or_default() += 1;
         if class.is_problem() {
             let block = b as u64;
-            let write = g.stamps.get(&block).map(|e| WriteNote {
-                seq: e.held.seq,
-                lba: e.held.lba,
-                time_ns: e.held.time_ns,
-                writer: e.held.writer,
-                after_instant_ns: g.snapshot_instant_ns.map(|i| {
-                    (i128::from(e.held.time_ns) - i128::from(i))
-                        .clamp(i64::MIN.into(), i64::MAX.into()) as i64
-                }),
-            });
+            let held = g.stamps.get(&block).map_or(&[][..], |e| &e.held[..]);
+            let write = held
+                .iter()
+                .map(|p| WriteNote {
+                    seq: p.stamp.seq,
+                    lba: p.stamp.lba,
+                    at: p.at,
+                    len: p.len,
+                    time_ns: p.stamp.time_ns,
+                    writer: p.stamp.writer,
+                    after_instant_ns: g.snapshot_instant_ns.map(|i| {
+                        (i128::from(p.stamp.time_ns) - i128::from(i))
+                            .clamp(i64::MIN.into(), i64::MAX.into()) as i64
+                    }),
+                })
+                .collect();
             findings.push(Finding {
                 block,
                 class,

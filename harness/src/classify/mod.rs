@@ -25,7 +25,7 @@ mod tests {
     use super::*;
     use crate::model::{BackupKind, BlockClass, BlockHash, HASH_LEN};
     use crate::record::{Live, StampEvidence, TargetBlock};
-    use bw_guest::stamp::Stamp;
+    use bw_guest::stamp::{Piece, Stamp};
 
     fn h(n: u8) -> BlockHash {
         BlockHash([n; HASH_LEN])
@@ -94,6 +94,53 @@ mod tests {
     }
 
     #[test]
+    fn stamp_order_of_a_block_of_pieces() {
+        let p = |at, seq, time_ns| Piece {
+            at,
+            len: 1024,
+            stamp: Stamp {
+                lba: 5,
+                seq,
+                time_ns,
+                run: 1,
+                writer: 1,
+            },
+        };
+        let truth = vec![p(0, 4, 0), p(1024, 4, 0), p(2048, 4, 0), p(3072, 4, 0)];
+        // One piece rewritten after truth: the block holds a later write.
+        let one_later = StampEvidence {
+            held: vec![p(0, 4, 0), p(1024, 9, 0), p(2048, 4, 0), p(3072, 4, 0)],
+            truth: truth.clone(),
+        };
+        assert_eq!(StampOrder::of(Some(&one_later), None), StampOrder::Later);
+        // Pieces compare with truth's piece at their own place only.
+        let older = StampEvidence {
+            held: vec![p(2048, 2, 0)],
+            truth,
+        };
+        assert_eq!(StampOrder::of(Some(&older), None), StampOrder::Earlier);
+        // A stamped piece beside metadata, no truth stamp: the instant decides.
+        let beside = StampEvidence {
+            held: vec![p(3072, 9, 700)],
+            truth: vec![],
+        };
+        assert_eq!(StampOrder::of(Some(&beside), Some(500)), StampOrder::Later);
+        let note = WriteNote {
+            seq: 9,
+            lba: 5,
+            at: 3072,
+            len: 1024,
+            time_ns: 700,
+            writer: 1,
+            after_instant_ns: Some(200),
+        };
+        assert_eq!(
+            note.to_string(),
+            "write #9 (writer 1) at LBA 5 bytes 3072..4096, 0.000 ms after the snapshot instant"
+        );
+    }
+
+    #[test]
     fn stamp_order_uses_truths_stamp_then_the_instant() {
         let s = |seq, time_ns| Stamp {
             lba: 5,
@@ -102,7 +149,15 @@ mod tests {
             run: 1,
             writer: 1,
         };
-        let e = |held, truth| StampEvidence { held, truth };
+        let whole = |stamp| Piece {
+            at: 0,
+            len: 4096,
+            stamp,
+        };
+        let e = |held: Stamp, truth: Option<Stamp>| StampEvidence {
+            held: vec![whole(held)],
+            truth: truth.into_iter().map(whole).collect(),
+        };
         assert_eq!(
             StampOrder::of(Some(&e(s(9, 0), Some(s(4, 0)))), None),
             StampOrder::Later

@@ -54,7 +54,7 @@ pub fn verdict(c: &Classification, rec: &Recording) -> Verdict {
                         generation: g.generation,
                         block: f.block,
                         fault_site: f.fault_site,
-                        names_write: f.write.is_some(),
+                        names_write: !f.write.is_empty(),
                     })
             })
             .collect()

@@ -59,12 +59,13 @@ pub struct Exclusion {
     pub reason: String,
 }
 
-/// A stamped block's evidence: the stamp the backup (or snapshot) held, and the stamp of
-/// the truth block when it had one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A stamped block's evidence: the stamped pieces the backup (or snapshot) held, one per
+/// filesystem block the workload wrote there (one for a whole 4 KiB piece), and the
+/// pieces of the truth block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StampEvidence {
-    pub held: bw_guest::stamp::Stamp,
-    pub truth: Option<bw_guest::stamp::Stamp>,
+    pub held: Vec<bw_guest::stamp::Piece>,
+    pub truth: Vec<bw_guest::stamp::Piece>,
 }
 
 /// The target stage of a block.

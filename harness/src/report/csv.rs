@@ -114,7 +114,7 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                     previous,
                     if f.fault_site { "yes" } else { "no" }.into(),
                     g.owners.get(&f.block).cloned().unwrap_or_default(),
-                    f.write.map(|w| w.to_string()).unwrap_or_default(),
+                    f.writes_text(),
                 ]);
             }
         }

@@ -84,7 +84,7 @@ fn details(g: &GenerationRecord, findings: &[Finding]) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for f in findings.iter().take(DETAILS_PER_MAP) {
         let owner = g.owners.get(&f.block).cloned().unwrap_or_default();
-        let write = f.write.map(|w| w.to_string()).unwrap_or_default();
+        let write = f.writes_text();
         map.insert(
             f.block.to_string(),
             serde_json::json!([f.why, owner, write]),
@@ -279,7 +279,7 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
                 f.class.name(),
                 escape(&f.why),
                 escape(&owner),
-                escape(&f.write.map(|w| w.to_string()).unwrap_or_default()),
+                escape(&f.writes_text()),
                 truth,
                 snap,
                 trans,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{chain, disks};
-use bw_guest::workload::Summary as WorkloadSummary;
+use bw_guest::workload::WorkloadSummary;
 use reference_agent::agent::discover::Discovery;
 
 use crate::events::{Event, Reporter};

@@ -143,8 +143,12 @@ fn a_failed_run_report_names_the_blocks_and_rebuilds_from_its_recording() {
     g.stamps.insert(
         77,
         StampEvidence {
-            held: stamp,
-            truth: None,
+            held: vec![bw_guest::stamp::Piece {
+                at: 0,
+                len: 4096,
+                stamp,
+            }],
+            truth: vec![],
         },
     );
     g.owners.insert(77, "/data/file-3".into());
