@@ -57,6 +57,15 @@ impl Disk {
     }
 }
 
+/// Waits until at most `n` requests are in flight: a completion's bookkeeping ends a
+/// moment after the guest sees it.
+fn settle(e: &witness_disk::engine::Engine, n: u64) {
+    let deadline = std::time::Instant::now() + T;
+    while e.stats().in_flight > n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add((i / 7) as u8)).collect()
 }
@@ -302,6 +311,7 @@ fn eio_hang_torn_and_latency_fire_and_count() {
         }),
         Some(0)
     );
+    settle(e, 1);
     assert_eq!(e.stats().in_flight, 1);
     assert_eq!(e.release(hang).unwrap(), 1);
     assert_eq!(d.wait(1, T), Some(0));
@@ -337,6 +347,7 @@ fn eio_hang_torn_and_latency_fire_and_count() {
     }
     e.release(lat).unwrap();
 
+    settle(e, 0);
     let stats = e.stats();
     let fired: Vec<_> = stats.faults.iter().map(|f| (f.fault, f.fired)).collect();
     assert_eq!(fired, vec![(eio, 1), (hang, 1), (torn, 1), (lat, 5)]);
