@@ -16,6 +16,7 @@ pub mod qmp;
 pub mod vm;
 
 pub mod bench_cow;
+pub mod bench_disk;
 pub mod bench_hash;
 pub mod classify;
 pub mod diff;
@@ -32,6 +33,7 @@ pub mod run;
 pub mod scenario;
 pub mod truth;
 pub mod ui;
+pub mod witness;
 
 /// An error and its sources on one line ("a: b: c").
 pub use bw_guest::error_chain;

@@ -17,6 +17,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::engine::{Completer, Engine, MAX_ZERO_SECTORS, SEG_MAX, SIZE_MAX};
 use crate::hash::SECTOR_SIZE;
@@ -204,6 +207,18 @@ impl VhostUserBackend for BlkBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.max_queues).map(|q| 1u64 << q).collect()
+    }
+
+    /// Each vring thread's exit event: without one, the daemon's teardown would join
+    /// threads that never end.
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("queue {thread_index}: no exit event: {e}");
+                None
+            }
+        }
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod client;
 pub mod control;
+pub mod cost;
 pub mod driver;
 pub mod engine;
 pub mod faults;

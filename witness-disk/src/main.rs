@@ -62,6 +62,17 @@ enum Command {
         #[arg(long)]
         records: bool,
     },
+    /// Measure the history's size and the backend's memory on the host (no guest): a
+    /// full sequential write of a sparse volume, then random 4 KiB writes and reads.
+    Cost {
+        /// Where the scratch image and history go (the image is removed after).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        size_gib: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        random_ops: u64,
+    },
     /// Write generation N (or the final state) of a state directory as a raw file.
     Materialise {
         state_dir: PathBuf,
@@ -116,6 +127,13 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
         }
         Command::History { path, records } => print_history(&path, records),
+        Command::Cost {
+            dir,
+            size_gib,
+            random_ops,
+        } => witness_disk::cost::measure(&dir, size_gib << 30, random_ops)
+            .map(|r| println!("{r}"))
+            .map_err(anyhow::Error::from),
         Command::Materialise {
             state_dir,
             generation,

@@ -16,8 +16,7 @@
 //! carries the xxh3-64 of every byte before it. A file without one was cut short (the
 //! backend died, the disk filled): [`History::open`] refuses it with
 //! [`HistoryError::Truncated`]; [`History::open_partial`] reads what is there and says so.
-//! The body encodings are in `codec.rs`; docs/history.md in this crate's folder walks
-//! through them.
+//! The body encodings are in `codec.rs`; witness-disk/README.md walks through them.
 //!
 //! Records are written when a request is finished (completed, dropped or torn), so they
 //! are in finishing order, not submit order; sort by `seq` for the order of submission.

@@ -1,0 +1,230 @@
+//! `blockwitness bench disk`: the witness disk's throughput against QEMU's own
+//! virtio-blk, in one guest at the same time: two copies of the same image, one served
+//! by QEMU (`-blockdev file`, cache writeback), one by `bw-disk` with its history
+//! recorded. The guest runs witness-disk/tools/iobench.c (O_DIRECT, queue depth 1,
+//! static, carried in on a tools disk): sequential 1 MiB reads and writes, random 4 KiB
+//! reads and writes, each on both disks in ABBA order. Goal: the witness disk at 0.9 of
+//! QEMU or better on each. Also prints the history's size per million requests.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::bench::BenchError;
+use crate::bench_cow::guest_dev;
+use crate::image::BuiltImage;
+use crate::qemu::{Accel, Disk, DiskFormat};
+use crate::vm::{BootOptions, Vm};
+use crate::witness::{WitnessDiskSpec, WitnessDisks};
+
+/// The data disks' size.
+const DISK_MIB: u64 = 256;
+/// The goal: witness / QEMU throughput.
+pub const GOAL: f64 = 0.9;
+
+/// One access pattern: (mode, block bytes, count).
+const PATTERNS: [(&str, u64, u64); 4] = [
+    ("seq-read", 1 << 20, 192),
+    ("seq-write", 1 << 20, 192),
+    ("rand-read", 4096, 3000),
+    ("rand-write", 4096, 3000),
+];
+
+/// One pattern's figures, MiB/s (mean of two runs each).
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub mode: &'static str,
+    pub block: u64,
+    pub qemu: f64,
+    pub witness: f64,
+}
+
+/// Everything `bench disk` measured.
+#[derive(Clone, Debug)]
+pub struct DiskBench {
+    pub accel: Accel,
+    pub rows: Vec<Row>,
+    /// The witness disk's history after the run.
+    pub history_bytes: u64,
+    pub history_requests: u64,
+}
+
+impl DiskBench {
+    pub fn meets_goal(&self) -> bool {
+        self.rows.iter().all(|r| r.witness / r.qemu >= GOAL)
+    }
+}
+
+impl fmt::Display for DiskBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "bench disk ({}, O_DIRECT, queue depth 1, {DISK_MIB} MiB disks, mean of 2 runs)",
+            self.accel
+        )?;
+        writeln!(
+            f,
+            "  {:<11} {:>8}  {:>12}  {:>14}  ratio (goal >= {GOAL:.2})",
+            "pattern", "block", "qemu MiB/s", "witness MiB/s"
+        )?;
+        for r in &self.rows {
+            let ratio = r.witness / r.qemu.max(1e-9);
+            writeln!(
+                f,
+                "  {:<11} {:>8}  {:>12.2}  {:>14.2}  {:.2}{}",
+                r.mode,
+                r.block,
+                r.qemu,
+                r.witness,
+                ratio,
+                if ratio >= GOAL { "" } else { "  BELOW GOAL" }
+            )?;
+        }
+        write!(
+            f,
+            "  history: {} requests, {} bytes = {:.1} MB per million requests",
+            self.history_requests,
+            self.history_bytes,
+            self.history_bytes as f64 / self.history_requests.max(1) as f64
+        )
+    }
+}
+
+fn failed(what: &str, detail: impl fmt::Display) -> BenchError {
+    BenchError::Failed {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The tools disk: iobench compiled static, on a small ext4 image.
+fn tools_disk(dir: &Path) -> Result<Disk, BenchError> {
+    let tree = dir.join("iobench-tree");
+    std::fs::create_dir_all(&tree)?;
+    let src = crate::paths::project_root().join("witness-disk/tools/iobench.c");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(tree.join("iobench"))
+        .arg(&src)
+        .output()?;
+    if !out.status.success() {
+        return Err(failed(
+            "gcc -static iobench.c",
+            String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    let image = dir.join("iobench.raw");
+    std::fs::File::create(&image)?.set_len(8 << 20)?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .output()?;
+    if !out.status.success() {
+        return Err(failed("mkfs.ext4 -d", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(Disk {
+        id: "iob".into(),
+        path: image,
+        format: DiskFormat::Raw,
+        serial: "bw-iob".into(),
+        read_only: true,
+        blkdebug: false,
+    })
+}
+
+/// A data disk full of non-zero bytes (holes would make reads cheaper than real data).
+fn data_disk(path: &Path) -> Result<(), BenchError> {
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let mut f = std::fs::File::create(path)?;
+    for _ in 0..DISK_MIB {
+        std::io::Write::write_all(&mut f, &chunk)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct Figure {
+    mib_s: f64,
+}
+
+fn iobench(vm: &mut Vm, dev: &str, mode: &str, block: u64, count: u64) -> Result<f64, BenchError> {
+    let line = vm
+        .guest
+        .sh(
+            &format!("/iob/iobench /dev/{dev} {mode} {block} {count} 7"),
+            Duration::from_secs(900),
+        )
+        .map_err(|e| failed(&format!("iobench {mode} on {dev}"), crate::error_chain(&e)))?;
+    let fig: Figure = serde_json::from_str(line.trim())
+        .map_err(|e| failed(&format!("iobench {mode} output {line:?}"), e))?;
+    Ok(fig.mib_s)
+}
+
+/// Runs the benchmark in `dir`.
+pub fn bench_disk(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<DiskBench, BenchError> {
+    let q0: PathBuf = dir.join("q0.raw");
+    let w0: PathBuf = dir.join("w0.raw");
+    data_disk(&q0)?;
+    std::fs::copy(&q0, &w0)?;
+    let (disks, vhost) = WitnessDisks::start(
+        &[WitnessDiskSpec {
+            id: "w0".into(),
+            image: w0,
+            serial: "bw-w0".into(),
+        }],
+        dir,
+        2,
+        None,
+    )
+    .map_err(|e| failed("starting the witness disk", crate::error_chain(&e)))?;
+    let mut opts = BootOptions::new(accel, dir.join("run"));
+    opts.disks.push(Disk {
+        id: "q0".into(),
+        path: q0,
+        format: DiskFormat::Raw,
+        serial: "bw-q0".into(),
+        read_only: false,
+        blkdebug: false,
+    });
+    opts.disks.push(tools_disk(dir)?);
+    opts.vhost_disks = vhost;
+    let mut vm = Vm::boot(img, opts)?;
+    let guest_err = |e: crate::guest::GuestError| failed("in the guest", crate::error_chain(&e));
+    let qdev = guest_dev(&mut vm.guest, "bw-q0").map_err(guest_err)?;
+    let wdev = guest_dev(&mut vm.guest, "bw-w0").map_err(guest_err)?;
+    let tdev = guest_dev(&mut vm.guest, "bw-iob").map_err(guest_err)?;
+    vm.guest
+        .sh(
+            &format!("mkdir -p /iob && mount -t ext4 -o ro /dev/{tdev} /iob"),
+            Duration::from_secs(30),
+        )
+        .map_err(guest_err)?;
+    let mut rows = Vec::new();
+    for (mode, block, count) in PATTERNS {
+        // ABBA, so a drift of the shared host over the run hits both alike.
+        let q1 = iobench(&mut vm, &qdev, mode, block, count)?;
+        let w1 = iobench(&mut vm, &wdev, mode, block, count)?;
+        let w2 = iobench(&mut vm, &wdev, mode, block, count)?;
+        let q2 = iobench(&mut vm, &qdev, mode, block, count)?;
+        rows.push(Row {
+            mode,
+            block,
+            qemu: (q1 + q2) / 2.0,
+            witness: (w1 + w2) / 2.0,
+        });
+    }
+    vm.shutdown(Duration::from_secs(60))?;
+    let ends = disks.finish(Duration::from_secs(20));
+    let end = &ends[0];
+    let history = witness_disk::History::open(&end.history)
+        .map_err(|e| failed("the witness disk's history", crate::error_chain(&e)))?;
+    Ok(DiskBench {
+        accel,
+        rows,
+        history_bytes: std::fs::metadata(&end.history)?.len(),
+        history_requests: history.requests().count() as u64,
+    })
+}
