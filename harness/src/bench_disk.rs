@@ -48,6 +48,9 @@ pub struct DiskBench {
     /// The witness disk's history after the run.
     pub history_bytes: u64,
     pub history_requests: u64,
+    /// Per request kind (op and length) with at least 1% of the requests: (kind,
+    /// requests, bytes their records take).
+    pub history_kinds: Vec<(String, u64, u64)>,
 }
 
 impl DiskBench {
@@ -81,13 +84,21 @@ impl fmt::Display for DiskBench {
                 if ratio >= GOAL { "" } else { "  BELOW GOAL" }
             )?;
         }
-        write!(
+        writeln!(
             f,
-            "  history: {} requests, {} bytes = {:.1} MB per million requests",
+            "  history: {} requests, {} bytes = {:.1} MB per million requests of this mix",
             self.history_requests,
             self.history_bytes,
             self.history_bytes as f64 / self.history_requests.max(1) as f64
-        )
+        )?;
+        for (kind, n, bytes) in &self.history_kinds {
+            writeln!(
+                f,
+                "    {kind:<22} {n:>7} requests  {:>7.1} MB per million",
+                *bytes as f64 / (*n).max(1) as f64
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -221,10 +232,28 @@ pub fn bench_disk(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<DiskBenc
     let end = &ends[0];
     let history = witness_disk::History::open(&end.history)
         .map_err(|e| failed("the witness disk's history", crate::error_chain(&e)))?;
+    let mut kinds: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for r in &history.records {
+        if let witness_disk::history::Record::Request(q) = r {
+            let k = kinds
+                .entry(format!("{} {}", q.op.name(), q.len))
+                .or_default();
+            k.0 += 1;
+            k.1 += r.encoded_len() as u64;
+        }
+    }
+    let requests = history.requests().count() as u64;
+    let mut history_kinds: Vec<_> = kinds
+        .into_iter()
+        .filter(|(_, (n, _))| *n * 100 >= requests)
+        .map(|(k, (n, b))| (k, n, b))
+        .collect();
+    history_kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     Ok(DiskBench {
         accel,
         rows,
         history_bytes: std::fs::metadata(&end.history)?.len(),
-        history_requests: history.requests().count() as u64,
+        history_requests: requests,
+        history_kinds,
     })
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use crate::faults::{Action, FaultError, FaultSpec, FaultStatus, FaultTable, Seen};
 use crate::hash::{block_hash, BlockHash, BLOCK_SIZE};
@@ -526,23 +526,35 @@ impl Engine {
     fn execute(&self, p: &Pending) -> Result<(Option<u64>, Vec<Run>), ExecError> {
         let r = &p.req;
         match r.op {
-            Op::Read => BOUNCE.with(|b| {
-                let mut buf = b.borrow_mut();
-                buf.resize(r.len as usize, 0);
-                self.layers
-                    .stack()
-                    .read_at(r.offset, &mut buf)
-                    .map_err(ExecError::Disk)?;
-                let mut done = 0;
-                for s in &r.data {
-                    let n = s.len as usize;
-                    p.mem
-                        .write_slice(&buf[done..done + n], GuestAddress(s.addr))
-                        .map_err(|_| ExecError::Guest(s.addr))?;
-                    done += n;
+            Op::Read => {
+                let stack = self.layers.stack();
+                if stack.is_flat() {
+                    // No overlay: straight from the image into guest memory, as QEMU does.
+                    let mut guards = Vec::with_capacity(r.data.len());
+                    let mut iov = Vec::with_capacity(r.data.len());
+                    for s in &r.data {
+                        for slice in GuestMemoryBackend::get_slices(
+                            &*p.mem,
+                            GuestAddress(s.addr),
+                            s.len as usize,
+                        ) {
+                            let slice = slice.map_err(|_| ExecError::Guest(s.addr))?;
+                            let guard = slice.ptr_guard_mut();
+                            iov.push(libc::iovec {
+                                iov_base: guard.as_ptr().cast(),
+                                iov_len: slice.len(),
+                            });
+                            guards.push(guard);
+                        }
+                    }
+                    stack
+                        .read_base_vectored(r.offset, &mut iov)
+                        .map_err(ExecError::Disk)?;
+                    return Ok((None, vec![]));
                 }
-                Ok((None, vec![]))
-            }),
+                drop(stack);
+                self.read_bounced(p)
+            }
             Op::Write => self.write(p, r.len),
             Op::Discard | Op::WriteZeroes => self.zero(r.offset, r.len),
             Op::Flush => {
@@ -566,6 +578,28 @@ impl Engine {
             }
             Op::Other(_) | Op::Malformed => unreachable!("the parser refuses these"),
         }
+    }
+
+    /// A read through a host buffer, block by block from the layer that holds each.
+    fn read_bounced(&self, p: &Pending) -> Result<(Option<u64>, Vec<Run>), ExecError> {
+        let r = &p.req;
+        BOUNCE.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.resize(r.len as usize, 0);
+            self.layers
+                .stack()
+                .read_at(r.offset, &mut buf)
+                .map_err(ExecError::Disk)?;
+            let mut done = 0;
+            for s in &r.data {
+                let n = s.len as usize;
+                p.mem
+                    .write_slice(&buf[done..done + n], GuestAddress(s.addr))
+                    .map_err(|_| ExecError::Guest(s.addr))?;
+                done += n;
+            }
+            Ok((None, vec![]))
+        })
     }
 
     /// Locks the stripes of blocks `first..=last`, in stripe order.

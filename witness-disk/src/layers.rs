@@ -212,6 +212,55 @@ impl Stack {
         Ok(())
     }
 
+    /// True while there is no overlay: every block is read from the base image.
+    pub fn is_flat(&self) -> bool {
+        self.overlays.is_empty()
+    }
+
+    /// Reads from the base image straight into `iov` (preadv; short reads continue).
+    /// Only for a flat stack. The iovecs may point into guest memory: the kernel writes
+    /// there, no Rust reference to it is made.
+    pub fn read_base_vectored(&self, offset: u64, iov: &mut [libc::iovec]) -> std::io::Result<()> {
+        debug_assert!(self.is_flat());
+        let fd = self.base.as_raw_fd();
+        let mut iov = &mut iov[..];
+        let mut pos = offset;
+        while !iov.is_empty() {
+            let n = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+            // SAFETY: every iovec describes memory that stays mapped for this call (guest
+            // memory pinned by the caller's guard); the kernel writes only within them.
+            let got = unsafe { libc::preadv(fd, iov.as_ptr(), n, pos as libc::off_t) };
+            if got < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            pos += got as u64;
+            let mut left = got as usize;
+            while left > 0 {
+                let first = &mut iov[0];
+                if left >= first.iov_len {
+                    left -= first.iov_len;
+                    iov = &mut iov[1..];
+                } else {
+                    // SAFETY: advancing within the same buffer.
+                    first.iov_base = unsafe { (first.iov_base as *mut u8).add(left) }.cast();
+                    first.iov_len -= left;
+                    left = 0;
+                }
+            }
+            while iov.first().is_some_and(|v| v.iov_len == 0) {
+                iov = &mut iov[1..];
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset` into the top layer. A partial block the top overlay
     /// does not hold yet is copied up first. Caller holds the write locks of every block
     /// the range touches.

@@ -198,6 +198,10 @@ fn instants_freeze_generations() {
         len: 8192,
         unmap: true,
     });
+    // Reads after an instant come block by block from the layer that holds each.
+    let live = d.read(0, 3 * 4096).unwrap();
+    assert!(live[..8192].iter().all(|x| *x == 0));
+    assert_eq!(&live[8192 + 3072..8192 + 3584], &[2u8; 512][..]);
     // Generations are readable while the backend runs.
     let layers = t.layers();
     let g1 = t.dir.join("g1.raw");

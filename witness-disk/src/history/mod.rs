@@ -283,6 +283,15 @@ pub enum Record {
     Marker(MarkerRecord),
 }
 
+impl Record {
+    /// Bytes this record takes in a history file (kind, length and body).
+    pub fn encoded_len(&self) -> usize {
+        let mut buf = Vec::new();
+        codec::encode(self, &mut buf);
+        buf.len()
+    }
+}
+
 /// Why the backend stopped recording.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
