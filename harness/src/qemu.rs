@@ -204,14 +204,16 @@ pub fn shared_memory_args(memory_mb: u32) -> Vec<String> {
     ]
 }
 
-/// One vhost-user-blk disk: the chardev that connects to its backend and the device.
+/// One vhost-user-blk disk: the chardev that connects to its backend and the device,
+/// with 256-entry queues like QEMU's own virtio-blk (whose default is 256, this
+/// device's 128).
 pub fn vhost_user_disk_args(disk: &VhostUserDisk) -> Vec<String> {
     vec![
         "-chardev".into(),
         format!("socket,id={}-vu,path={}", disk.id, disk.socket.display()),
         "-device".into(),
         format!(
-            "vhost-user-blk-pci,chardev={}-vu,id={}-dev,num-queues={}",
+            "vhost-user-blk-pci,chardev={}-vu,id={}-dev,num-queues={},queue-size=256",
             disk.id, disk.id, disk.num_queues
         ),
     ]
@@ -722,7 +724,7 @@ mod tests {
         ));
         assert!(line.contains(
             "-chardev socket,id=w0-vu,path=/s/w0.vhost.sock -device \
-             vhost-user-blk-pci,chardev=w0-vu,id=w0-dev,num-queues=2"
+             vhost-user-blk-pci,chardev=w0-vu,id=w0-dev,num-queues=2,queue-size=256"
         ));
         // The QEMU-served disk is still there, before it.
         assert!(line.find("virtio-blk-pci").unwrap() < line.find("vhost-user-blk-pci").unwrap());

@@ -27,7 +27,8 @@ use crate::request::Segment;
 
 type Vring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap<()>>>;
 
-/// Longest virtqueue offered (QEMU's default queue-size is 128).
+/// Longest virtqueue offered (vhost-user-blk-pci's queue-size defaults to 128; the
+/// harness asks for 256, like QEMU's own virtio-blk).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// What the device offers. virtio-blk has no FUA: the guest sends flushes.

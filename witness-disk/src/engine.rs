@@ -40,10 +40,12 @@ pub trait Completer: Send + Sync {
 }
 
 /// The longest read or write the backend takes, and what the config space advertises
-/// so the guest never sends more: `SEG_MAX` segments of at most `SIZE_MAX` bytes.
+/// so the guest never sends more: `SEG_MAX` segments of at most `SIZE_MAX` bytes. 254
+/// segments is what QEMU's own virtio-blk offers with its 256-entry queues, so a guest
+/// splits large requests the same way on both (longer chains use indirect descriptors).
 pub const MAX_TRANSFER: u64 = 16 << 20;
-pub const SEG_MAX: u32 = 126;
-pub const SIZE_MAX: u32 = 128 << 10;
+pub const SEG_MAX: u32 = 254;
+pub const SIZE_MAX: u32 = 64 << 10;
 /// Longest discard / write-zeroes, in sectors (2 GiB).
 pub const MAX_ZERO_SECTORS: u32 = 1 << 22;
 
@@ -501,11 +503,7 @@ impl Engine {
         {
             let mut c = lock(&self.counters);
             *c.requests.entry(r.op.name().to_string()).or_insert(0) += 1;
-            let o = serde_json::to_value(r.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            *c.outcomes.entry(o).or_insert(0) += 1;
+            *c.outcomes.entry(r.outcome.name().to_string()).or_insert(0) += 1;
             if r.outcome == Outcome::Ok {
                 match r.op {
                     Op::Read => c.bytes_read += r.len,

@@ -158,6 +158,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::IoError => "io-error",
+            Outcome::Unsupported => "unsupported",
+            Outcome::Dropped => "dropped",
+            Outcome::Torn => "torn",
+            Outcome::Unanswerable => "unanswerable",
+        }
+    }
+
     /// True when the guest was told the request finished.
     pub fn completed(self) -> bool {
         match self {
@@ -446,5 +457,34 @@ impl History {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serde_names() {
+        for o in [
+            Outcome::Ok,
+            Outcome::IoError,
+            Outcome::Unsupported,
+            Outcome::Dropped,
+            Outcome::Torn,
+            Outcome::Unanswerable,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+        }
+        for op in [
+            Op::Read,
+            Op::Write,
+            Op::Flush,
+            Op::Discard,
+            Op::WriteZeroes,
+            Op::GetId,
+        ] {
+            assert_eq!(serde_json::to_value(op).unwrap(), op.name());
+        }
     }
 }
