@@ -53,7 +53,7 @@ impl std::fmt::Display for CostReport {
         writeln!(f, "  history file total: {} bytes", self.history_total)?;
         write!(
             f,
-            "  backend memory: peak RSS {} KiB, RSS at end {} KiB (includes the 64 MiB test guest memory it touched)",
+            "  backend memory: peak RSS {} KiB, RSS at end {} KiB (includes the test guest memory it touched, about 1 MiB)",
             self.peak_rss_kib, self.rss_kib
         )
     }
