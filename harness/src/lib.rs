@@ -33,6 +33,7 @@ pub mod run;
 pub mod scenario;
 pub mod truth;
 pub mod ui;
+pub mod witness;
 
 /// An error and its sources on one line ("a: b: c").
 pub use bw_guest::error_chain;

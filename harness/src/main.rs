@@ -13,6 +13,7 @@ use blockwitness::model::Exit;
 use blockwitness::plan::Plan;
 use blockwitness::run::RunOptions;
 use blockwitness::vm::{BootOptions, Vm};
+use blockwitness::witness::{WitnessDiskSpec, WitnessDisks};
 use blockwitness::{doctor, paths};
 use clap::{Parser, Subcommand};
 
@@ -55,6 +56,16 @@ enum Command {
         /// Extra modules to load at boot.
         #[arg(long = "module")]
         modules: Vec<String>,
+        /// Who serves the disks: QEMU's block layer, or a witness disk (`bw-disk`, a
+        /// vhost-user-blk backend that records every request).
+        #[arg(long, value_enum, default_value = "qemu")]
+        disk_backend: DiskBackend,
+        /// Virtqueues per witness disk.
+        #[arg(long, default_value_t = 2)]
+        queues: u16,
+        /// Keep the scratch directory (disks, histories, layers, logs) and print where.
+        #[arg(long)]
+        keep: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -117,6 +128,13 @@ enum Command {
     },
 }
 
+/// Who serves a guest's disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DiskBackend {
+    Qemu,
+    Witness,
+}
+
 #[derive(Subcommand)]
 enum ImagesCommand {
     /// Fetch the kernel, build bwsnap.ko and the binaries, pack the initramfs.
@@ -171,6 +189,14 @@ enum BenchCommand {
         /// Timed runs of each contender; the best is reported.
         #[arg(long, default_value_t = 3)]
         runs: u32,
+    },
+    /// The witness disk's throughput against QEMU's own virtio-blk in the same guest,
+    /// and the history's size per million requests.
+    Disk {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
     },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
@@ -298,11 +324,19 @@ fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
         .tempdir_in(base)?)
 }
 
+/// How `exec` serves its disks.
+struct ExecDisks {
+    backend: DiskBackend,
+    queues: u16,
+    keep: bool,
+}
+
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
     without_bwsnap: bool,
     disks: &[String],
+    how: ExecDisks,
     modules: Vec<String>,
     argv: Vec<String>,
 ) -> anyhow::Result<Exit> {
@@ -312,9 +346,23 @@ fn exec_cmd(
     eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
     let dir = run_temp_dir("exec")?;
     let mut opts = BootOptions::new(decision.accel, dir.path().to_path_buf());
+    let mut witness = None;
+    let mut specs = Vec::new();
     for (i, spec) in disks.iter().enumerate() {
-        opts.disks
-            .push(blockwitness::run::disks::scratch_disk(dir.path(), i, spec)?);
+        let disk = blockwitness::run::disks::scratch_disk(dir.path(), i, spec)?;
+        match how.backend {
+            DiskBackend::Qemu => opts.disks.push(disk),
+            DiskBackend::Witness => specs.push(WitnessDiskSpec {
+                id: disk.id,
+                image: disk.path,
+                serial: disk.serial,
+            }),
+        }
+    }
+    if !specs.is_empty() {
+        let (w, vhost) = WitnessDisks::start(&specs, dir.path(), how.queues, None)?;
+        opts.vhost_disks = vhost;
+        witness = Some(w);
     }
     opts.extra_modules = modules;
     let mut vm = Vm::boot(&img, opts)?;
@@ -324,6 +372,29 @@ fn exec_cmd(
     print!("{}", done.stdout);
     eprint!("{}", done.stderr);
     vm.shutdown(Duration::from_secs(30))?;
+    for end in witness
+        .map(|w| w.finish(Duration::from_secs(10)))
+        .unwrap_or_default()
+    {
+        match witness_disk::History::open(&end.history) {
+            Ok(h) => eprintln!(
+                "==> witness disk {}: {} requests, {} markers, history {} bytes",
+                end.id,
+                h.requests().count(),
+                h.markers().count(),
+                std::fs::metadata(&end.history).map_or(0, |m| m.len())
+            ),
+            Err(e) => eprintln!(
+                "==> witness disk {}: {} (log: {})",
+                end.id,
+                blockwitness::error_chain(&e),
+                end.log_tail
+            ),
+        }
+    }
+    if how.keep {
+        eprintln!("==> kept {}", dir.keep().display());
+    }
     // The command's own failure, as a product failure would be.
     Ok(if done.success() {
         Exit::Pass
@@ -359,8 +430,23 @@ fn main() -> ExitCode {
             without_bwsnap,
             disks,
             modules,
+            disk_backend,
+            queues,
+            keep,
             argv,
-        } => exec_cmd(&image, accel, without_bwsnap, &disks, modules, argv),
+        } => exec_cmd(
+            &image,
+            accel,
+            without_bwsnap,
+            &disks,
+            ExecDisks {
+                backend: disk_backend,
+                queues,
+                keep,
+            },
+            modules,
+            argv,
+        ),
         Command::Run {
             files,
             image,
@@ -439,6 +525,11 @@ fn main() -> ExitCode {
                 Exit::Pass
             })
             .map_err(Into::into),
+            BenchCommand::Disk { image, accel } => {
+                bench_vm(&image, accel, "bench-disk", |img, accel, dir| {
+                    blockwitness::bench::disk::bench_disk(img, accel, dir).map(|r| r.to_string())
+                })
+            }
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }

@@ -8,7 +8,7 @@ use bw_guest::control::Ready;
 
 use crate::guest::{Guest, GuestError};
 use crate::image::BuiltImage;
-use crate::qemu::{Accel, Disk, Floppy, Machine, MachineSpec, QemuError};
+use crate::qemu::{Accel, Disk, Floppy, Machine, MachineSpec, QemuError, VhostUserDisk};
 
 /// How to boot.
 #[derive(Clone, Debug)]
@@ -17,6 +17,8 @@ pub struct BootOptions {
     pub memory_mb: u32,
     pub cpus: u32,
     pub disks: Vec<Disk>,
+    /// Disks served by vhost-user backends (see `witness`).
+    pub vhost_disks: Vec<VhostUserDisk>,
     pub floppy: Floppy,
     /// Modules to load at boot beyond the image's boot modules.
     pub extra_modules: Vec<String>,
@@ -35,6 +37,7 @@ impl BootOptions {
             memory_mb: 1024,
             cpus: 2,
             disks: vec![],
+            vhost_disks: vec![],
             floppy: Floppy::None,
             extra_modules: vec![],
             ports: vec![],
@@ -87,6 +90,7 @@ impl Vm {
             cpus: opts.cpus,
             accel: opts.accel,
             disks: opts.disks.clone(),
+            vhost_disks: opts.vhost_disks.clone(),
             floppy: opts.floppy.clone(),
             ports,
             run_dir: opts.run_dir.clone(),

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod boot;
 pub mod cow;
+pub mod disk;
 pub mod hash;
 pub mod oracle;
 pub mod scenario;
@@ -96,7 +97,7 @@ pub fn load_average() -> Option<f64> {
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
 }
 
-fn failed(what: &str, detail: impl std::fmt::Display) -> BenchError {
+pub(crate) fn failed(what: &str, detail: impl std::fmt::Display) -> BenchError {
     BenchError::Failed {
         what: what.into(),
         detail: detail.to_string(),

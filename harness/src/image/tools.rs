@@ -38,7 +38,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ToolsError + '_ {
 }
 
 /// Builds the tools disk in `dir`: `bwtool` compiled static from
-/// kmod/tests/tools/bwtool.c, and kmod/tests/guest/*.sh, on an 8 MiB ext4 image made
+/// kmod/tests/tools/bwtool.c, `iobench` from witness-disk/tools/iobench.c, and
+/// kmod/tests/guest/*.sh, on an 8 MiB ext4 image made
 /// with `mkfs.ext4 -d`. Attached read-only.
 pub fn tools_disk(project_root: &Path, dir: &Path) -> Result<Disk, ToolsError> {
     let tests = project_root.join("kmod/tests");
@@ -51,6 +52,13 @@ pub fn tools_disk(project_root: &Path, dir: &Path) -> Result<Disk, ToolsError> {
             .arg(tree.join("bwtool"))
             .arg(tests.join("tools/bwtool.c")),
         &dir.join("bwtool-build.log"),
+    )?;
+    run_logged(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-o"])
+            .arg(tree.join("iobench"))
+            .arg(project_root.join("witness-disk/tools/iobench.c")),
+        &dir.join("iobench-build.log"),
     )?;
     let guest_dir = tests.join("guest");
     for entry in std::fs::read_dir(&guest_dir).map_err(io_err(&guest_dir))? {

@@ -113,6 +113,19 @@ pub struct SnapshotLayer {
     pub new_node: String,
 }
 
+/// A disk served by a vhost-user-blk backend (the witness disk, `bw-disk`), not by
+/// QEMU's block layer. The guest sees a virtio-blk disk; its serial is what the backend
+/// answers to get-id (vhost-user-blk-pci has no `serial` property). Any such disk needs
+/// the guest memory shared with the backend ([`shared_memory_args`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserDisk {
+    pub id: String,
+    /// The backend's listening socket.
+    pub socket: PathBuf,
+    /// Virtqueues; the backend must offer at least this many.
+    pub num_queues: u16,
+}
+
 /// The floppy drive of the `pc` machine's controller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Floppy {
@@ -135,6 +148,8 @@ pub struct MachineSpec {
     pub cpus: u32,
     pub accel: Accel,
     pub disks: Vec<Disk>,
+    /// Disks served by vhost-user backends, after `disks` on the PCI bus.
+    pub vhost_disks: Vec<VhostUserDisk>,
     pub floppy: Floppy,
     /// virtio-serial port names; each gets a unix socket `<run_dir>/<name>.sock`.
     pub ports: Vec<String>,
@@ -237,6 +252,32 @@ pub fn disk_args(disk: &Disk) -> Vec<String> {
     ]
 }
 
+/// Guest RAM in a shared memfd, so a vhost-user backend can map it. `memory_mb` must
+/// equal `-m`.
+pub fn shared_memory_args(memory_mb: u32) -> Vec<String> {
+    vec![
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={memory_mb}M,share=on"),
+        "-machine".into(),
+        "memory-backend=mem".into(),
+    ]
+}
+
+/// One vhost-user-blk disk: the chardev that connects to its backend and the device,
+/// with 256-entry queues like QEMU's own virtio-blk (whose default is 256, this
+/// device's 128).
+pub fn vhost_user_disk_args(disk: &VhostUserDisk) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id={}-vu,path={}", disk.id, disk.socket.display()),
+        "-device".into(),
+        format!(
+            "vhost-user-blk-pci,chardev={}-vu,id={}-dev,num-queues={},queue-size=256",
+            disk.id, disk.id, disk.num_queues
+        ),
+    ]
+}
+
 /// The floppy drive on the `pc` machine's built-in controller.
 pub fn floppy_args(floppy: &Floppy) -> Vec<String> {
     match floppy {
@@ -315,6 +356,12 @@ pub fn qemu_args(spec: &MachineSpec, socket_dir: &Path) -> Vec<String> {
     args.extend(qmp_args(&socket_dir.join("qmp.sock")));
     for disk in &spec.disks {
         args.extend(disk_args(disk));
+    }
+    if !spec.vhost_disks.is_empty() {
+        args.extend(shared_memory_args(spec.memory_mb));
+    }
+    for disk in &spec.vhost_disks {
+        args.extend(vhost_user_disk_args(disk));
     }
     args.extend(floppy_args(&spec.floppy));
     args.extend(ports_args(socket_dir, &spec.ports));
@@ -733,6 +780,7 @@ mod tests {
             cpus: 2,
             accel: Accel::Tcg,
             disks: vec![Disk::volume(0, "/r/d0.raw".into(), DiskFormat::Raw)],
+            vhost_disks: vec![],
             floppy: Floppy::None,
             ports: vec!["bw.control".into()],
             run_dir: "/r".into(),
@@ -765,6 +813,28 @@ mod tests {
         assert_eq!(node["driver"], "raw");
         assert_eq!(node["file"]["driver"], "blkdebug");
         assert_eq!(node["file"]["image"]["node-name"], "d0-file");
+    }
+
+    #[test]
+    fn vhost_user_disks_share_guest_memory() {
+        let mut spec = spec();
+        let line = qemu_args(&spec, Path::new("/r")).join(" ");
+        assert!(!line.contains("memory-backend"), "{line}");
+        spec.vhost_disks.push(VhostUserDisk {
+            id: "w0".into(),
+            socket: "/s/w0.vhost.sock".into(),
+            num_queues: 2,
+        });
+        let line = qemu_args(&spec, Path::new("/r")).join(" ");
+        assert!(line.contains(
+            "-object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem"
+        ));
+        assert!(line.contains(
+            "-chardev socket,id=w0-vu,path=/s/w0.vhost.sock -device \
+             vhost-user-blk-pci,chardev=w0-vu,id=w0-dev,num-queues=2,queue-size=256"
+        ));
+        // The QEMU-served disk is still there, before it.
+        assert!(line.find("virtio-blk-pci").unwrap() < line.find("vhost-user-blk-pci").unwrap());
     }
 
     #[test]
