@@ -26,7 +26,7 @@ const MODULE: &str = "bwsnap";
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("bad arguments: {0}; usage: bwsnap-exec --port NAME --vol DEV:MOUNT:ARENA_BLOCK...")]
+    #[error("bad arguments: {0}; usage: bwsnap-exec --port NAME --module KO --vol DEV:MOUNT:ARENA_BLOCK...")]
     Args(String),
     #[error("{what} {path}")]
     Io {
@@ -106,6 +106,8 @@ struct MinorRec {
 }
 
 pub struct Server {
+    /// bwsnap.ko in the guest, for reloads.
+    module: PathBuf,
     vols: Vec<Vol>,
     minors: BTreeMap<u32, MinorRec>,
     buf: Aligned,
@@ -160,9 +162,19 @@ fn dev_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
-/// Parses `--port NAME --vol DEV:MOUNT:ARENA_BLOCK...`.
-pub fn parse_args(args: &[String]) -> Result<(String, Vec<(PathBuf, PathBuf, u64)>), ExecError> {
+/// The command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    pub port: String,
+    pub module: PathBuf,
+    /// Device, mount point, first arena block.
+    pub vols: Vec<(PathBuf, PathBuf, u64)>,
+}
+
+/// Parses `--port NAME --module KO --vol DEV:MOUNT:ARENA_BLOCK...`.
+pub fn parse_args(args: &[String]) -> Result<Args, ExecError> {
     let mut port = None;
+    let mut module = None;
     let mut vols = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -173,6 +185,7 @@ pub fn parse_args(args: &[String]) -> Result<(String, Vec<(PathBuf, PathBuf, u64
         };
         match a.as_str() {
             "--port" => port = Some(value()?),
+            "--module" => module = Some(PathBuf::from(value()?)),
             "--vol" => {
                 let v = value()?;
                 let parts: Vec<&str> = v.split(':').collect();
@@ -190,16 +203,17 @@ pub fn parse_args(args: &[String]) -> Result<(String, Vec<(PathBuf, PathBuf, u64
         }
     }
     let port = port.ok_or_else(|| ExecError::Args("--port is required".into()))?;
+    let module = module.ok_or_else(|| ExecError::Args("--module is required".into()))?;
     if vols.is_empty() {
         return Err(ExecError::Args("at least one --vol is required".into()));
     }
-    Ok((port, vols))
+    Ok(Args { port, module, vols })
 }
 
 impl Server {
-    pub fn new(vols: &[(PathBuf, PathBuf, u64)]) -> Result<Server, ExecError> {
+    pub fn new(args: &Args) -> Result<Server, ExecError> {
         let mut out = Vec::new();
-        for (dev, mount, arena_block) in vols {
+        for (dev, mount, arena_block) in &args.vols {
             let file = open_direct(dev, true).map_err(io_err("opening", dev))?;
             let dev_size = dev_size(&file).map_err(io_err("sizing", dev))?;
             if *arena_block == 0 || arena_block * BLOCK >= dev_size {
@@ -222,6 +236,7 @@ impl Server {
             .trim()
             .to_string();
         Ok(Server {
+            module: args.module.clone(),
             vols: out,
             minors: BTreeMap::new(),
             buf: Aligned::new(CHUNK),
@@ -523,8 +538,8 @@ impl Server {
         let vol = self.minors.get(&minor).map(|m| m.vol).unwrap_or(0);
         let arena_sector = self.vols[vol].arena_block * SECTORS_PER_BLOCK;
         if sector < arena_sector
-            && (sector % SECTORS_PER_BLOCK != 0
-                || sector + sectors < arena_sector && sectors % SECTORS_PER_BLOCK != 0)
+            && (!sector.is_multiple_of(SECTORS_PER_BLOCK)
+                || sector + sectors < arena_sector && !sectors.is_multiple_of(SECTORS_PER_BLOCK))
         {
             return Reply::Broken {
                 reason: format!(
@@ -616,16 +631,8 @@ impl Server {
         Reply::Info { minors: out }
     }
 
-    fn module_path(&self) -> PathBuf {
-        Path::new("/lib/modules")
-            .join(&self.kernel)
-            .join("extra")
-            .join(format!("{MODULE}.ko"))
-    }
-
     fn load(&self) -> io::Result<()> {
-        let path = self.module_path();
-        let file = File::open(&path)?;
+        let file = File::open(&self.module)?;
         let params = CString::new("").expect("no NUL");
         // SAFETY: finit_module with an open descriptor and a NUL-terminated string.
         let rc =
@@ -738,9 +745,9 @@ impl Server {
 
 /// Entry point of the binary: arguments, the port, serve.
 pub fn main_with(args: &[String]) -> Result<(), ExecError> {
-    let (port, vols) = parse_args(args)?;
-    let mut server = Server::new(&vols)?;
-    let path = crate::ports::find(&port)?;
+    let args = parse_args(args)?;
+    let mut server = Server::new(&args)?;
+    let path = crate::ports::find(&args.port)?;
     server.serve(&path)
 }
 
@@ -755,16 +762,25 @@ mod tests {
 
     #[test]
     fn arguments_are_checked() {
-        let (port, vols) = parse_args(&s(&[
+        let args = parse_args(&s(&[
             "--port",
             "bw.model",
+            "--module",
+            "/m.ko",
             "--vol",
             "/dev/vdb:/mnt/v0:1536",
         ]))
         .unwrap();
-        assert_eq!(port, "bw.model");
-        assert_eq!(vols, vec![("/dev/vdb".into(), "/mnt/v0".into(), 1536)]);
+        assert_eq!(
+            args,
+            Args {
+                port: "bw.model".into(),
+                module: "/m.ko".into(),
+                vols: vec![("/dev/vdb".into(), "/mnt/v0".into(), 1536)],
+            }
+        );
         for bad in [
+            &["--port", "p", "--vol", "/dev/vdb:/m:1"][..],
             &["--port"][..],
             &["--vol", "/dev/vdb:/mnt"],
             &["--port", "p"],

@@ -284,8 +284,10 @@ impl Cow {
         for e in &self.extents {
             let mut at = e.physical;
             while left > 0 && at + BLOCK <= e.physical + e.length {
+                // A slot at a 1 KiB offset spans two blocks.
+                let last_byte = at + BLOCK - 1;
                 out.insert(at / BLOCK);
-                out.insert((at + BLOCK - 1) / BLOCK);
+                out.insert(last_byte / BLOCK);
                 at += BLOCK;
                 left -= 1;
             }

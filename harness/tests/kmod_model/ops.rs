@@ -394,19 +394,23 @@ impl ReferenceStateMachine for Reference {
         };
         let free_minor = minor_in(c, MState::None);
         let snap_minor = minor_in(c, MState::Snapshot);
-        let some = !snap_vols_empty(c);
-        let w = |busy: u32, idle: u32| if some { busy } else { idle };
+        let has = |s: MState| (0..MINORS).any(|m| c.state(m) == s);
+        // Transitions that do something in this state are likelier; refused ones
+        // still come up.
+        let w = |yes: bool, busy: u32, idle: u32| if yes { busy } else { idle };
+        let snap = has(MState::Snapshot);
+        let can_setup = has(MState::None) && (0..2).any(|v| c.tracker(v).is_none());
         prop_oneof![
-            w(2, 10) => (free_minor, setup_vol, cow_path(), cow_size())
+            w(can_setup, 10, 1) => (free_minor, setup_vol, cow_path(), cow_size())
                 .prop_map(|(minor, vol, cow, size)| Op::Setup { minor, vol, cow, size }),
-            6 => minor_in(c, MState::Armed).prop_map(|minor| Op::Start { minor }),
-            w(16, 8) => (vol.clone(), extent())
+            w(has(MState::Armed), 10, 1) => minor_in(c, MState::Armed).prop_map(|minor| Op::Start { minor }),
+            w(snap, 18, 6) => (vol.clone(), extent())
                 .prop_map(|(vol, (sector, sectors))| Op::Write { vol, sector, sectors }),
-            w(3, 1) => (vol, extent())
+            w(snap, 3, 1) => (vol, extent())
                 .prop_map(|(vol, (sector, sectors))| Op::Zero { vol, sector, sectors }),
-            w(8, 2) => (snap_minor.clone(), span()).prop_map(|(minor, span)| Op::Read { minor, span }),
-            3 => snap_minor.prop_map(|minor| Op::ToIncremental { minor }),
-            3 => (minor_in(c, MState::Incremental), cow_path(), cow_size())
+            w(snap, 8, 1) => (snap_minor.clone(), span()).prop_map(|(minor, span)| Op::Read { minor, span }),
+            w(snap, 4, 1) => snap_minor.prop_map(|minor| Op::ToIncremental { minor }),
+            w(has(MState::Incremental), 10, 1) => (minor_in(c, MState::Incremental), cow_path(), cow_size())
                 .prop_map(|(minor, cow, size)| Op::ToSnapshot { minor, cow, size }),
             4 => (any_minor(), prop_oneof![9 => Just(0u64), 1 => 1u64..64])
                 .prop_map(|(minor, start_block)| Op::Map { minor, start_block }),
@@ -416,15 +420,33 @@ impl ReferenceStateMachine for Reference {
         .boxed()
     }
 
+    /// A COW path on the other volume makes the module create (and unlink) a file on
+    /// that filesystem: writes the model cannot count. Not while that volume has a
+    /// snapshot whose COW slot use the model checks exactly.
+    fn preconditions(c: &Control, op: &Op) -> bool {
+        let target = match *op {
+            Op::Setup {
+                vol,
+                cow: CowPath::OtherVolume,
+                ..
+            } => vol,
+            Op::ToSnapshot {
+                minor,
+                cow: CowPath::OtherVolume,
+                ..
+            } => c.minors.get(minor as usize).map_or(0, |m| m.1),
+            _ => return true,
+        };
+        let other = (target + 1) % 2;
+        c.tracker(other)
+            .is_none_or(|m| c.state(m) != MState::Snapshot)
+    }
+
     fn apply(mut c: Control, op: &Op) -> Control {
         let outcome = c.outcome(op);
         c.apply(op, &outcome);
         c
     }
-}
-
-fn snap_vols_empty(c: &Control) -> bool {
-    (0..MINORS).all(|m| c.state(m) != MState::Snapshot)
 }
 
 #[cfg(test)]

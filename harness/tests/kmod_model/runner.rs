@@ -28,6 +28,8 @@ use crate::common;
 const VOLUME_MIB: u64 = 8;
 const FS_MIB: u64 = 6;
 const ARENA_BLOCK: u64 = FS_MIB * 256;
+/// Where the image build puts the module in the guest.
+const BWSNAP_KO: &str = "/lib/modules/bwsnap.ko";
 /// Sequences are 1 to this many steps long.
 pub const MAX_STEPS: usize = 32;
 /// CI's sequences per kernel unless BW_MODEL_CASES says otherwise.
@@ -108,6 +110,10 @@ const MKFS: [(&str, &[&str]); 2] = [
 
 /// A guest with its executor.
 pub struct Rig {
+    /// Steps run, by op and result ("write ok", "start EINVAL"...).
+    pub stats: std::collections::BTreeMap<String, u64>,
+    /// Snapshots that overflowed their COW file.
+    pub overflows: u64,
     vm: Vm,
     exec: Exec,
     handle: u64,
@@ -148,7 +154,13 @@ impl Rig {
             .unwrap_or_else(|e| {
                 panic!("connecting the bw.model port: {}", common::error_chain(&e))
             });
-        let mut argv = vec!["/bin/bwsnap-exec", "--port", proto::PORT_NAME];
+        let mut argv = vec![
+            "/bin/bwsnap-exec",
+            "--port",
+            proto::PORT_NAME,
+            "--module",
+            BWSNAP_KO,
+        ];
         for v in &vols {
             argv.extend(["--vol", v.as_str()]);
         }
@@ -189,6 +201,8 @@ impl Rig {
             img.name, exec.hello.kernel, exec.hello.volumes
         );
         Rig {
+            stats: Default::default(),
+            overflows: 0,
             vm,
             exec,
             handle,
@@ -353,7 +367,14 @@ impl Rig {
                 }
             }
             let reply = self.call(&self.request(&op, tag))?;
+            let live = model.live_snapshots().len();
             model.step(&op, &reply, tag, base).map_err(mismatch)?;
+            self.count(&op, &reply);
+            if model.live_snapshots().len() < live
+                && matches!(op, Op::Write { .. } | Op::Zero { .. })
+            {
+                self.overflows += 1;
+            }
             match self.call(&Request::Info {
                 minors: (0..MINORS).collect(),
             })? {
@@ -373,16 +394,37 @@ impl Rig {
         }
         for minor in model.snapshots() {
             self.verify(&mut model, minor, Span::Whole, base)
-                .map_err(|e| {
-                    at_verify(
-                        e,
-                        ops.len().saturating_sub(1),
-                        "at the end, after",
-                        &ops[ops.len() - 1],
-                    )
+                .map_err(|e| match ops.last() {
+                    Some(op) => at_verify(e, ops.len() - 1, "at the end, after", op),
+                    None => e,
                 })?;
         }
         Ok(())
+    }
+
+    fn count(&mut self, op: &Op, reply: &Reply) {
+        let verb = op.to_string();
+        let verb = verb.split_whitespace().next().unwrap_or_default();
+        let result = match reply {
+            Reply::Err { errno, .. } => format!("errno {errno}"),
+            _ => "ok".into(),
+        };
+        *self.stats.entry(format!("{verb} {result}")).or_default() += 1;
+    }
+
+    /// One line of what ran.
+    pub fn summary(&self) -> String {
+        let steps: u64 = self.stats.values().sum();
+        let parts: Vec<String> = self
+            .stats
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        format!(
+            "{steps} steps, {} COW overflows; {}",
+            self.overflows,
+            parts.join(", ")
+        )
     }
 
     /// A read the runner adds: it must match the model like any other.
@@ -648,6 +690,7 @@ pub fn model_test(image: &str, test: &str) {
         report.seed,
         report.took.as_secs_f64()
     );
+    eprintln!("{image}: {}", rig.summary());
     rig.finish(test);
     let mut text = Vec::new();
     if !problems.is_empty() {
