@@ -99,6 +99,14 @@ pub enum Request {
         sector: u64,
         sectors: u64,
     },
+    /// Opens `/dev/bwsnap<minor>` (O_DIRECT) and keeps it open, closing the one held
+    /// before.
+    Hold { minor: u32 },
+    /// A read, like [`Request::Read`], through the held descriptor (EBADF at the Open
+    /// stage when none is held).
+    ReadHeld { sector: u64, sectors: u64 },
+    /// Closes the held descriptor.
+    Release,
     /// BWSNAP_IOC_READ_MAP.
     Map {
         minor: u32,

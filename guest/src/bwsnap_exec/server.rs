@@ -110,6 +110,8 @@ pub struct Server {
     module: PathBuf,
     vols: Vec<Vol>,
     minors: BTreeMap<u32, MinorRec>,
+    /// A snapshot device kept open across requests, and the volume behind it.
+    held: Option<(File, usize)>,
     buf: Aligned,
     cow_counter: u64,
     kernel: String,
@@ -239,6 +241,7 @@ impl Server {
             module: args.module.clone(),
             vols: out,
             minors: BTreeMap::new(),
+            held: None,
             buf: Aligned::new(CHUNK),
             cow_counter: 0,
             kernel,
@@ -336,6 +339,12 @@ impl Server {
             } => self.map(*minor, *start_block, *nr_blocks),
             Request::Info { minors } => self.info(minors),
             Request::Reload => self.reload(),
+            Request::Hold { minor } => self.hold(*minor),
+            Request::ReadHeld { sector, sectors } => self.read_held(*sector, *sectors),
+            Request::Release => {
+                self.held = None;
+                Reply::Ok
+            }
             Request::Quit => Reply::Ok,
         }
     }
@@ -552,6 +561,36 @@ impl Server {
             Ok(f) => f,
             Err(e) => return err(Stage::Open, &e),
         };
+        self.read_from(&file, vol, sector, sectors)
+    }
+
+    /// Keeps `/dev/bwsnap<minor>` open (closing one held before).
+    fn hold(&mut self, minor: u32) -> Reply {
+        let vol = self.minors.get(&minor).map(|m| m.vol).unwrap_or(0);
+        match open_direct(&bwsnap::snapshot_device(minor), false) {
+            Ok(f) => {
+                self.held = Some((f, vol));
+                Reply::Ok
+            }
+            Err(e) => err(Stage::Open, &e),
+        }
+    }
+
+    fn read_held(&mut self, sector: u64, sectors: u64) -> Reply {
+        let Some((file, vol)) = self.held.take() else {
+            return Reply::Err {
+                stage: Stage::Open,
+                errno: libc::EBADF,
+                cow_left: None,
+            };
+        };
+        let reply = self.read_from(&file, vol, sector, sectors);
+        self.held = Some((file, vol));
+        reply
+    }
+
+    fn read_from(&mut self, file: &File, vol: usize, sector: u64, sectors: u64) -> Reply {
+        let arena_sector = self.vols[vol].arena_block * SECTORS_PER_BLOCK;
         let origin = self.vols[vol].origin.clone();
         let mut runs: Vec<Run> = Vec::new();
         let mut differing = Vec::new();
@@ -672,6 +711,7 @@ impl Server {
     }
 
     fn reset(&mut self, tag: u64, params: &[String]) -> Reply {
+        self.held = None;
         if !Path::new("/sys/module").join(MODULE).exists() {
             if let Err(e) = self.load() {
                 return err(Stage::Load, &e);

@@ -69,12 +69,16 @@ fn fail(stage: Stage, errnos: &[i32]) -> Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Control {
     pub minors: Vec<(MState, usize)>,
+    /// The held snapshot descriptor: its minor, and whether its snapshot still lives
+    /// (it dies at TO_INCREMENTAL or DESTROY of that minor).
+    pub held: Option<(u32, bool)>,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Control {
             minors: vec![(MState::None, 0); MINORS as usize],
+            held: None,
         }
     }
 }
@@ -194,7 +198,7 @@ impl Control {
                 None if start_block % 64 != 0 => fail(ioctl, &[EINVAL]),
                 None => Outcome::Ok,
             },
-            Op::Read { minor, .. } => {
+            Op::Read { minor, .. } | Op::Hold { minor } => {
                 if self.state(minor) == MState::Snapshot && minor < BAD_MINOR {
                     Outcome::Ok
                 } else {
@@ -203,9 +207,17 @@ impl Control {
                 }
             }
             Op::Write { .. } | Op::Zero { .. } => Outcome::Ok,
+            Op::ReadHeld { .. } => match self.held {
+                None => fail(Stage::Open, &[libc::EBADF]),
+                Some((_, true)) => Outcome::Ok,
+                // The snapshot behind the descriptor is gone: reads fail, never
+                // return data.
+                Some((_, false)) => fail(Stage::Read, &[EIO, libc::ENXIO, libc::ENODEV]),
+            },
+            Op::Release => Outcome::Ok,
             Op::Reload => {
-                if self.any_in_use() {
-                    // Each minor pins the module.
+                if self.any_in_use() || self.held.is_some() {
+                    // Each minor pins the module, and so does an open snapshot device.
                     fail(Stage::Unload, &[libc::EWOULDBLOCK])
                 } else {
                     Outcome::Ok
@@ -224,7 +236,16 @@ impl Control {
                 m.0 = s;
             }
         };
+        if let Op::ToIncremental { minor } | Op::Destroy { minor } = *op {
+            if let Some((held, alive)) = self.held.as_mut() {
+                if *held == minor {
+                    *alive = false;
+                }
+            }
+        }
         match *op {
+            Op::Hold { minor } => self.held = Some((minor, true)),
+            Op::Release => self.held = None,
             Op::Setup { minor, vol, .. } => {
                 if let Some(m) = self.minors.get_mut(minor as usize) {
                     *m = (MState::Armed, vol);
@@ -234,7 +255,12 @@ impl Control {
             Op::ToIncremental { minor } => set(minor, MState::Incremental),
             Op::ToSnapshot { minor, .. } => set(minor, MState::Armed),
             Op::Destroy { minor } => set(minor, MState::None),
-            Op::Write { .. } | Op::Zero { .. } | Op::Read { .. } | Op::Map { .. } | Op::Reload => {}
+            Op::Write { .. }
+            | Op::Zero { .. }
+            | Op::Read { .. }
+            | Op::Map { .. }
+            | Op::ReadHeld { .. }
+            | Op::Reload => {}
         }
     }
 }
@@ -488,7 +514,8 @@ impl Model {
                 return Ok(());
             }
             // A read of a snapshot may fail (EIO after overflow): check_read judges.
-            (Outcome::Ok, Reply::Err { .. }) if matches!(op, Op::Read { .. }) => {}
+            (Outcome::Ok, Reply::Err { .. })
+                if matches!(op, Op::Read { .. } | Op::ReadHeld { .. }) => {}
             (Outcome::Fail(..), _) | (Outcome::Ok, Reply::Err { .. }) => {
                 return Err(format!(
                     "`{op}`: the model says {}, the module: {}",
@@ -562,7 +589,20 @@ impl Model {
                 self.ctl.apply(op, &outcome);
                 Ok(())
             }
-            (Op::Reload, Reply::Ok) => Ok(()),
+            (Op::Reload | Op::Release, Reply::Ok) => {
+                self.ctl.apply(op, &outcome);
+                Ok(())
+            }
+            (Op::Hold { .. }, Reply::Ok) => {
+                self.ctl.apply(op, &outcome);
+                Ok(())
+            }
+            (Op::ReadHeld { span }, reply) => {
+                let (sector, sectors) = span_sectors(&self.geo, span);
+                let (minor, _) = self.ctl.held.expect("a live held descriptor");
+                self.check_read(minor, sector, sectors, reply, base)
+                    .map_err(|e| format!("`{op}` (minor {minor}): {e}"))
+            }
             (
                 Op::Write {
                     vol,
@@ -1004,6 +1044,30 @@ mod tests {
             }),
             fail(Stage::Ioctl, &[EINVAL, ENOENT])
         );
+        // A held snapshot descriptor reads while its snapshot lives, fails after,
+        // and pins the module.
+        let held = Op::ReadHeld { span: Span::Whole };
+        assert_eq!(c.outcome(&held), fail(Stage::Open, &[libc::EBADF]));
+        for op in [Op::Start { minor: 0 }, Op::Hold { minor: 0 }] {
+            let o = c.outcome(&op);
+            assert_eq!(o, Outcome::Ok, "{op}");
+            c.apply(&op, &o);
+        }
+        assert_eq!(c.outcome(&held), Outcome::Ok);
+        for op in [Op::Destroy { minor: 0 }, Op::Reload] {
+            let o = c.outcome(&op);
+            c.apply(&op, &o);
+        }
+        assert_eq!(
+            c.outcome(&held),
+            fail(Stage::Read, &[EIO, libc::ENXIO, libc::ENODEV])
+        );
+        assert_eq!(
+            c.outcome(&Op::Reload),
+            fail(Stage::Unload, &[libc::EWOULDBLOCK])
+        );
+        c.apply(&Op::Release, &Outcome::Ok);
+        assert_eq!(c.outcome(&Op::Reload), Outcome::Ok);
     }
 
     /// The snapshot shows the arena at START; with one slot, the second copied block

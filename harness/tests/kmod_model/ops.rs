@@ -95,6 +95,16 @@ pub enum Op {
         start_block: u64,
     },
     Reload,
+    /// Keep `/dev/bwsnap<minor>` open across steps.
+    Hold {
+        minor: u32,
+    },
+    /// A read through the held descriptor.
+    ReadHeld {
+        span: Span,
+    },
+    /// Close the held descriptor.
+    Release,
 }
 
 fn cow_name(c: CowPath) -> &'static str {
@@ -154,6 +164,12 @@ impl fmt::Display for Op {
             } => write!(f, "read m{minor} whole"),
             Op::Map { minor, start_block } => write!(f, "map m{minor} from={start_block}"),
             Op::Reload => write!(f, "reload"),
+            Op::Hold { minor } => write!(f, "hold m{minor}"),
+            Op::ReadHeld {
+                span: Span::Arena { sector, sectors },
+            } => write!(f, "read-held s={sector}+{sectors}"),
+            Op::ReadHeld { span: Span::Whole } => write!(f, "read-held whole"),
+            Op::Release => write!(f, "release"),
         }
     }
 }
@@ -270,6 +286,16 @@ fn parse_op(text: &str) -> Result<Op, String> {
             start_block: num(key("from")?, "from")?,
         },
         "reload" => Op::Reload,
+        "hold" => Op::Hold { minor: minor()? },
+        "read-held" => Op::ReadHeld {
+            span: if args.contains(&"whole") {
+                Span::Whole
+            } else {
+                let (sector, sectors) = range()?;
+                Span::Arena { sector, sectors }
+            },
+        },
+        "release" => Op::Release,
         other => return Err(format!("unknown op {other:?}")),
     })
 }
@@ -416,6 +442,9 @@ impl ReferenceStateMachine for Reference {
                 .prop_map(|(minor, start_block)| Op::Map { minor, start_block }),
             2 => any_minor().prop_map(|minor| Op::Destroy { minor }),
             1 => Just(Op::Reload),
+            w(snap, 2, 1) => minor_in(c, MState::Snapshot).prop_map(|minor| Op::Hold { minor }),
+            w(c.held.is_some(), 6, 1) => span().prop_map(|span| Op::ReadHeld { span }),
+            1 => Just(Op::Release),
         ]
         .boxed()
     }
@@ -498,6 +527,15 @@ mod tests {
                 start_block: 3,
             },
             Op::Reload,
+            Op::Hold { minor: 1 },
+            Op::ReadHeld {
+                span: Span::Arena {
+                    sector: 9,
+                    sectors: 7,
+                },
+            },
+            Op::ReadHeld { span: Span::Whole },
+            Op::Release,
         ];
         let text = line(&ops);
         assert!(!text.contains('\n'));

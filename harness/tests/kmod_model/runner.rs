@@ -265,6 +265,14 @@ impl Rig {
                     span: Span::Arena { sector, sectors },
                 }
             }
+            Op::ReadHeld {
+                span: Span::Arena { sector, sectors },
+            } => {
+                let (sector, sectors) = fit(sector, sectors);
+                Op::ReadHeld {
+                    span: Span::Arena { sector, sectors },
+                }
+            }
             other => other,
         }
     }
@@ -325,6 +333,12 @@ impl Rig {
                 nr_blocks: self.geo.blocks,
             },
             Op::Reload => Request::Reload,
+            Op::Hold { minor } => Request::Hold { minor },
+            Op::ReadHeld { span } => {
+                let (sector, sectors) = span_sectors(&self.geo, &span);
+                Request::ReadHeld { sector, sectors }
+            }
+            Op::Release => Request::Release,
         }
     }
 
