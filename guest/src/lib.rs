@@ -4,6 +4,7 @@
 //!
 //! Nothing here is under test; it is the harness's hands inside the VM.
 
+pub mod bwsnap_exec;
 pub mod control;
 pub mod init;
 pub mod ports;

@@ -16,7 +16,13 @@ use crate::doctor;
 const FORMAT: &str = "blockwitness-image-v1";
 
 /// Guest binaries packed into /bin (bw-init becomes /init).
-const GUEST_BINARIES: &[&str] = &["bw-agent", "bw-workload", "bwsnap-ctl", "bw-target"];
+const GUEST_BINARIES: &[&str] = &[
+    "bw-agent",
+    "bw-workload",
+    "bwsnap-ctl",
+    "bw-target",
+    "bwsnap-exec",
+];
 /// Binaries that must exist; the others are packed when the workspace has them.
 const REQUIRED_BINARIES: &[&str] = &["bw-init", "bw-agent", "bw-workload", "bw-target"];
 
