@@ -46,6 +46,9 @@ extern unsigned int bwsnap_fault_cow_read_live;
 extern unsigned int bwsnap_fault_drop_tracking;
 extern unsigned int bwsnap_fault_corrupt_cow;
 extern unsigned int bwsnap_fault_delay_cow_ms;
+extern unsigned int bwsnap_fault_delay_read_ms;
+extern unsigned int bwsnap_fault_delay_start_ms;
+extern unsigned int bwsnap_fault_delay_extents_ms;
 
 extern int bwsnap_major;
 
@@ -135,6 +138,9 @@ enum bwsnap_fault_kind {
 	BWSNAP_FAULT_DROP_TRACKING,
 	BWSNAP_FAULT_CORRUPT_COW,
 	BWSNAP_FAULT_DELAY_COW,
+	BWSNAP_FAULT_DELAY_READ,
+	BWSNAP_FAULT_DELAY_START,
+	BWSNAP_FAULT_DELAY_EXTENTS,
 };
 
 /* True on every @n-th call for the same @counter (n == 0: never). */
@@ -146,6 +152,8 @@ static inline bool bwsnap_fault_fires(unsigned int n, u64 *counter)
 }
 
 void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block);
+void bwsnap_fault_pause(const unsigned int *knob, enum bwsnap_fault_kind kind,
+			u32 minor, u64 block);
 int bwsnap_fault_init(void);
 void bwsnap_fault_exit(void);
 

@@ -490,6 +490,8 @@ static int bwsnap_cowfile_map(struct bwsnap_cowfile *cf, u64 size,
 		err = nr;
 		goto out_free;
 	}
+	bwsnap_fault_pause(&bwsnap_fault_delay_extents_ms,
+			   BWSNAP_FAULT_DELAY_EXTENTS, U32_MAX, 0);
 	if (copy_from_user(fe, (void __user *)ubuf, nr * sizeof(*fe))) {
 		err = -EFAULT;
 		goto out_free;

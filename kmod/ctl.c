@@ -247,6 +247,8 @@ int bwsnap_ctl_start(struct bwsnap_dev *dev)
 	err = bwsnap_io_disk_add(dev);
 	if (err)
 		return err;
+	bwsnap_fault_pause(&bwsnap_fault_delay_start_ms, BWSNAP_FAULT_DELAY_START,
+			   dev->minor, 0);
 
 	spin_lock_irq(&dev->lock);
 	swap(dev->tracking, dev->period);

@@ -20,6 +20,7 @@
 #include <linux/debugfs.h>
 #include <linux/fs.h>
 #include <linux/ratelimit.h>
+#include <linux/sched/signal.h>
 #include <linux/seq_file.h>
 #include <linux/spinlock.h>
 #include <linux/vmalloc.h>
@@ -39,6 +40,9 @@ static const char *const bwsnap_fault_names[] = {
 	[BWSNAP_FAULT_DROP_TRACKING] = "drop-tracking",
 	[BWSNAP_FAULT_CORRUPT_COW] = "corrupt-cow",
 	[BWSNAP_FAULT_DELAY_COW] = "delay-cow",
+	[BWSNAP_FAULT_DELAY_READ] = "delay-read",
+	[BWSNAP_FAULT_DELAY_START] = "delay-start",
+	[BWSNAP_FAULT_DELAY_EXTENTS] = "delay-extents",
 };
 
 static DEFINE_SPINLOCK(bwsnap_fault_lock);
@@ -62,6 +66,26 @@ void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block)
 	spin_unlock(&bwsnap_fault_lock);
 	pr_notice_ratelimited("fault %s minor=%u block=%llu\n",
 			      bwsnap_fault_names[kind], minor, block);
+}
+
+/*
+ * A pause knob: wait *@knob ms, or less when the knob is set back to 0 or the
+ * task is killed, so that a test can hold a race window open and close it
+ * when it is ready. Logged when it begins. Process context; sleeps.
+ */
+void bwsnap_fault_pause(const unsigned int *knob, enum bwsnap_fault_kind kind,
+			u32 minor, u64 block)
+{
+	unsigned int ms = READ_ONCE(*knob);
+	unsigned long end;
+
+	if (!ms)
+		return;
+	bwsnap_fault_log(kind, minor, block);
+	end = jiffies + msecs_to_jiffies(ms);
+	while (READ_ONCE(*knob) && time_before(jiffies, end) &&
+	       !fatal_signal_pending(current))
+		schedule_timeout_killable(msecs_to_jiffies(10));
 }
 
 /* seq_file positions: 0..nr-1 are records, nr is the "dropped" line. */

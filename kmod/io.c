@@ -429,6 +429,9 @@ static void bwsnap_io_snap_read(struct bwsnap_dev *dev, struct bio *bio)
 				err = -EIO;
 				goto fail;
 			}
+			bwsnap_fault_pause(&bwsnap_fault_delay_read_ms,
+					   BWSNAP_FAULT_DELAY_READ, dev->minor,
+					   b + i);
 			bytes = p->source == BWSNAP_SRC_COW ?
 				(j - i) << BWSNAP_BLOCK_SHIFT :
 				bwsnap_io_span(dev, b + i, j - i);

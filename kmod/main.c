@@ -49,6 +49,21 @@ module_param_named(fault_delay_cow_ms, bwsnap_fault_delay_cow_ms, uint, 0644);
 MODULE_PARM_DESC(fault_delay_cow_ms,
 		 "Fault: hold each COW copy this many ms (0 = off)");
 
+unsigned int bwsnap_fault_delay_read_ms;
+module_param_named(fault_delay_read_ms, bwsnap_fault_delay_read_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_read_ms,
+		 "Fault: hold each snapshot read this many ms after it is planned, before its I/O; setting 0 lets held reads go (0 = off)");
+
+unsigned int bwsnap_fault_delay_start_ms;
+module_param_named(fault_delay_start_ms, bwsnap_fault_delay_start_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_start_ms,
+		 "Fault: START waits this many ms right after adding the snapshot device; setting 0 ends the wait (0 = off)");
+
+unsigned int bwsnap_fault_delay_extents_ms;
+module_param_named(fault_delay_extents_ms, bwsnap_fault_delay_extents_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_extents_ms,
+		 "Fault: wait this many ms between the filesystem's COW extent report and reading it; setting 0 ends the wait (0 = off)");
+
 int bwsnap_major;
 
 /* Lock the control mutex; a signal aborts the wait (SETUP can be long). */
