@@ -45,16 +45,19 @@ static const char *const bwsnap_fault_names[] = {
 	[BWSNAP_FAULT_DELAY_EXTENTS] = "delay-extents",
 };
 
+/* irq-safe: knobs fire under dev->lock. */
 static DEFINE_SPINLOCK(bwsnap_fault_lock);
 static struct bwsnap_fault_rec *bwsnap_fault_recs;	/* bwsnap_fault_lock */
 static u32 bwsnap_fault_nr;				/* bwsnap_fault_lock */
 static u64 bwsnap_fault_dropped;			/* bwsnap_fault_lock */
 static struct dentry *bwsnap_debugfs_dir;
 
-/* Process context (worker, ioctl). */
+/* Any context (a firing may happen under dev->lock). */
 void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block)
 {
-	spin_lock(&bwsnap_fault_lock);
+	unsigned long flags;
+
+	spin_lock_irqsave(&bwsnap_fault_lock, flags);
 	if (bwsnap_fault_nr < BWSNAP_FAULT_LOG) {
 		bwsnap_fault_recs[bwsnap_fault_nr].block = block;
 		bwsnap_fault_recs[bwsnap_fault_nr].minor = minor;
@@ -63,7 +66,7 @@ void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block)
 	} else {
 		bwsnap_fault_dropped++;
 	}
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irqrestore(&bwsnap_fault_lock, flags);
 	pr_notice_ratelimited("fault %s minor=%u block=%llu\n",
 			      bwsnap_fault_names[kind], minor, block);
 }
@@ -93,9 +96,9 @@ static void *bwsnap_faults_start(struct seq_file *m, loff_t *pos)
 {
 	u32 nr;
 
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	nr = bwsnap_fault_nr;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	return *pos <= nr ? pos : NULL;
 }
 
@@ -116,13 +119,13 @@ static int bwsnap_faults_show(struct seq_file *m, void *v)
 	u64 dropped = 0;
 	bool is_rec;
 
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	is_rec = pos < bwsnap_fault_nr;
 	if (is_rec)
 		rec = bwsnap_fault_recs[pos];
 	else
 		dropped = bwsnap_fault_dropped;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	if (is_rec)
 		seq_printf(m, "%s minor=%u block=%llu\n",
 			   bwsnap_fault_names[rec.kind], rec.minor, rec.block);
@@ -146,10 +149,10 @@ static int bwsnap_faults_open(struct inode *inode, struct file *file)
 static ssize_t bwsnap_faults_write(struct file *file, const char __user *buf,
 				   size_t len, loff_t *ppos)
 {
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	bwsnap_fault_nr = 0;
 	bwsnap_fault_dropped = 0;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	return len;
 }
 
