@@ -198,6 +198,20 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
     },
+    /// Write throughput and p99 latency on a volume with a bwsnap snapshot against the
+    /// kernel's dm-snapshot (transient and persistent) and no snapshot, in one guest.
+    Cow {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Seconds each timed run lasts.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Rounds, each measuring every set-up once; figures are their medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -533,6 +547,12 @@ fn main() -> ExitCode {
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }
+            BenchCommand::Cow {
+                image,
+                accel,
+                seconds,
+                rounds,
+            } => bench_cow(&image, accel, seconds, rounds).map(|()| Exit::Pass),
         },
     };
     match result {
@@ -676,6 +696,18 @@ fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> an
         )
         .map(|r| r.to_string())
     })
+}
+
+fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyhow::Result<()> {
+    doctor::require(doctor::FOR_RUN)?;
+    let img = build_image(image, true)?;
+    let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
+    eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
+    let dir = run_temp_dir("bench-cow")?;
+    let opts = blockwitness::bench::cow::CowBenchOptions { seconds, rounds };
+    let report = blockwitness::bench::cow::bench_cow_with(&img, decision.accel, dir.path(), &opts)?;
+    println!("{report}");
+    Ok(())
 }
 
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {
