@@ -32,11 +32,12 @@ use crate::vm::Vm;
 /// Where bwsnap.ko sits in every image.
 const BWSNAP_KO: &str = "/lib/modules/bwsnap.ko";
 const FAULT_LOG: &str = "/sys/kernel/debug/bwsnap/faults";
-const MODULE_KNOBS: [&str; 4] = [
+const MODULE_KNOBS: [&str; 5] = [
     "fault_cow_read_live",
     "fault_drop_tracking",
     "fault_corrupt_cow",
     "fault_delay_cow_ms",
+    "fault_delay_read_ms",
 ];
 
 /// Options bw-target runs with during one backup.
@@ -471,6 +472,9 @@ impl Pipeline for Reference {
                 }
                 FaultSpec::CorruptCow { every } => {
                     knobs.insert("fault_corrupt_cow", *every);
+                }
+                FaultSpec::DelayRead { ms } => {
+                    knobs.insert("fault_delay_read_ms", *ms);
                 }
                 FaultSpec::DelayCow { ms } => {
                     knobs.insert("fault_delay_cow_ms", *ms);

@@ -730,6 +730,7 @@ fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
         | FaultSpec::DropTracking { .. }
         | FaultSpec::CorruptCow { .. }
         | FaultSpec::DelayCow { .. }
+        | FaultSpec::DelayRead { .. }
         | FaultSpec::BitFlip { .. }
         | FaultSpec::Rewrite { .. }
         | FaultSpec::DropFrame { .. }

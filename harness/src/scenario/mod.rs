@@ -163,6 +163,9 @@ pub enum FaultSpec {
     DelayCow {
         ms: u64,
     },
+    DelayRead {
+        ms: u64,
+    },
     DiskHang {
         volume: String,
         op: Op,
@@ -216,6 +219,7 @@ impl FaultSpec {
             FaultSpec::DropTracking { .. } => FaultKind::DropTracking,
             FaultSpec::CorruptCow { .. } => FaultKind::CorruptCow,
             FaultSpec::DelayCow { .. } => FaultKind::DelayCow,
+            FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
             FaultSpec::BitFlip { .. } => FaultKind::BitFlip,

@@ -840,6 +840,9 @@ fn validate_faults(
             FaultKind::DelayCow => FaultSpec::DelayCow {
                 ms: f.ms.unwrap_or(0),
             },
+            FaultKind::DelayRead => FaultSpec::DelayRead {
+                ms: f.ms.unwrap_or(0),
+            },
             FaultKind::DiskHang => FaultSpec::DiskHang {
                 volume: volume(),
                 op,
