@@ -262,6 +262,14 @@ pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth and from the live disk",
                 ),
+                Some(Live::Bracketed { before, after }) if &before == s || &after == s => (
+                    BlockClass::DataFromTheFuture,
+                    "snapshot differs from truth and equals the live disk",
+                ),
+                Some(Live::Bracketed { .. }) => (
+                    BlockClass::CorruptSnapshot,
+                    "snapshot differs from truth and from the live disk right before and right after its read",
+                ),
                 Some(Live::NotRead) | None => (
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth; no live read to compare with",
@@ -893,7 +901,7 @@ mod tests {
     use bw_guest::stamp::Stamp;
 
     fn h(n: u8) -> BlockHash {
-        BlockHash([n; 32])
+        BlockHash([n; 16])
     }
 
     fn input(truth: &BlockHash) -> BlockInput<'_> {
@@ -956,6 +964,41 @@ mod tests {
             ..input(&t)
         };
         assert_eq!(classify_block(&b).0, BlockClass::DataFromTheFuture);
+    }
+
+    /// The agent reads the live block right before and right after its snapshot read: a
+    /// snapshot equal to either is post-snapshot data, even when the workload wrote the
+    /// block again in between (so the two live reads differ).
+    #[test]
+    fn snapshot_equal_to_either_bracketing_live_read_is_from_the_future() {
+        let (t, leaked, later, other) = (h(1), h(2), h(3), h(4));
+        let with = |live| BlockInput {
+            snapshot: Some(Some(&leaked)),
+            live: Some(live),
+            ..input(&t)
+        };
+        for live in [
+            Live::Bracketed {
+                before: leaked,
+                after: later,
+            },
+            Live::Bracketed {
+                before: later,
+                after: leaked,
+            },
+        ] {
+            assert_eq!(
+                classify_block(&with(live)).0,
+                BlockClass::DataFromTheFuture,
+                "{live:?}"
+            );
+        }
+        let (class, why) = classify_block(&with(Live::Bracketed {
+            before: later,
+            after: other,
+        }));
+        assert_eq!(class, BlockClass::CorruptSnapshot);
+        assert!(why.contains("before") && why.contains("after"), "{why}");
     }
 
     #[test]

@@ -24,10 +24,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference_agent::transport::{Address, Conn};
 use reference_agent::wire::{
-    encode_block, BlockView, End, Frame, FrameBuffer, FrameView, Item, ManifestDigest,
-    SessionHeader, SessionId,
+    block_digest, encode_block, BlockDigest, BlockView, End, Frame, FrameBuffer, FrameView, Item,
+    ManifestDigest, SessionHeader, SessionId,
 };
-use sha2::{Digest, Sha256};
 
 use crate::error_chain;
 
@@ -91,9 +90,10 @@ pub struct TransportRecord {
     pub seq: u64,
     pub offset: u64,
     pub length: u32,
-    /// sha256 of each 4 KiB of the data as forwarded (after any injected fault); the
-    /// block of byte offset `offset + 4096 * i` is `block_hashes[i]`.
-    pub block_hashes: Vec<[u8; 32]>,
+    /// The harness's hash ([`crate::record::BlockHash::of`]) of each 4 KiB of the data as
+    /// forwarded (after any injected fault); the block of byte offset `offset + 4096 * i`
+    /// is `block_hashes[i]`.
+    pub block_hashes: Vec<[u8; 16]>,
     /// Whether the data still matched the frame's own hashes when it left the proxy.
     pub hashes_match: bool,
     /// A frame with this sequence number crossed the proxy before in this session.
@@ -260,7 +260,7 @@ impl Drop for ProxyHandle {
 
 /// Per-session bookkeeping for frame numbers and retransmits.
 /// A frame as the proxy forwarded it: offset, block length, block hashes.
-type ForwardedFrame = (u64, u32, Vec<[u8; 32]>);
+type ForwardedFrame = (u64, u32, Vec<BlockDigest>);
 
 struct SessionState {
     header: SessionHeader,
@@ -588,10 +588,9 @@ impl Proxy {
                     let mut data = raw[data_at..].to_vec();
                     data[byte] ^= 1 << bit;
                     let bl = b.data_len / b.hashes.len().max(1);
-                    let hashes: Vec<[u8; 32]> = data
-                        .chunks(bl.max(1))
-                        .map(|c| Sha256::digest(c).into())
-                        .collect();
+                    // Forged with the pipeline's own hash, so its checks pass.
+                    let hashes: Vec<BlockDigest> =
+                        data.chunks(bl.max(1)).map(block_digest).collect();
                     let mut out = Vec::with_capacity(raw.len());
                     if encode_block(&mut out, b.seq, b.offset, &hashes, &data).is_ok() {
                         raw = out;
@@ -614,13 +613,13 @@ impl Proxy {
         if let Some(fwd) = st.forwarded.as_mut() {
             if delivered && !b.hashes.is_empty() {
                 let bl = b.data_len / b.hashes.len();
-                let hashes = data.chunks(bl).map(|c| Sha256::digest(c).into()).collect();
+                let hashes = data.chunks(bl).map(block_digest).collect();
                 fwd.insert(b.seq, (b.offset, bl as u32, hashes));
             }
         }
-        let block_hashes: Vec<[u8; 32]> = data
+        let block_hashes: Vec<[u8; 16]> = data
             .chunks(4096)
-            .map(|c| Sha256::digest(c).into())
+            .map(|c| crate::record::BlockHash::of(c).0)
             .collect();
         let bl = if b.hashes.is_empty() {
             0
@@ -631,7 +630,7 @@ impl Proxy {
             && data
                 .chunks(bl)
                 .zip(&b.hashes)
-                .all(|(c, h)| <[u8; 32]>::from(Sha256::digest(c)) == *h);
+                .all(|(c, h)| block_digest(c) == *h);
         if fault.is_some() {
             self.stats.faults_injected += 1;
         }
@@ -737,7 +736,7 @@ struct OwnedBlock {
     seq: u64,
     offset: u64,
     data_len: usize,
-    hashes: Vec<[u8; 32]>,
+    hashes: Vec<BlockDigest>,
 }
 
 impl From<&BlockView<'_>> for OwnedBlock {
@@ -917,7 +916,7 @@ mod tests {
 
     /// The last delivered record of every block carries the source's hash.
     fn assert_transport_column_exact(recs: &[&TransportRecord], src: &Mem) {
-        let mut last: HashMap<u64, [u8; 32]> = HashMap::new();
+        let mut last: HashMap<u64, [u8; 16]> = HashMap::new();
         for r in recs.iter().filter(|r| r.delivered) {
             for (i, h) in r.block_hashes.iter().enumerate() {
                 last.insert(r.offset / 4096 + i as u64, *h);
@@ -926,7 +925,7 @@ mod tests {
         assert_eq!(last.len() as u64, BLOCKS, "blocks that never crossed");
         for b in 0..BLOCKS {
             let s = b as usize * 4096;
-            let want: [u8; 32] = Sha256::digest(&src.0[s..s + 4096]).into();
+            let want = crate::record::BlockHash::of(&src.0[s..s + 4096]).0;
             assert_eq!(last[&b], want, "block {b}");
         }
     }
@@ -1002,8 +1001,8 @@ mod tests {
         assert!(matches!(f.fault, Some(InjectedFault::BitFlip { .. })));
         assert_eq!(f.frame_number, 7);
         assert!(!f.hashes_match);
-        let want: [u8; 32] =
-            Sha256::digest(&src.0[f.offset as usize..f.offset as usize + 4096]).into();
+        let want =
+            crate::record::BlockHash::of(&src.0[f.offset as usize..f.offset as usize + 4096]).0;
         assert_ne!(f.block_hashes[0], want, "the record holds the damaged data");
         let resent = recs
             .iter()

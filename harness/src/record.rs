@@ -23,14 +23,15 @@ use crate::scenario::Expectations;
 /// Size of the unit everything is recorded and classified in.
 pub const BLOCK: usize = 4096;
 
-/// sha256 of one 4 KiB block.
+/// xxh3-128 (seed 0) of one 4 KiB block, as the 16 little-endian bytes of the value:
+/// the same hash the reference pipeline's wire protocol and witness carry, so truth, the
+/// target re-read and the pipeline's recordings compare directly.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockHash(pub [u8; 32]);
+pub struct BlockHash(pub [u8; 16]);
 
 impl BlockHash {
     pub fn of(data: &[u8]) -> BlockHash {
-        use sha2::Digest;
-        BlockHash(sha2::Sha256::digest(data).into())
+        BlockHash(xxhash_rust::xxh3::xxh3_128(data).to_le_bytes())
     }
 
     pub fn hex(&self) -> String {
@@ -43,7 +44,7 @@ impl BlockHash {
     }
 
     pub fn from_hex(text: &str) -> Option<BlockHash> {
-        let mut out = [0u8; 32];
+        let mut out = [0u8; 16];
         hex::decode_to_slice(text, &mut out).ok()?;
         Some(BlockHash(out))
     }
@@ -64,18 +65,25 @@ impl Serialize for BlockHash {
 impl<'de> Deserialize<'de> for BlockHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        BlockHash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        BlockHash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("expected 32 hex digits"))
     }
 }
 
-/// The live read the agent made right after the snapshot read of a block.
+/// The live reads the agent made around the snapshot read of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Live {
     NotRead,
-    /// Live data equal to what the snapshot device returned.
+    /// Live data (read before or after the snapshot read) equal to what the snapshot
+    /// device returned.
     Equal,
-    /// Live data differed; its hash.
+    /// One live read, after the snapshot read, that differed; its hash.
     Differs(BlockHash),
+    /// Live reads right before and right after the snapshot read, both different from
+    /// it; their hashes. A workload write between them cannot hide post-snapshot data.
+    Bracketed {
+        before: BlockHash,
+        after: BlockHash,
+    },
 }
 
 /// Where the module served a snapshot read from (its trace).
@@ -347,7 +355,8 @@ pub enum RecordError {
 
 /// The file name of a recording in a report directory.
 pub const RECORDING_FILE: &str = "recording.bwrec";
-const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x01";
+/// Version 2: 16-byte block hashes (xxh3-128) and bracketed live reads.
+const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x02";
 
 impl Recording {
     /// Checks that every column has one entry per block.
@@ -426,7 +435,8 @@ mod codec {
     //! The binary layout: MAGIC, varint length + JSON of [`Meta`], then for each volume and
     //! generation: varint length + JSON of [`GenMeta`] and the columns it says are present.
     //! A column of optional hashes is a run-length list of (tag, count) with tag 0 = none,
-    //! 1 = equal to the reference, 2 = explicit (32 bytes each, after the runs).
+    //! 1 = equal to the reference, 2 = explicit (16 bytes each, after the runs). The live
+    //! column's tag 3 carries two hashes (before, after).
 
     use super::*;
 
@@ -536,9 +546,16 @@ mod codec {
                             Live::NotRead => (0, None),
                             Live::Equal => (1, None),
                             Live::Differs(h) => (2, Some(*h)),
+                            Live::Bracketed { before, .. } => (3, Some(*before)),
                         })
                         .collect();
                     put_tagged(&mut out, &tags);
+                    // The second hash of each bracketed read, in block order.
+                    for l in c {
+                        if let Live::Bracketed { after, .. } = l {
+                            out.extend_from_slice(&after.0);
+                        }
+                    }
                 }
                 if let Some(c) = &g.source {
                     let tags: Vec<(u8, Option<BlockHash>)> = c
@@ -683,8 +700,8 @@ mod codec {
         }
 
         fn hash(&mut self) -> Result<BlockHash, RecordError> {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(self.take(32)?);
+            let mut h = [0u8; 16];
+            h.copy_from_slice(self.take(16)?);
             Ok(BlockHash(h))
         }
 
@@ -800,14 +817,23 @@ mod codec {
                     None
                 };
                 let live = if gm.has_live {
-                    let tags = r.tags(gm.blocks, 2)?;
+                    let tags = r.tags(gm.blocks, 3)?;
                     let mut out = Vec::with_capacity(tags.len());
                     for t in tags {
                         out.push(match t {
                             0 => Live::NotRead,
                             1 => Live::Equal,
-                            _ => Live::Differs(r.hash()?),
+                            2 => Live::Differs(r.hash()?),
+                            _ => Live::Bracketed {
+                                before: r.hash()?,
+                                after: BlockHash([0; 16]),
+                            },
                         });
+                    }
+                    for l in out.iter_mut() {
+                        if let Live::Bracketed { after, .. } = l {
+                            *after = r.hash()?;
+                        }
                     }
                     Some(out)
                 } else {
@@ -910,6 +936,10 @@ mod tests {
         let mut live = vec![Live::Equal; n as usize];
         live[7] = Live::Differs(h(12345));
         live[8] = Live::NotRead;
+        live[11] = Live::Bracketed {
+            before: h(54321),
+            after: h(6789),
+        };
         g.live = Some(live);
         let mut source = vec![Some(Source::Cow); n as usize];
         source[3] = Some(Source::Live);
@@ -974,7 +1004,7 @@ mod tests {
         g.snapshot = Some(g.truth.iter().map(|t| Some(*t)).collect());
         let bytes = codec::encode(&rec);
         // Two generations of truth (the second mostly relative) plus metadata.
-        assert!(bytes.len() < 1000 * 32 + 4000, "{}", bytes.len());
+        assert!(bytes.len() < 1000 * 16 + 4000, "{}", bytes.len());
     }
 
     #[test]

@@ -429,7 +429,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     // Oversize frame: a header that claims 64 MiB of payload.
     let mut f = vec![0u8; 20];
     f[..4].copy_from_slice(b"BWWP");
-    f[4] = 1;
+    f[4] = reference_agent::wire::VERSION;
     f[5] = 3;
     f[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
     let crc = reference_agent::wire::crc32(&f[..16]);
@@ -444,7 +444,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     send_frames(&mut c, &[Frame::Header(h).to_bytes().unwrap()]);
     assert!(matches!(reply(&mut c), Some(Frame::Accept(_))));
     let data = vec![1u8; BS as usize];
-    let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+    let hash = reference_agent::wire::block_digest(&data);
     let mut b = Vec::new();
     encode_block(&mut b, 0, 1 << 20, &[hash], &data).unwrap();
     send_frames(&mut c, &[b]);
@@ -458,7 +458,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     );
     assert!(matches!(reply(&mut c), Some(Frame::Accept(_))));
     let mut b = Vec::new();
-    encode_block(&mut b, 0, 0, &[[0u8; 32]], &data).unwrap();
+    encode_block(&mut b, 0, 0, &[[0u8; 16]], &data).unwrap();
     send_frames(&mut c, &[b]);
     match reply(&mut c) {
         Some(Frame::Nack(n)) => assert_eq!(n.seq, 0),

@@ -14,7 +14,7 @@ use super::verify::{check_blocks, is_zero};
 use super::TargetFaults;
 use crate::wire::{
     BackupKind, BlockView, End, FailReason, ManifestDigest, NackReason, Outcome, SessionHeader,
-    WireError, MAX_BAD_BLOCKS,
+    WireError, HASH_LEN, MAX_BAD_BLOCKS,
 };
 
 /// Why a session could not be opened.
@@ -117,7 +117,7 @@ impl Receiving {
         let (img, hashes, fresh) = match header.kind {
             BackupKind::Full => {
                 let img = create_sized(&tmp.img, header.volume_size)?;
-                let hashes = create_sized(&tmp.hashes, blocks * 32)?;
+                let hashes = create_sized(&tmp.hashes, blocks * HASH_LEN as u64)?;
                 (img, hashes, true)
             }
             BackupKind::Incremental { parent } => {
@@ -126,6 +126,12 @@ impl Receiving {
                         "parent generation {parent} of volume {vol} is not committed"
                     ))
                 })?;
+                if pm.format != MANIFEST_FORMAT {
+                    return Err(OpenError::Refused(format!(
+                        "parent generation {parent} of volume {vol} is in store format {} (this target writes {MANIFEST_FORMAT}, with 16-byte block hashes); back up in full",
+                        pm.format
+                    )));
+                }
                 if pm.volume_size != header.volume_size || pm.block_size != header.block_size {
                     return Err(OpenError::Refused(format!(
                         "parent generation {parent} has {} bytes in blocks of {}; this session says {} in blocks of {}",
@@ -265,7 +271,7 @@ impl Receiving {
     }
 
     fn push_hashes(&mut self, first: u64, hashes: &[u8]) -> Result<(), StoreError> {
-        let run_end = self.hash_run_start + (self.hash_run.len() / 32) as u64;
+        let run_end = self.hash_run_start + (self.hash_run.len() / HASH_LEN) as u64;
         if !self.hash_run.is_empty() && (run_end != first || self.hash_run.len() >= 1 << 20) {
             self.flush_hashes()?;
         }
@@ -279,7 +285,7 @@ impl Receiving {
     fn flush_hashes(&mut self) -> Result<(), StoreError> {
         if !self.hash_run.is_empty() {
             self.hashes
-                .write_all_at(&self.hash_run, self.hash_run_start * 32)
+                .write_all_at(&self.hash_run, self.hash_run_start * HASH_LEN as u64)
                 .map_err(io_err("write", &self.tmp.hashes))?;
             self.hash_run.clear();
         }

@@ -1,7 +1,8 @@
 //! CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) for frame headers and bodies.
 //!
 //! A CRC and not a hash here because it only has to catch transport damage to framing
-//! fields, and it detects every single-bit flip; block data is covered by sha256.
+//! fields, and it detects every single-bit flip; block data is covered by
+//! the per-block hash.
 
 const TABLE: [u32; 256] = make_table();
 
