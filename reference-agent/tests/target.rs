@@ -169,6 +169,39 @@ fn wrong_offset_is_caught_and_the_previous_generation_survives() {
     assert_eq!(verify_ok(&store).0, 0);
 }
 
+/// The target re-reads 8 MiB chunks while the session goes on; a stray write into a
+/// chunk already handed to the re-read (here the last block's, one block back) is still
+/// found: blocks written again are checked again after the fsync.
+#[test]
+fn a_stray_write_behind_the_reread_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // 8 MiB and one block: the last block is the 2049th stored, the only one faulted.
+    let blocks = 2049;
+    let t = TargetProc::start(
+        &store,
+        &dir.path().join("t.sock"),
+        &["--fault-wrong-offset", "2049"],
+    );
+    let src = MemSource::new(blocks, 11, None);
+    let e = Sender::new(t.addr.clone(), quick_opts())
+        .send(&full_spec(&src, sid(1), 1), &mut src.clone())
+        .unwrap_err();
+    let SendError::TargetFailed {
+        reason,
+        bad_blocks,
+        bad_total,
+        ..
+    } = &e
+    else {
+        panic!("expected a verification failure, got {e}");
+    };
+    assert_eq!(*reason, "verification");
+    // 2048 was never written where it belongs; 2047 was overwritten by it.
+    assert_eq!(bad_blocks, &vec![2047, 2048]);
+    assert_eq!(*bad_total, 2);
+}
+
 #[test]
 fn skip_verify_commits_wrong_data_and_verify_finds_it() {
     let dir = tempfile::tempdir().unwrap();
