@@ -187,3 +187,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_batch_of_block_records_is_the_same_bytes_as_one_at_a_time() {
+    let records: Vec<BlockRecord> = (0..300).map(|b| block(1, b)).collect();
+    let mut one = WitnessWriter::new(Vec::new()).unwrap();
+    for r in &records {
+        one.block(r).unwrap();
+    }
+    let mut batch = WitnessWriter::new(Vec::new()).unwrap();
+    batch.blocks(&records[..7]).unwrap();
+    batch.blocks(&records[7..]).unwrap();
+    assert_eq!(one.into_inner(), batch.into_inner());
+}

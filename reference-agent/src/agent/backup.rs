@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -279,14 +280,107 @@ struct SnapshotSource<'a> {
     snapshot: File,
     /// The live device, when a witness is kept.
     live: Option<File>,
+    /// The live reads before each snapshot read, issued one frame ahead.
+    ahead: Option<LiveAhead>,
     /// For a caller's buffer that O_DIRECT cannot read into.
     bounce: Aligned,
-    before: Aligned,
     after: Aligned,
     /// Read sources from the module's trace, by block, not yet noted.
     sources: HashMap<u64, (ModSource, bool)>,
     read_time: Duration,
     witness_time: Duration,
+}
+
+/// The live read that comes before a frame's snapshot read, made on a thread of its
+/// own while the previous frame is read from the snapshot device: the two devices are
+/// read at the same time, and the read still comes before the snapshot read it brackets
+/// (earlier than needed, which only widens the bracket).
+struct LiveAhead {
+    ask: Option<mpsc::Sender<(u64, Aligned)>>,
+    got: mpsc::Receiver<(u64, Aligned, bool)>,
+    /// The block the read in flight starts at, and its length.
+    pending: Option<(u64, usize)>,
+    spare: Option<Aligned>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveAhead {
+    fn start(live: File, frame_bytes: usize) -> io::Result<LiveAhead> {
+        let (ask, asks) = mpsc::channel::<(u64, Aligned)>();
+        let (give, got) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bw-agent-live".into())
+            .spawn(move || {
+                for (first, mut buf) in asks {
+                    let len = buf.len;
+                    let ok = pread_exact(&live, buf.slice(len), first * BLOCK).is_ok();
+                    if give.send((first, buf, ok)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(LiveAhead {
+            ask: Some(ask),
+            got,
+            pending: None,
+            spare: Some(Aligned::new(frame_bytes)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts reading `len` bytes from block `first` (the next frame, most likely).
+    fn prefetch(&mut self, first: u64, len: usize) {
+        let Some(mut buf) = self.spare.take() else {
+            return;
+        };
+        if self.pending.is_some() {
+            self.spare = Some(buf);
+            return;
+        }
+        buf.len = len.min(buf.bytes.len() - BUF_ALIGN);
+        if self
+            .ask
+            .as_ref()
+            .is_some_and(|a| a.send((first, buf)).is_ok())
+        {
+            self.pending = Some((first, len));
+        }
+    }
+
+    /// The live read before the snapshot read of `len` bytes from block `first`: the one
+    /// in flight if it is that one, else made now on `live`. Hand the buffer back with
+    /// [`LiveAhead::recycle`].
+    fn take(&mut self, live: &File, first: u64, len: usize) -> (Aligned, bool) {
+        if let Some(p) = self.pending.take() {
+            if let Ok((at, buf, ok)) = self.got.recv() {
+                if p == (first, len) && at == first {
+                    return (buf, ok);
+                }
+                // Read for another frame (the sender went back): read this one now.
+                self.spare = Some(buf);
+            }
+        }
+        let mut buf = self.spare.take().unwrap_or_else(|| Aligned::new(len));
+        buf.len = len.min(buf.bytes.len() - BUF_ALIGN);
+        let ok = buf.len == len && pread_exact(live, buf.slice(len), first * BLOCK).is_ok();
+        (buf, ok)
+    }
+
+    fn recycle(&mut self, buf: Aligned) {
+        if self.spare.is_none() {
+            self.spare = Some(buf);
+        }
+    }
+}
+
+impl Drop for LiveAhead {
+    fn drop(&mut self) {
+        // The thread ends after the read in flight.
+        self.ask = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What the live device showed around the snapshot read of one block.
@@ -300,9 +394,16 @@ struct LiveNote {
 
 impl SnapshotSource<'_> {
     fn drain_trace(&mut self) {
-        if let Ok(batch) = self.control.trace_all(self.minor) {
+        // Small batches: a frame's reads are a few hundred events, and a buffer for the
+        // whole ring (what trace_all asks for) would cost a MiB per frame.
+        const BATCH: u32 = 4096;
+        while let Ok(batch) = self.control.trace(self.minor, BATCH) {
+            let n = batch.events.len();
             for ev in batch.events {
                 self.sources.insert(ev.block, (ev.source, ev.fault));
+            }
+            if n < BATCH as usize {
+                break;
             }
         }
     }
@@ -388,26 +489,43 @@ impl NotingSource for SnapshotSource<'_> {
             return Ok(None);
         }
         let t = Instant::now();
-        let before_ok = match self.live.as_ref() {
-            Some(live) => {
-                pread_exact(live, self.before.slice(buf.len()), first_block * BLOCK).is_ok()
+        let len = buf.len();
+        let blocks = len / BLOCK as usize;
+        let (mut before, before_ok) = match (self.ahead.as_mut(), self.live.as_ref()) {
+            (Some(ahead), Some(live)) => ahead.take(live, first_block, len),
+            (None, Some(live)) => {
+                let mut b = Aligned::new(len);
+                let ok = pread_exact(live, b.slice(len), first_block * BLOCK).is_ok();
+                (b, ok)
             }
-            None => false,
+            (_, None) => (Aligned::new(0), false),
         };
+        // The next frame's live read runs while this frame is read from the snapshot.
+        if let Some(ahead) = self.ahead.as_mut() {
+            ahead.prefetch(first_block + blocks as u64, len);
+        }
         self.witness_time += t.elapsed();
-        self.read_snapshot(first_block, buf)?;
+        let read = self.read_snapshot(first_block, buf);
         let t = Instant::now();
-        let blocks = buf.len() / BLOCK as usize;
+        if let Err(e) = read {
+            if let Some(ahead) = self.ahead.as_mut() {
+                ahead.recycle(before);
+            }
+            return Err(e);
+        }
         let compares = match (before_ok, self.live.as_ref()) {
             (true, Some(live)) => Self::bracket(
                 live,
                 first_block,
                 buf,
-                self.before.slice(buf.len()),
-                self.after.slice(buf.len()),
+                before.slice(len),
+                self.after.slice(len),
             ),
             _ => vec![(LiveCompare::NotRead, [0u8; HASH_LEN], [0u8; HASH_LEN]); blocks],
         };
+        if let Some(ahead) = self.ahead.as_mut() {
+            ahead.recycle(before);
+        }
         self.drain_trace();
         let notes = compares
             .into_iter()
@@ -456,8 +574,11 @@ impl BlockObserver<Option<Vec<LiveNote>>> for WitnessObserver<'_> {
             return Ok(());
         };
         let t = Instant::now();
-        for (i, (hash, n)) in hashes.iter().zip(notes).enumerate() {
-            let record = BlockRecord {
+        let records: Vec<BlockRecord> = hashes
+            .iter()
+            .zip(notes)
+            .enumerate()
+            .map(|(i, (hash, n))| BlockRecord {
                 volume_index: self.volume_index,
                 generation: self.generation,
                 block: first_block + i as u64,
@@ -467,13 +588,14 @@ impl BlockObserver<Option<Vec<LiveNote>>> for WitnessObserver<'_> {
                 live: n.compare,
                 source: n.source,
                 fault: u8::from(n.fault),
-            };
-            if let Err(e) = w.block(&record) {
-                // A lost witness must not pass for a recorded one.
+            })
+            .collect();
+        match w.blocks(&records) {
+            Ok(()) => self.recorded += records.len() as u64,
+            // A lost witness must not pass for a recorded one.
+            Err(e) => {
                 self.witness_error.get_or_insert_with(|| error_chain(&e));
-                break;
             }
-            self.recorded += 1;
         }
         self.witness_time += t.elapsed();
         Ok(())
@@ -737,17 +859,23 @@ fn send_volume(
     let has_witness = witness.is_some();
     // Buffers for a whole frame of live data (frames hold at most 1 MiB).
     let live_buf = if has_witness { 1 << 20 } else { 0 };
+    let live = if has_witness {
+        open_direct(&vol.device).ok()
+    } else {
+        None
+    };
+    // Without a second descriptor for the read-ahead, every live read is made in turn.
+    let ahead = live
+        .as_ref()
+        .and_then(|l| l.try_clone().ok())
+        .and_then(|l| LiveAhead::start(l, live_buf).ok());
     let mut source = SnapshotSource {
         control,
         minor: vol.minor,
         snapshot,
-        live: if has_witness {
-            open_direct(&vol.device).ok()
-        } else {
-            None
-        },
+        live,
+        ahead,
         bounce: Aligned::new(1 << 20),
-        before: Aligned::new(live_buf),
         after: Aligned::new(live_buf),
         sources: HashMap::new(),
         read_time: Duration::ZERO,
@@ -1116,6 +1244,35 @@ mod tests {
         // Only blocks 1 and 2 were read again.
         assert_eq!(&after_buf[..BLOCK as usize], &[0u8; BLOCK as usize][..]);
         assert_eq!(&after_buf[3 * BLOCK as usize..], &[0u8; BLOCK as usize][..]);
+    }
+
+    /// The read-ahead hands back the frame it read when that frame is asked for, and
+    /// reads any other frame on the spot (after the sender went back).
+    #[test]
+    fn live_reads_ahead_serve_the_frame_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live");
+        let f = File::create(&path).unwrap();
+        for b in 0..16u64 {
+            f.write_all_at(&block(b as u8 + 1), b * BLOCK).unwrap();
+        }
+        let live = File::open(&path).unwrap();
+        let mut ahead = LiveAhead::start(live.try_clone().unwrap(), 4 * BLOCK as usize).unwrap();
+        let len = 2 * BLOCK as usize;
+        ahead.prefetch(4, len);
+        let (mut b, ok) = ahead.take(&live, 4, len);
+        assert!(ok);
+        assert_eq!(b.slice(len), &[block(5), block(6)].concat()[..]);
+        ahead.recycle(b);
+        // Asked for another frame than the one in flight.
+        ahead.prefetch(6, len);
+        let (mut b, ok) = ahead.take(&live, 1, len);
+        assert!(ok);
+        assert_eq!(b.slice(len), &[block(2), block(3)].concat()[..]);
+        ahead.recycle(b);
+        // Past the end of the device: not read.
+        let (_, ok) = ahead.take(&live, 15, len);
+        assert!(!ok);
     }
 
     /// A live device that cannot be read after the snapshot read leaves the blocks
