@@ -25,7 +25,7 @@ use crate::sender::BUF_ALIGN;
 use crate::wire::{block_digest, BlockDigest};
 
 /// Bytes per read of the image.
-const READ_BYTES: usize = 1 << 20;
+const READ_BYTES: usize = 4 << 20;
 
 /// Consecutive stored blocks and the hash each must have.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use crate::sender::BUF_ALIGN;
 use crate::wire::{BlockDigest, HASH_LEN};
 
 /// Bytes staged before a buffer goes to the writer.
-pub const STAGE_BYTES: usize = 4 << 20;
+pub const STAGE_BYTES: usize = 8 << 20;
 /// Stored bytes handed to the re-read at a time: large enough for efficient reads,
 /// small enough that the last one costs little at the end.
 pub const CHECK_BYTES: u64 = 8 << 20;
