@@ -135,6 +135,14 @@ pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth and from the live disk",
                 ),
+                Some(Live::Bracketed { before, after }) if &before == s || &after == s => (
+                    BlockClass::DataFromTheFuture,
+                    "snapshot differs from truth and equals the live disk",
+                ),
+                Some(Live::Bracketed { .. }) => (
+                    BlockClass::CorruptSnapshot,
+                    "snapshot differs from truth and from the live disk right before and right after its read",
+                ),
                 Some(Live::NotRead) | None => (
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth; no live read to compare with",

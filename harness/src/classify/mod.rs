@@ -93,6 +93,41 @@ mod tests {
         assert_eq!(classify_block(&b).0, BlockClass::DataFromTheFuture);
     }
 
+    /// The agent reads the live block right before and right after its snapshot read: a
+    /// snapshot equal to either is post-snapshot data, even when the workload wrote the
+    /// block again in between (so the two live reads differ).
+    #[test]
+    fn snapshot_equal_to_either_bracketing_live_read_is_from_the_future() {
+        let (t, leaked, later, other) = (h(1), h(2), h(3), h(4));
+        let with = |live| BlockInput {
+            snapshot: Some(Some(&leaked)),
+            live: Some(live),
+            ..input(&t)
+        };
+        for live in [
+            Live::Bracketed {
+                before: leaked,
+                after: later,
+            },
+            Live::Bracketed {
+                before: later,
+                after: leaked,
+            },
+        ] {
+            assert_eq!(
+                classify_block(&with(live)).0,
+                BlockClass::DataFromTheFuture,
+                "{live:?}"
+            );
+        }
+        let (class, why) = classify_block(&with(Live::Bracketed {
+            before: later,
+            after: other,
+        }));
+        assert_eq!(class, BlockClass::CorruptSnapshot);
+        assert!(why.contains("before") && why.contains("after"), "{why}");
+    }
+
     #[test]
     fn stamp_order_of_a_block_of_pieces() {
         let p = |at, seq, time_ns| Piece {

@@ -724,8 +724,11 @@ impl Pipeline for Reference {
                         continue;
                     };
                     let live = match b.live {
-                        LiveCompare::Equal => Live::Equal,
-                        LiveCompare::Differs => Live::Differs(BlockHash(b.live_sha256)),
+                        LiveCompare::Equal | LiveCompare::EqualAfter => Live::Equal,
+                        LiveCompare::Differs => Live::Bracketed {
+                            before: BlockHash(b.live_before),
+                            after: BlockHash(b.live_after),
+                        },
                         LiveCompare::NotRead => Live::NotRead,
                     };
                     let source = match b.source {
@@ -737,7 +740,7 @@ impl Pipeline for Reference {
                     blocks.entry(s.volume_id.clone()).or_default().insert(
                         b.block,
                         WitnessBlock {
-                            snapshot: BlockHash(b.snapshot_sha256),
+                            snapshot: BlockHash(b.snapshot),
                             live,
                             source,
                         },

@@ -120,9 +120,16 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                         Live::NotRead => (0, None),
                         Live::Equal => (1, None),
                         Live::Differs(h) => (2, Some(*h)),
+                        Live::Bracketed { before, .. } => (3, Some(*before)),
                     })
                     .collect();
                 put_tagged(&mut out, &tags);
+                // The second hash of each bracketed read, in block order.
+                for l in c {
+                    if let Live::Bracketed { after, .. } = l {
+                        out.extend_from_slice(&after.0);
+                    }
+                }
             }
             if let Some(c) = &g.source {
                 let tags: Vec<(u8, Option<BlockHash>)> = c
@@ -383,14 +390,23 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 None
             };
             let live = if gm.has_live {
-                let tags = r.tags(gm.blocks, 2)?;
+                let tags = r.tags(gm.blocks, 3)?;
                 let mut out = Vec::with_capacity(tags.len());
                 for t in tags {
                     out.push(match t {
                         0 => Live::NotRead,
                         1 => Live::Equal,
-                        _ => Live::Differs(r.hash()?),
+                        2 => Live::Differs(r.hash()?),
+                        _ => Live::Bracketed {
+                            before: r.hash()?,
+                            after: BlockHash([0; HASH_LEN]),
+                        },
                     });
+                }
+                for l in out.iter_mut() {
+                    if let Live::Bracketed { after, .. } = l {
+                        *after = r.hash()?;
+                    }
                 }
                 Some(out)
             } else {

@@ -21,14 +21,21 @@ use serde::{Deserialize, Serialize};
 use crate::console;
 use crate::model::{BackupKind, BlockHash, Expectations, Skipped};
 
-/// The live read the agent made right after the snapshot read of a block.
+/// The live reads the agent made around the snapshot read of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Live {
     NotRead,
-    /// Live data equal to what the snapshot device returned.
+    /// Live data (read before or after the snapshot read) equal to what the snapshot
+    /// device returned.
     Equal,
-    /// Live data differed; its hash.
+    /// One live read, after the snapshot read, that differed; its hash.
     Differs(BlockHash),
+    /// Live reads right before and right after the snapshot read, both different from
+    /// it; their hashes. A workload write between them cannot hide post-snapshot data.
+    Bracketed {
+        before: BlockHash,
+        after: BlockHash,
+    },
 }
 
 /// Where the module served a snapshot read from (its trace).
@@ -296,7 +303,8 @@ pub enum RecordError {
 
 /// The file name of a recording in a report directory.
 pub const RECORDING_FILE: &str = "recording.bwrec";
-const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x01";
+/// Version 2: 16-byte block hashes (xxh3-128) and bracketed live reads.
+const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x02";
 
 impl Recording {
     /// Checks that every column has one entry per block.
@@ -393,6 +401,10 @@ mod tests {
         let mut live = vec![Live::Equal; n as usize];
         live[7] = Live::Differs(h(12345));
         live[8] = Live::NotRead;
+        live[11] = Live::Bracketed {
+            before: h(54321),
+            after: h(6789),
+        };
         g.live = Some(live);
         let mut source = vec![Some(Source::Cow); n as usize];
         source[3] = Some(Source::Live);

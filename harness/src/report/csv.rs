@@ -74,6 +74,10 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                     Some(Live::NotRead) => "not-read".into(),
                     Some(Live::Equal) => "equal".into(),
                     Some(Live::Differs(h)) => h.hex(),
+                    // Before and after the snapshot read.
+                    Some(Live::Bracketed { before, after }) => {
+                        format!("{}/{}", before.hex(), after.hex())
+                    }
                 };
                 let source = match g.source.as_ref().map(|s| s[b]) {
                     None => "-",
