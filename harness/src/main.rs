@@ -157,7 +157,7 @@ enum ImagesCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Hash and classify a 1 GiB image against sha256sum and openssl's sha256 limit.
+    /// Hash and classify a 1 GiB image against the machine's in-memory block-hash limit.
     Hash,
     /// bw-agent's full-backup throughput against dd of the snapshot device, and
     /// bw-target's ingest against dd on the host.
