@@ -96,6 +96,24 @@ impl Filesystem {
         }
     }
 
+    /// The guest kernel module that mounts it (ext2 is mounted by the ext4 driver).
+    pub fn kernel_module(self) -> Option<&'static str> {
+        match self {
+            Filesystem::Ext2 { .. } | Filesystem::Ext4 { .. } => Some("ext4"),
+            Filesystem::Xfs => Some("xfs"),
+            Filesystem::None => None,
+        }
+    }
+
+    /// The filesystem's block size in bytes (xfs as made by mkfs.xfs here: 4 KiB).
+    pub fn block_size(self) -> Option<u32> {
+        match self {
+            Filesystem::Ext2 { block_size } | Filesystem::Ext4 { block_size } => Some(block_size),
+            Filesystem::Xfs => Some(4096),
+            Filesystem::None => None,
+        }
+    }
+
     /// Whether e2fsprogs (debugfs, e2fsck) understand it.
     pub fn is_ext(self) -> bool {
         matches!(self, Filesystem::Ext2 { .. } | Filesystem::Ext4 { .. })
