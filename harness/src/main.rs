@@ -316,12 +316,14 @@ fn doctor_cmd() -> bool {
     true
 }
 
-fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+/// A scratch directory under the cache, removed at the end (and on Ctrl-C).
+fn run_temp_dir(what: &str) -> anyhow::Result<blockwitness::cleanup::TempDir> {
     let base = paths::cache_dir().join("tmp");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    Ok(tempfile::Builder::new()
-        .prefix(&format!("{what}-"))
-        .tempdir_in(base)?)
+    Ok(blockwitness::cleanup::TempDir::new_in(
+        &base,
+        &format!("{what}-"),
+    )?)
 }
 
 /// How `exec` serves its disks.
@@ -404,7 +406,7 @@ fn exec_cmd(
 }
 
 fn main() -> ExitCode {
-    blockwitness::qemu::install_interrupt_handler();
+    blockwitness::cleanup::install_interrupt_handler();
     let cli = Cli::parse();
     let result: anyhow::Result<Exit> = match cli.command {
         Command::Doctor => Ok(if doctor_cmd() {
@@ -468,21 +470,7 @@ fn main() -> ExitCode {
             println!("{report}");
             Ok(report.exit())
         }
-        Command::Diff { a, b, out } => {
-            let out = out.unwrap_or_else(|| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                paths::reports_dir().join(format!("diff-{now}"))
-            });
-            blockwitness::diff::diff(&a, &b, &out)
-                .map(|outcome| {
-                    println!("{outcome}");
-                    outcome.exit()
-                })
-                .map_err(Into::into)
-        }
+        Command::Diff { a, b, out } => diff_cmd(&a, &b, out),
         Command::Report { dir } => blockwitness::report::rebuild_report(&dir)
             .map(|outcome| {
                 println!(
@@ -542,6 +530,27 @@ fn main() -> ExitCode {
             ExitCode::from(Exit::HarnessError.code())
         }
     }
+}
+
+fn diff_cmd(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    out: Option<PathBuf>,
+) -> anyhow::Result<Exit> {
+    let out = match out {
+        Some(out) => out,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            // Unique: two diffs in the same second get two directories.
+            blockwitness::report::new_dir(&paths::reports_dir(), &format!("diff-{now}"))?
+        }
+    };
+    let outcome = blockwitness::diff::diff(a, b, &out)?;
+    println!("{outcome}");
+    Ok(outcome.exit())
 }
 
 fn nightly_cmd(

@@ -68,6 +68,8 @@ struct TargetProc {
     child: Child,
     flags: TargetFlags,
     events: Arc<Mutex<Vec<TargetEvent>>>,
+    /// Registered for the interrupt handler while it lives.
+    _tracked: crate::cleanup::TrackedChild,
 }
 
 impl TargetProc {
@@ -105,8 +107,7 @@ impl TargetProc {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        let (mut child, tracked) = crate::cleanup::spawn_tracked(&mut cmd, false)
             .map_err(|e| PipelineError::failed(format!("starting {}", exe.display()), e))?;
         let events: Arc<Mutex<Vec<TargetEvent>>> = Arc::default();
         let out = child.stdout.take().expect("piped stdout");
@@ -140,6 +141,7 @@ impl TargetProc {
             child,
             flags,
             events,
+            _tracked: tracked,
         })
     }
 
@@ -247,18 +249,18 @@ pub struct Reference {
     minors: BTreeMap<String, u32>,
     notes: Vec<String>,
     /// A short directory for the target's socket (sun_path is 108 bytes).
-    sockets: tempfile::TempDir,
+    sockets: crate::cleanup::TempDir,
 }
 
 impl Reference {
     /// `work` holds the target's store and logs.
     pub fn new(image: &BuiltImage, work: &Path) -> Result<Reference, PipelineError> {
-        let sockets = tempfile::Builder::new()
-            .prefix("bw-target-")
-            .tempdir_in("/tmp")
-            .map_err(|source| PipelineError::Io {
-                path: "/tmp".into(),
-                source,
+        let sockets =
+            crate::cleanup::TempDir::new_in(Path::new("/tmp"), "bw-target-").map_err(|source| {
+                PipelineError::Io {
+                    path: "/tmp".into(),
+                    source,
+                }
             })?;
         Ok(Reference {
             sockets,

@@ -39,6 +39,10 @@ pub struct RunOptions {
     pub project_root: PathBuf,
     /// Keep the work directory (disks, truth layers, target store) after the run.
     pub keep_work: bool,
+    /// Images already built (the nightly builds each once, at its start): a run on one
+    /// of these uses it as it is, never rebuilding or re-resolving it, so every run of a
+    /// nightly runs the same kernel.
+    pub prebuilt: Vec<BuiltImage>,
 }
 
 impl RunOptions {
@@ -50,6 +54,7 @@ impl RunOptions {
             cache: crate::paths::cache_dir(),
             project_root: crate::paths::project_root(),
             keep_work: false,
+            prebuilt: Vec::new(),
         }
     }
 }
@@ -92,7 +97,10 @@ pub fn run_id(plan: &Plan) -> String {
 }
 
 /// Runs one plan end to end and writes its report. Never panics on a failure of the
-/// product or the infrastructure: both end up in the report.
+/// product or the infrastructure: both end up in the report. A panic of the harness
+/// itself is caught and reported as a harness error; its work directory, temporary
+/// directories and children go with the unwinding (and with Ctrl-C, see
+/// [`crate::cleanup`]).
 pub fn run_plan(
     plan: &Plan,
     scenario_text: &str,
@@ -100,16 +108,54 @@ pub fn run_plan(
     reporter: &dyn Reporter,
 ) -> RunResult {
     let started = Instant::now();
-    let run_id = run_id(plan);
-    let report_dir = opts.reports_dir.join(&run_id);
+    let runs = opts.cache.join("runs");
+    // Leftovers of runs whose process is gone (killed, or a power cut).
+    let swept = crate::cleanup::sweep_stale(&runs);
+    let wanted = run_id(plan);
+    let (report_dir, reserve_error) = match crate::report::new_dir(&opts.reports_dir, &wanted) {
+        Ok(dir) => (dir, None),
+        Err(e) => (opts.reports_dir.join(&wanted), Some(chain(&e))),
+    };
+    let run_id = report_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(wanted);
     reporter.event(&Event::RunStarted {
         run_id: run_id.clone(),
         scenario: plan.scenario.clone(),
         image: plan.image.clone(),
         seed: plan.seed,
     });
-    let mut run = Runner::new(plan, opts, reporter, &run_id);
-    run.execute();
+    let workdir = crate::cleanup::WorkDir::create(&runs, &run_id);
+    let work = match &workdir {
+        Ok(w) => w.path().to_owned(),
+        Err(_) => runs.join(&run_id),
+    };
+    let mut run = Runner::new(plan, opts, reporter, &run_id, work);
+    for dir in swept {
+        run.note(format!(
+            "removed the work directory of a run that is gone: {}",
+            dir.display()
+        ));
+    }
+    match (&workdir, reserve_error) {
+        (Err(e), _) => run.harness_error(format!(
+            "creating the work directory under {}: {e}",
+            runs.display()
+        )),
+        (Ok(_), Some(e)) => run.harness_error(format!("creating the report directory: {e}")),
+        (Ok(_), None) => {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.execute()));
+            if let Err(payload) = caught {
+                let what = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic without a message");
+                run.harness_error(format!("the harness panicked: {what}"));
+            }
+        }
+    }
     let recording = run.recording();
     let console = run.work.join("run/console.log");
     let mut found_classes = Vec::new();
@@ -129,8 +175,10 @@ pub fn run_plan(
             errors: vec![format!("writing the report: {}", chain(&e))],
         },
     };
-    if !opts.keep_work {
-        let _ = std::fs::remove_dir_all(&run.work);
+    if let Ok(mut w) = workdir {
+        if opts.keep_work {
+            w.keep();
+        }
     }
     let elapsed = started.elapsed();
     reporter.event(&Event::RunFinished {
@@ -183,13 +231,19 @@ const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
 const HANG_RELEASE: &str = r#"qemu-io hang "resume bwhang""#;
 
 impl<'a> Runner<'a> {
-    fn new(plan: &'a Plan, opts: &'a RunOptions, reporter: &'a dyn Reporter, run_id: &str) -> Self {
+    fn new(
+        plan: &'a Plan,
+        opts: &'a RunOptions,
+        reporter: &'a dyn Reporter,
+        run_id: &str,
+        work: PathBuf,
+    ) -> Self {
         Runner {
             plan,
             opts,
             reporter,
             run_id: run_id.to_string(),
-            work: opts.cache.join("runs").join(run_id),
+            work,
             started: Instant::now(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -260,8 +314,24 @@ impl<'a> Runner<'a> {
             self.harness_error(format!("creating {}: {e}", self.work.display()));
             return;
         }
-        self.phase(format!("building image {}", self.plan.image));
+        let pinned = self
+            .opts
+            .prebuilt
+            .iter()
+            .find(|i| i.name == self.plan.image)
+            .cloned();
+        if let Some(img) = &pinned {
+            self.note(format!(
+                "image {} as built at the start ({}, kernel {})",
+                img.name, img.key, img.kernel_release
+            ));
+        } else {
+            self.phase(format!("building image {}", self.plan.image));
+        }
         let built = self.timed("image", |r| {
+            if let Some(img) = pinned {
+                return Ok(img);
+            }
             let opts = BuildOptions {
                 cache: r.opts.cache.clone(),
                 project_root: r.opts.project_root.clone(),
@@ -527,9 +597,13 @@ impl<'a> Runner<'a> {
         for n in hook_notes {
             self.note(n);
         }
-        let workload_notes = guestops::stop_workloads(vm, during);
-        for n in workload_notes {
+        let stopped = guestops::stop_workloads(vm, during);
+        for n in stopped.notes {
             self.note(n);
+        }
+        for f in stopped.failures {
+            // The scenario's load did not happen as asked: never a pass on it.
+            self.harness_error(format!("backup {}: {f}", step.number));
         }
         let result: BackupResult = result?;
         for n in &result.notes {

@@ -476,3 +476,50 @@ mod verdicts {
         );
     }
 }
+
+/// Two `diff` runs in the same second write two report directories: the one a clock
+/// second names is never reused.
+#[test]
+fn diff_never_writes_into_an_existing_report_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&a, vec![1u8; 16 * 4096]).unwrap();
+    std::fs::write(&b, vec![1u8; 16 * 4096]).unwrap();
+    // Every second the command could start in already has a report directory.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for t in now.saturating_sub(1)..now + 30 {
+        std::fs::create_dir(reports.join(format!("diff-{t}"))).unwrap();
+    }
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockwitness"))
+            .args(["diff"])
+            .arg(&a)
+            .arg(&b)
+            .env("BLOCKWITNESS_REPORTS", &reports)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    run();
+    let with_reports: Vec<String> = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("index.html").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(with_reports.len(), 2, "{with_reports:?}");
+    for name in with_reports {
+        assert!(name.matches('-').count() == 2, "wrote into {name}");
+    }
+}
