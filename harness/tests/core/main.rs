@@ -22,3 +22,15 @@ pub fn fixtures(sub: &str) -> PathBuf {
 pub fn bless() -> bool {
     std::env::var_os("BW_BLESS").is_some_and(|v| v == "1")
 }
+
+/// Whether this is a CI run (CI=true): there a test that needs root, loop devices or
+/// host tools must run, never skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| matches!(v.trim(), "true" | "1"))
+}
+
+/// A test this machine cannot run: under CI a failure, elsewhere a note on stderr.
+pub fn cannot_run(why: &str) {
+    assert!(!under_ci(), "CI=true and this test cannot run here: {why}");
+    eprintln!("skipped: {why}");
+}

@@ -93,12 +93,13 @@ fn a_missing_file_is_a_read_error_naming_it() {
 
 #[test]
 fn check_reports_each_file_and_exit_codes() {
-    let report = scenario::check(&[fixtures("errors/bad-size-unit.toml"), fixtures("scenarios")]);
+    let library = blockwitness::paths::scenarios_dir();
+    let report = scenario::check(&[fixtures("errors/bad-size-unit.toml"), library.clone()]);
     assert_eq!(report.exit(), Exit::ProductFailure);
     assert!(!report.all_valid());
     let text = report.to_string();
     assert!(text.contains("FAIL") && text.contains("ok    "), "{text}");
-    let good = scenario::check(&[fixtures("scenarios")]);
+    let good = scenario::check(&[library]);
     assert_eq!(good.exit(), Exit::Pass, "{good}");
     let none = scenario::check(&[fixtures("no-such-dir")]);
     assert_eq!(none.exit(), Exit::HarnessError);
