@@ -43,7 +43,62 @@ mod tests {
             previous: None,
             stamp: StampOrder::Unknown,
             excluded: false,
+            partial: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_equal_to_either_bracketing_live_read_is_from_the_future() {
+        use crate::record::LiveRead;
+        let (t, x, y) = (h(1), h(2), h(3));
+        let snap = |live| BlockInput {
+            snapshot: Some(Some(&x)),
+            live: Some(live),
+            ..input(&t)
+        };
+        // A write between the snapshot read and the second live read moved the live
+        // block on: the first reading still shows the snapshot held post-instant data.
+        let moved_on = snap(Live::Bracketed(LiveRead::Equal, LiveRead::Differs(y)));
+        assert_eq!(classify_block(&moved_on).0, BlockClass::DataFromTheFuture);
+        let caught_up = snap(Live::Bracketed(LiveRead::Differs(y), LiveRead::Differs(x)));
+        assert_eq!(classify_block(&caught_up).0, BlockClass::DataFromTheFuture);
+        let neither = snap(Live::Bracketed(
+            LiveRead::Differs(y),
+            LiveRead::Differs(h(4)),
+        ));
+        assert_eq!(classify_block(&neither).0, BlockClass::CorruptSnapshot);
+    }
+
+    #[test]
+    fn a_block_shared_with_the_cow_file_is_judged_on_its_other_bytes() {
+        let (t, x) = (h(1), h(2));
+        // Every stage differs from truth in the COW bytes; only the target's bytes
+        // outside them decide.
+        let shared = |outside, stamp| BlockInput {
+            snapshot: Some(Some(&x)),
+            live: Some(Live::Differs(h(5))),
+            transport: Some(Some(&x)),
+            target: TargetBlock::Held(Some(&x)),
+            partial: Some(outside),
+            stamp,
+            ..input(&t)
+        };
+        assert_eq!(
+            classify_block(&shared(Some(true), StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(None, StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Unknown)).0,
+            BlockClass::Unattributed
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Later)).0,
+            BlockClass::DataFromTheFuture
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, RecordError, Recording, RunEvents,
-    RunInfo, Source, StampEvidence, VolumeRecord, MAGIC,
+    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, LiveRead, PartialBlock,
+    RecordError, Recording, RunEvents, RunInfo, Source, StampEvidence, TruthState, VolumeRecord,
+    MAGIC,
 };
 use crate::model::{BackupKind, BlockHash, Expectations, HASH_LEN};
 
@@ -51,6 +52,17 @@ struct GenMeta {
     snapshot_instant_ns: Option<u64>,
     stamps: BTreeMap<u64, StampEvidence>,
     owners: BTreeMap<u64, String>,
+    /// The live column's second reading (bracketed reads) follows it.
+    #[serde(default)]
+    has_live_second: bool,
+    #[serde(default)]
+    truth_state: TruthState,
+    #[serde(default)]
+    partial: BTreeMap<u64, PartialBlock>,
+    #[serde(default)]
+    target_bytes: Option<u64>,
+    #[serde(default)]
+    cow_findings: Vec<String>,
 }
 
 pub fn encode(rec: &Recording) -> Vec<u8> {
@@ -93,6 +105,14 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                 snapshot_instant_ns: g.snapshot_instant_ns,
                 stamps: g.stamps.clone(),
                 owners: g.owners.clone(),
+                has_live_second: g
+                    .live
+                    .as_ref()
+                    .is_some_and(|c| c.iter().any(|l| matches!(l, Live::Bracketed(..)))),
+                truth_state: g.truth_state.clone(),
+                partial: g.partial.clone(),
+                target_bytes: g.target_bytes,
+                cow_findings: g.cow_findings.clone(),
             };
             put_json(&mut out, &gm);
             // Truth relative to the previous generation's truth, when lengths agree.
@@ -114,15 +134,31 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                 put_hashes(&mut out, c, &g.truth);
             }
             if let Some(c) = &g.live {
+                let read = |r: &LiveRead| match r {
+                    LiveRead::Equal => (1, None),
+                    LiveRead::Differs(h) => (2, Some(*h)),
+                };
+                // The first (or only) reading, then the second of bracketed pairs.
                 let tags: Vec<(u8, Option<BlockHash>)> = c
                     .iter()
                     .map(|l| match l {
                         Live::NotRead => (0, None),
                         Live::Equal => (1, None),
                         Live::Differs(h) => (2, Some(*h)),
+                        Live::Bracketed(a, _) => read(a),
                     })
                     .collect();
                 put_tagged(&mut out, &tags);
+                if gm.has_live_second {
+                    let second: Vec<(u8, Option<BlockHash>)> = c
+                        .iter()
+                        .map(|l| match l {
+                            Live::Bracketed(_, b) => read(b),
+                            Live::NotRead | Live::Equal | Live::Differs(_) => (0, None),
+                        })
+                        .collect();
+                    put_tagged(&mut out, &second);
+                }
             }
             if let Some(c) = &g.source {
                 let tags: Vec<(u8, Option<BlockHash>)> = c
@@ -341,6 +377,15 @@ impl Reader<'_> {
     }
 }
 
+/// One live reading as the single-read variants say it.
+fn single(read: Option<LiveRead>) -> Live {
+    match read {
+        None => Live::NotRead,
+        Some(LiveRead::Equal) => Live::Equal,
+        Some(LiveRead::Differs(h)) => Live::Differs(h),
+    }
+}
+
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(RecordError::Magic {
@@ -384,13 +429,33 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
             };
             let live = if gm.has_live {
                 let tags = r.tags(gm.blocks, 2)?;
-                let mut out = Vec::with_capacity(tags.len());
+                let mut first = Vec::with_capacity(tags.len());
                 for t in tags {
-                    out.push(match t {
-                        0 => Live::NotRead,
-                        1 => Live::Equal,
-                        _ => Live::Differs(r.hash()?),
+                    first.push(match t {
+                        0 => None,
+                        1 => Some(LiveRead::Equal),
+                        _ => Some(LiveRead::Differs(r.hash()?)),
                     });
+                }
+                let mut out = Vec::with_capacity(first.len());
+                if gm.has_live_second {
+                    let tags = r.tags(gm.blocks, 2)?;
+                    for (a, t) in first.into_iter().zip(tags) {
+                        let b = match t {
+                            0 => None,
+                            1 => Some(LiveRead::Equal),
+                            _ => Some(LiveRead::Differs(r.hash()?)),
+                        };
+                        out.push(match (a, b) {
+                            (Some(a), Some(b)) => Live::Bracketed(a, b),
+                            (a, None) => single(a),
+                            (None, Some(_)) => {
+                                return Err(r.corrupt("a second live read without a first"))
+                            }
+                        });
+                    }
+                } else {
+                    out.extend(first.into_iter().map(single));
                 }
                 Some(out)
             } else {
@@ -454,6 +519,10 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 snapshot_instant_ns: gm.snapshot_instant_ns,
                 stamps: gm.stamps,
                 owners: gm.owners,
+                truth_state: gm.truth_state,
+                partial: gm.partial,
+                target_bytes: gm.target_bytes,
+                cow_findings: gm.cow_findings,
             });
         }
         volumes.push(VolumeRecord {

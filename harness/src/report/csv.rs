@@ -5,7 +5,7 @@
 
 use crate::classify::Classification;
 use crate::model::BlockHash;
-use crate::record::{Live, Recording, Source};
+use crate::record::{Live, LiveRead, Recording, Source};
 
 /// The columns, in order.
 pub const COLUMNS: [&str; 17] = [
@@ -74,6 +74,13 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                     Some(Live::NotRead) => "not-read".into(),
                     Some(Live::Equal) => "equal".into(),
                     Some(Live::Differs(h)) => h.hex(),
+                    Some(Live::Bracketed(a, b)) => {
+                        let one = |r: LiveRead| match r {
+                            LiveRead::Equal => "equal".to_string(),
+                            LiveRead::Differs(h) => h.hex(),
+                        };
+                        format!("{} / {}", one(a), one(b))
+                    }
                 };
                 let source = match g.source.as_ref().map(|s| s[b]) {
                     None => "-",

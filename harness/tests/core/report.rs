@@ -409,11 +409,32 @@ mod verdicts {
     #[test]
     fn harness_errors_and_unrecorded_checks_are_could_not_run() {
         let events = RunEvents {
-            harness_errors: vec!["qemu did not start".into()],
+            harness_errors: vec!["the workload wrote nothing".into()],
             ..RunEvents::default()
         };
         assert_eq!(
-            verdict(future_at(&[1], &[]), Expectations::clean(), events).exit(),
+            verdict(clean_generation(64), Expectations::clean(), events.clone()).exit(),
+            Exit::HarnessError
+        );
+        // What the harness saw wrong is judged even beside a harness error.
+        let v = verdict(future_at(&[1], &[]), Expectations::clean(), events.clone());
+        let Verdict::Fail { reasons } = v else {
+            panic!("{v:?}")
+        };
+        assert!(reasons[0].contains("data-from-the-future"), "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("also had harness errors: the workload wrote nothing")),
+            "{reasons:?}"
+        );
+        // A failed backup beside a harness error may be the harness's doing: not judged.
+        let mut g = clean_generation(64);
+        g.committed = false;
+        g.agent = Claim::Failure("aborted by the hook".into());
+        g.target_claim = Claim::Silent;
+        assert_eq!(
+            verdict(g, Expectations::clean(), events).exit(),
             Exit::HarnessError
         );
         let expect = Expectations {
@@ -442,6 +463,149 @@ mod verdicts {
         assert_eq!(
             verdict(g, Expectations::clean(), RunEvents::default()).exit(),
             Exit::HarnessError
+        );
+    }
+
+    #[test]
+    fn a_backup_committed_without_an_announced_instant_is_a_false_success() {
+        // Nothing announced, so no truth: zero blocks to judge, and never a pass.
+        let mut g = GenerationRecord::new(1, BackupKind::Full, Vec::new());
+        g.truth_state = TruthState::NeverAnnounced;
+        g.committed = true;
+        g.agent = Claim::Silent;
+        let v = verdict(g.clone(), Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.starts_with("outcome false-success"))),
+            "{v:?}"
+        );
+        // Claimed success, nothing committed: the same lie.
+        g.committed = false;
+        g.agent = Claim::Success;
+        assert_eq!(
+            verdict(g.clone(), Expectations::clean(), RunEvents::default()).exit(),
+            Exit::ProductFailure
+        );
+        // The harness refused the instant: its own error, not the pipeline's lie.
+        g.truth_state = TruthState::NotTaken {
+            why: "volume data is not frozen".into(),
+        };
+        g.agent = Claim::Failure("the hook aborted the backup".into());
+        let events = RunEvents {
+            harness_errors: vec![
+                "backup 1: the harness did not take its truth: volume data is not frozen".into(),
+            ],
+            ..RunEvents::default()
+        };
+        assert_eq!(
+            verdict(g, Expectations::clean(), events).exit(),
+            Exit::HarnessError
+        );
+    }
+
+    #[test]
+    fn a_target_image_of_the_wrong_length_is_the_targets_finding() {
+        // Shorter: the blocks past its end are missing.
+        let mut g = clean_generation(64);
+        let t = g.target.as_mut().unwrap();
+        t[62] = None;
+        t[63] = None;
+        g.target_bytes = Some(62 * 4096);
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("2 block(s) of missing-block"))),
+            "{v:?}"
+        );
+        // Longer: one target-corruption finding past the volume's end.
+        let mut g = clean_generation(64);
+        g.target_bytes = Some(64 * 4096 + 4096);
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("target-corruption") && r.contains("4096 bytes longer than the volume"))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_fault_that_never_fired_tested_nothing() {
+        let fired = |n: Option<u64>| RunEvents {
+            faults: vec![FaultFired {
+                backup: 1,
+                fault: "transport/bit-flip".into(),
+                fired: n,
+                counted_by: "the transport proxy".into(),
+            }],
+            ..RunEvents::default()
+        };
+        let expect = Expectations {
+            classes: BTreeSet::from([BlockClass::TransportCorruption]),
+            allow_clean: true,
+            ..Expectations::clean()
+        };
+        // Clean, and the fault fired: recovered.
+        assert_eq!(
+            verdict(clean_generation(64), expect.clone(), fired(Some(3))),
+            Verdict::Pass
+        );
+        // Clean because it never fired: not a "recovered" pass.
+        let v = verdict(clean_generation(64), expect.clone(), fired(Some(0)));
+        assert!(
+            matches!(v, Verdict::CouldNotRun { ref errors } if errors.iter().any(|e| e.contains("transport/bit-flip of backup 1 never fired"))),
+            "{v:?}"
+        );
+        let v = verdict(clean_generation(64), expect, fired(None));
+        assert_eq!(v.exit(), Exit::HarnessError);
+    }
+
+    #[test]
+    fn named_writes_exempts_metadata_only_and_unmapped_blocks_are_unchecked() {
+        let expect = Expectations {
+            named_writes: true,
+            ..expect_future(Where::Anywhere)
+        };
+        let owned = |owner: &str| {
+            let mut g = future_at(&[3], &[3]);
+            g.owners.insert(3, owner.into());
+            g
+        };
+        // Only the journal's block leaked, and it names no write: exempt, yet no block
+        // names its write at all.
+        let v = verdict(
+            owned("metadata: journal"),
+            expect.clone(),
+            RunEvents::default(),
+        );
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("no data-from-the-future block names"))),
+            "{v:?}"
+        );
+        for data in ["/data/f1", "free space", "inode 12 (no path)"] {
+            let v = verdict(owned(data), expect.clone(), RunEvents::default());
+            assert!(
+                matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("of files name no stamped write"))),
+                "{data}: {v:?}"
+            );
+        }
+        let v = verdict(
+            owned("not mapped (xfs: the mapper reads ext2/ext4 only)"),
+            expect,
+            RunEvents::default(),
+        );
+        assert!(
+            matches!(v, Verdict::CouldNotRun { ref errors } if errors.iter().any(|e| e.contains("could not be checked"))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_cow_file_the_pipeline_misreports_is_a_finding() {
+        let mut g = clean_generation(64);
+        g.cow_findings.push(
+            "the pipeline reports its COW file at bytes 0+8192, and on the truth image it is at 4096+4096".into(),
+        );
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("volume data generation 1: the pipeline reports its COW file"))),
+            "{v:?}"
         );
     }
 
