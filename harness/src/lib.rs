@@ -19,6 +19,7 @@ pub mod qemu;
 pub mod vm;
 
 pub mod classify;
+pub mod cowfile;
 pub mod diff;
 pub mod events;
 pub mod fsmap;

@@ -7,8 +7,10 @@
 
 mod assemble;
 pub mod disks;
+mod freeze;
 mod guestops;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,11 +21,14 @@ use crate::image::{self, BuildOptions, BuiltImage};
 use crate::model::{BlockClass, Exit, Outcome, Verdict};
 use crate::pipeline::reference::Reference;
 use crate::pipeline::{
-    BackupResult, GuestVolume, InstantError, Pipeline, PipelineError, Progress, RunHooks,
+    AnnouncedVolume, BackupResult, Fired, GuestVolume, InstantError, Pipeline, PipelineError,
+    Progress, RunHooks,
 };
 use crate::plan::{BackupStep, Plan};
 use crate::qemu::{Accel, Disk, DiskFormat};
-use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
+use crate::record::{
+    CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, Timing, TruthState,
+};
 use crate::scenario::{FaultSpec, ResetAt};
 use crate::truth::Truth;
 use crate::vm::{BootOptions, Vm};
@@ -310,6 +315,19 @@ impl<'a> Runner<'a> {
             self.harness_error(f);
             return;
         }
+        // Refuse volumes the host cannot hold before anything is made.
+        let need: u64 = self.plan.volumes.iter().map(|v| v.size_bytes).sum::<u64>()
+            + self.plan.guest.hang_disk.unwrap_or(0);
+        if let Some(free) = crate::scenario::host::free_bytes(&self.work) {
+            if need > free {
+                return self.harness_error(format!(
+                    "the volumes need {} and {} holds {} free: nothing was created",
+                    crate::scenario::units::format_size_approx(need),
+                    self.work.display(),
+                    crate::scenario::units::format_size_approx(free)
+                ));
+            }
+        }
         if let Err(e) = std::fs::create_dir_all(self.work.join("run")) {
             self.harness_error(format!("creating {}: {e}", self.work.display()));
             return;
@@ -580,12 +598,29 @@ impl<'a> Runner<'a> {
             truth: self.truth.as_mut().expect("set"),
             step,
             plan: self.plan,
+            backed,
             reset_done: false,
             notes: Vec::new(),
             instant_at: None,
+            announced: false,
+            refused: None,
+            probes: Vec::new(),
+            fired: BTreeMap::new(),
             reporter: self.reporter,
             run_id: &self.run_id,
         };
+        // The run injects guest faults itself: each counts from zero.
+        for f in &step.faults {
+            if f.spec.layer() == crate::model::Layer::Guest {
+                hooks.fired.insert(
+                    f.index,
+                    Fired {
+                        count: Some(0),
+                        counted_by: "the run's hooks".into(),
+                    },
+                );
+            }
+        }
         let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
         let result = self
             .pipeline
@@ -594,8 +629,20 @@ impl<'a> Runner<'a> {
             .backup(vm, self.plan, step, backed, &mut hooks, deadline);
         let hook_notes = std::mem::take(&mut hooks.notes);
         let took_instant = hooks.instant_at;
+        let (announced, refused) = (hooks.announced, hooks.refused.take());
+        let probes = std::mem::take(&mut hooks.probes);
+        let guest_fired = std::mem::take(&mut hooks.fired);
         for n in hook_notes {
             self.note(n);
+        }
+        for n in freeze::reap(vm, probes) {
+            self.note(n);
+        }
+        if let Some(why) = &refused {
+            self.harness_error(format!(
+                "backup {}: the harness did not take its truth: {why}",
+                step.number
+            ));
         }
         let stopped = guestops::stop_workloads(vm, during);
         for n in stopped.notes {
@@ -609,6 +656,16 @@ impl<'a> Runner<'a> {
         for n in &result.notes {
             self.note(n.clone());
         }
+        self.record_fired(step, &result.fired, &guest_fired);
+        let truth_state = if self.truth.as_ref().is_some_and(|t| t.taken(step.number)) {
+            TruthState::Taken
+        } else if announced {
+            TruthState::NotTaken {
+                why: refused.unwrap_or_else(|| "the truth was not taken".into()),
+            }
+        } else {
+            TruthState::NeverAnnounced
+        };
         let log = self
             .work
             .join(format!("run/agent-backup-{}.log", step.number));
@@ -641,7 +698,39 @@ impl<'a> Runner<'a> {
             number: step.number,
             result,
             stored_after,
+            truth_state,
         })
+    }
+
+    /// How often each fault of the step fired, from the layer that injected it (the
+    /// pipeline's count for its layers, the hooks' for the guest's). A fault nobody
+    /// counted is recorded as uncounted: a harness error, never a silent pass.
+    fn record_fired(
+        &mut self,
+        step: &BackupStep,
+        pipeline: &BTreeMap<usize, Fired>,
+        guest: &BTreeMap<usize, Fired>,
+    ) {
+        for f in &step.faults {
+            let fired = pipeline.get(&f.index).or_else(|| guest.get(&f.index));
+            let label = f.spec.kind().label();
+            let (count, counted_by) = match fired {
+                Some(x) => (x.count, x.counted_by.clone()),
+                None => (None, "nobody counted it".to_string()),
+            };
+            if let Some(n) = count {
+                self.note(format!(
+                    "fault {label} of backup {} fired {n} time(s) ({counted_by})",
+                    step.number
+                ));
+            }
+            self.events.faults.push(FaultFired {
+                backup: step.number,
+                fault: label,
+                fired: count,
+                counted_by,
+            });
+        }
     }
 
     /// After the guest is down: the checks that need the disks, then the recording.
@@ -835,21 +924,35 @@ enum BackupError {
     Pipeline(#[from] PipelineError),
 }
 
-/// The run's side of a backup: the truth at the instant, guest faults on their triggers.
+/// The run's side of a backup: the check of the instant, the truth, guest faults on
+/// their triggers.
 struct Hooks<'a> {
     hang_armed: bool,
     truth: &'a mut Truth,
     step: &'a BackupStep,
     plan: &'a Plan,
+    /// The volumes the run asked the pipeline to back up.
+    backed: &'a [GuestVolume],
     reset_done: bool,
     notes: Vec<String>,
     instant_at: Option<Duration>,
+    /// The pipeline announced its instant.
+    announced: bool,
+    /// Why the harness did not take its truth at the announced instant.
+    refused: Option<String>,
+    /// Write probes blocked in the frozen filesystems, reaped after the backup.
+    probes: Vec<freeze::Probe>,
+    /// How often each guest-layer fault fired, by fault index.
+    fired: BTreeMap<usize, Fired>,
     reporter: &'a dyn Reporter,
     run_id: &'a str,
 }
 
-impl RunHooks for Hooks<'_> {
-    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError> {
+impl Hooks<'_> {
+    /// The instant: are these the volumes, are they frozen, then the truth.
+    fn instant(&mut self, vm: &mut Vm, announced: &[AnnouncedVolume]) -> Result<(), InstantError> {
+        freeze::check_volumes(announced, self.backed)?;
+        freeze::probe_frozen(vm, self.backed, self.step.number, &mut self.probes)?;
         if self.hang_armed {
             // Nothing is suspended if no one read the disk since the last arming.
             let _ = vm.machine.hmp(HANG_RELEASE);
@@ -868,17 +971,44 @@ impl RunHooks for Hooks<'_> {
                 let Some(v) = self.plan.volumes.iter().find(|v| v.name == volume) else {
                     continue;
                 };
-                match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
-                    Ok(_) => self.notes.push(format!(
-                        "fault: removed the disk of volume {volume} during the freeze"
-                    )),
-                    Err(e) => self
-                        .notes
-                        .push(format!("fault: device_del of {volume} failed: {e}")),
-                }
+                let removed = match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
+                    Ok(_) => {
+                        self.notes.push(format!(
+                            "fault: removed the disk of volume {volume} during the freeze"
+                        ));
+                        1
+                    }
+                    Err(e) => {
+                        self.notes
+                            .push(format!("fault: device_del of {volume} failed: {e}"));
+                        0
+                    }
+                };
+                self.fired.insert(
+                    f.index,
+                    Fired {
+                        count: Some(removed),
+                        counted_by: "the run's hooks (QMP device_del)".into(),
+                    },
+                );
             }
         }
         Ok(())
+    }
+}
+
+impl RunHooks for Hooks<'_> {
+    fn at_instant(
+        &mut self,
+        vm: &mut Vm,
+        announced: &[AnnouncedVolume],
+    ) -> Result<(), InstantError> {
+        self.announced = true;
+        let result = self.instant(vm, announced);
+        if let Err(e) = &result {
+            self.refused = Some(chain(e));
+        }
+        result
     }
 
     fn tick(&mut self, vm: &mut Vm, progress: Progress) {
@@ -930,6 +1060,13 @@ impl RunHooks for Hooks<'_> {
                 vm.machine.reset().map_err(|e| e.to_string())
             };
             let what = if panic { "kernel panic" } else { "guest reset" };
+            self.fired.insert(
+                f.index,
+                Fired {
+                    count: Some(u64::from(done.is_ok())),
+                    counted_by: "the run's hooks".into(),
+                },
+            );
             self.notes.push(match done {
                 Ok(()) => format!("fault: {what} {when}"),
                 Err(e) => format!("fault: {what} failed: {e}"),
