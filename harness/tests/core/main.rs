@@ -7,6 +7,7 @@ mod docs;
 mod field_scenarios;
 mod layering;
 mod report;
+mod runs;
 mod scenario_errors;
 
 use std::path::PathBuf;
