@@ -121,6 +121,12 @@ enum Command {
     },
     /// Rebuild a report's summary, CSV, JUnit and HTML from its recording.
     Report { dir: PathBuf },
+    /// Put a nightly's detector matrix (DIR/matrix.md) into the README, naming the
+    /// nightly it came from.
+    ReadmeMatrix {
+        /// The nightly's report directory, e.g. reports/nightly-1795900000.
+        dir: PathBuf,
+    },
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
@@ -471,6 +477,19 @@ fn main() -> ExitCode {
             Ok(report.exit())
         }
         Command::Diff { a, b, out } => diff_cmd(&a, &b, out),
+        Command::ReadmeMatrix { dir } => {
+            let readme = paths::project_root().join("README.md");
+            blockwitness::nightly::readme_matrix(&dir, &readme)
+                .map(|()| {
+                    println!(
+                        "{}: detector matrix from {}",
+                        readme.display(),
+                        dir.display()
+                    );
+                    Exit::Pass
+                })
+                .map_err(Into::into)
+        }
         Command::Report { dir } => blockwitness::report::rebuild_report(&dir)
             .map(|outcome| {
                 println!(

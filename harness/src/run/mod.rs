@@ -78,6 +78,8 @@ pub struct RunResult {
     pub found_classes: Vec<BlockClass>,
     /// Run-level outcomes found.
     pub outcomes: Vec<Outcome>,
+    /// Every injected fault and how often it fired.
+    pub faults: Vec<FaultFired>,
 }
 
 impl RunResult {
@@ -162,6 +164,7 @@ pub fn run_plan(
         }
     }
     let recording = run.recording();
+    let faults = recording.events.faults.clone();
     let console = run.work.join("run/console.log");
     let mut found_classes = Vec::new();
     let mut outcomes = Vec::new();
@@ -202,6 +205,7 @@ pub fn run_plan(
         elapsed,
         found_classes,
         outcomes,
+        faults,
     }
 }
 
