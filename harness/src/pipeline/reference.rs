@@ -895,44 +895,43 @@ impl Pipeline for Reference {
                 count: Some(count),
                 counted_by: who.to_string(),
             };
-            let fired = match kind.layer() {
-                Layer::Module => match &module_log {
+            let proxy = |n: u64| by(n, "the transport proxy");
+            let target = |n: u64| by(n, "bw-target's events");
+            let fired = match kind {
+                FaultKind::CowReadLive
+                | FaultKind::DropTracking
+                | FaultKind::CorruptCow
+                | FaultKind::DelayCow => match &module_log {
                     Ok(log) => by(log.count(kind), "the module's fault log"),
                     Err(e) => Fired {
                         count: None,
                         counted_by: e.clone(),
                     },
                 },
-                Layer::Transport => {
-                    let n = match kind {
-                        FaultKind::BitFlip => {
-                            proxy_count(&|x| matches!(x, InjectedFault::BitFlip { .. }))
-                        }
-                        FaultKind::Rewrite => {
-                            proxy_count(&|x| matches!(x, InjectedFault::Rewritten { .. }))
-                        }
-                        FaultKind::DropFrame => {
-                            proxy_count(&|x| matches!(x, InjectedFault::Dropped))
-                        }
-                        _ => proxy_count(&|x| matches!(x, InjectedFault::DisconnectAfter)),
-                    };
-                    by(n, "the transport proxy")
+                FaultKind::BitFlip => {
+                    proxy(proxy_count(&|x| matches!(x, InjectedFault::BitFlip { .. })))
                 }
-                Layer::Target => {
-                    let n = match kind {
-                        FaultKind::WrongOffset => {
-                            sessions.iter().map(|r| r.fault_sites.len() as u64).sum()
-                        }
-                        // A session committed without the re-read the target owes.
-                        FaultKind::SkipVerify => sessions
-                            .iter()
-                            .filter(|r| r.status == SessionStatus::Committed && !r.verified)
-                            .count() as u64,
-                        _ => crash_restarts,
-                    };
-                    by(n, "bw-target's events")
+                FaultKind::Rewrite => proxy(proxy_count(&|x| {
+                    matches!(x, InjectedFault::Rewritten { .. })
+                })),
+                FaultKind::DropFrame => {
+                    proxy(proxy_count(&|x| matches!(x, InjectedFault::Dropped)))
                 }
-                Layer::Agent => by(
+                FaultKind::Disconnect => proxy(proxy_count(&|x| {
+                    matches!(x, InjectedFault::DisconnectAfter)
+                })),
+                FaultKind::WrongOffset => {
+                    target(sessions.iter().map(|r| r.fault_sites.len() as u64).sum())
+                }
+                // A session committed without the re-read the target owes.
+                FaultKind::SkipVerify => target(
+                    sessions
+                        .iter()
+                        .filter(|r| r.status == SessionStatus::Committed && !r.verified)
+                        .count() as u64,
+                ),
+                FaultKind::CrashBeforeCommit => target(crash_restarts),
+                FaultKind::SkipBlocks => by(
                     summary
                         .volumes
                         .iter()
@@ -940,8 +939,12 @@ impl Pipeline for Reference {
                         .sum(),
                     "the agent's summary",
                 ),
-                // The run's faults: it counts them itself.
-                Layer::Disk | Layer::Guest => continue,
+                // The run's faults (disk, guest): it counts them itself.
+                FaultKind::DiskHang
+                | FaultKind::DiskEio
+                | FaultKind::Reset
+                | FaultKind::Panic
+                | FaultKind::RemoveDisk => continue,
             };
             result.fired.insert(f.index, fired);
         }

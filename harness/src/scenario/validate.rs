@@ -863,7 +863,19 @@ fn validate_faults(
                 FaultKind::DropFrame => &[("frame", f.frame)],
                 FaultKind::Disconnect => &[("after_frame", f.after_frame)],
                 FaultKind::WrongOffset | FaultKind::SkipBlocks => &[("every", f.every)],
-                _ => &[],
+                // Counted in events no scenario bounds (COW copies, tracking updates),
+                // in time, or a disk block (checked above).
+                FaultKind::CowReadLive
+                | FaultKind::DropTracking
+                | FaultKind::CorruptCow
+                | FaultKind::DelayCow
+                | FaultKind::DiskHang
+                | FaultKind::DiskEio
+                | FaultKind::SkipVerify
+                | FaultKind::CrashBeforeCommit
+                | FaultKind::Reset
+                | FaultKind::Panic
+                | FaultKind::RemoveDisk => &[],
             };
             for (key, value) in counted {
                 let Some(n) = value else { continue };
