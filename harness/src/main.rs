@@ -121,6 +121,12 @@ enum Command {
     },
     /// Rebuild a report's summary, CSV, JUnit and HTML from its recording.
     Report { dir: PathBuf },
+    /// Put a nightly's detector matrix (DIR/matrix.md) into the README, naming the
+    /// nightly it came from.
+    ReadmeMatrix {
+        /// The nightly's report directory, e.g. reports/nightly-1795900000.
+        dir: PathBuf,
+    },
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
@@ -330,12 +336,14 @@ fn doctor_cmd() -> bool {
     true
 }
 
-fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+/// A scratch directory under the cache, removed at the end (and on Ctrl-C).
+fn run_temp_dir(what: &str) -> anyhow::Result<blockwitness::cleanup::TempDir> {
     let base = paths::cache_dir().join("tmp");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    Ok(tempfile::Builder::new()
-        .prefix(&format!("{what}-"))
-        .tempdir_in(base)?)
+    Ok(blockwitness::cleanup::TempDir::new_in(
+        &base,
+        &format!("{what}-"),
+    )?)
 }
 
 /// How `exec` serves its disks.
@@ -418,7 +426,7 @@ fn exec_cmd(
 }
 
 fn main() -> ExitCode {
-    blockwitness::qemu::install_interrupt_handler();
+    blockwitness::cleanup::install_interrupt_handler();
     let cli = Cli::parse();
     let result: anyhow::Result<Exit> = match cli.command {
         Command::Doctor => Ok(if doctor_cmd() {
@@ -482,18 +490,17 @@ fn main() -> ExitCode {
             println!("{report}");
             Ok(report.exit())
         }
-        Command::Diff { a, b, out } => {
-            let out = out.unwrap_or_else(|| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                paths::reports_dir().join(format!("diff-{now}"))
-            });
-            blockwitness::diff::diff(&a, &b, &out)
-                .map(|outcome| {
-                    println!("{outcome}");
-                    outcome.exit()
+        Command::Diff { a, b, out } => diff_cmd(&a, &b, out),
+        Command::ReadmeMatrix { dir } => {
+            let readme = paths::project_root().join("README.md");
+            blockwitness::nightly::readme_matrix(&dir, &readme)
+                .map(|()| {
+                    println!(
+                        "{}: detector matrix from {}",
+                        readme.display(),
+                        dir.display()
+                    );
+                    Exit::Pass
                 })
                 .map_err(Into::into)
         }
@@ -562,6 +569,27 @@ fn main() -> ExitCode {
             ExitCode::from(Exit::HarnessError.code())
         }
     }
+}
+
+fn diff_cmd(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    out: Option<PathBuf>,
+) -> anyhow::Result<Exit> {
+    let out = match out {
+        Some(out) => out,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            // Unique: two diffs in the same second get two directories.
+            blockwitness::report::new_dir(&paths::reports_dir(), &format!("diff-{now}"))?
+        }
+    };
+    let outcome = blockwitness::diff::diff(a, b, &out)?;
+    println!("{outcome}");
+    Ok(outcome.exit())
 }
 
 fn nightly_cmd(

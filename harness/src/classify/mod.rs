@@ -43,7 +43,40 @@ mod tests {
             previous: None,
             stamp: StampOrder::Unknown,
             excluded: false,
+            partial: None,
         }
+    }
+
+    #[test]
+    fn a_block_shared_with_the_cow_file_is_judged_on_its_other_bytes() {
+        let (t, x) = (h(1), h(2));
+        // Every stage differs from truth in the COW bytes; only the target's bytes
+        // outside them decide.
+        let shared = |outside, stamp| BlockInput {
+            snapshot: Some(Some(&x)),
+            live: Some(Live::Differs(h(5))),
+            transport: Some(Some(&x)),
+            target: TargetBlock::Held(Some(&x)),
+            partial: Some(outside),
+            stamp,
+            ..input(&t)
+        };
+        assert_eq!(
+            classify_block(&shared(Some(true), StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(None, StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Unknown)).0,
+            BlockClass::Unattributed
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Later)).0,
+            BlockClass::DataFromTheFuture
+        );
     }
 
     #[test]

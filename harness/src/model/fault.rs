@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a fault is injected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layer {
     Module,
