@@ -21,6 +21,7 @@ pub mod classify;
 pub mod diff;
 pub mod events;
 pub mod fsmap;
+pub mod gate;
 pub mod hash;
 pub mod nightly;
 pub mod oracle;

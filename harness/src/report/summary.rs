@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
-use crate::record::{Claim, Recording, RunInfo};
+use crate::record::{BackupSpeed, Claim, Recording, RunInfo, WorkloadRecord};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -30,6 +30,12 @@ pub struct Summary {
     pub checks: Vec<String>,
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What each `during` workload wrote, step by step when paced by the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRecord>,
+    /// How fast each backup went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speeds: Vec<BackupSpeed>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,6 +161,8 @@ impl Summary {
                 })
                 .collect(),
             notes: rec.events.notes.clone(),
+            workloads: rec.events.workloads.clone(),
+            speeds: rec.events.speeds.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::model::Skipped;
 use crate::pipeline::GuestVolume;
 use crate::plan::{Plan, WorkloadRun};
 use crate::qemu::{Disk, DiskFormat};
-use crate::record::{CheckKind, CheckResult};
+use crate::record::{CheckKind, CheckResult, WorkloadRecord};
 use crate::scenario::{Filesystem, Rate};
 use crate::truth::Truth;
 use crate::vm::Vm;
@@ -163,7 +163,10 @@ pub fn workload_argv(run: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
     argv
 }
 
-fn volume<'v>(volumes: &'v [GuestVolume], name: &str) -> Result<&'v GuestVolume, GuestOpError> {
+pub(super) fn volume<'v>(
+    volumes: &'v [GuestVolume],
+    name: &str,
+) -> Result<&'v GuestVolume, GuestOpError> {
     volumes
         .iter()
         .find(|v| v.name == name)
@@ -229,12 +232,24 @@ pub(super) fn run_workloads(
     Ok(())
 }
 
+/// A `during` workload running in the background.
+pub(super) struct Running {
+    handle: u64,
+    run: WorkloadRun,
+}
+
+impl Running {
+    fn what(&self) -> String {
+        format!("{} on {}", self.run.spec.kind.name(), self.run.spec.volume)
+    }
+}
+
 /// Starts the `during` workloads in the background.
 pub(super) fn start_workloads(
     vm: &mut Vm,
     runs: &[WorkloadRun],
     volumes: &[GuestVolume],
-) -> Result<Vec<(u64, String)>, GuestOpError> {
+) -> Result<Vec<Running>, GuestOpError> {
     let mut handles = Vec::new();
     for w in runs {
         let argv = workload_argv(w, volume(volumes, &w.spec.volume)?);
@@ -246,54 +261,88 @@ pub(super) fn start_workloads(
                 command: argv.join(" "),
                 source,
             })?;
-        handles.push((h, format!("{} on {}", w.spec.kind.name(), w.spec.volume)));
+        handles.push(Running {
+            handle: h,
+            run: w.clone(),
+        });
     }
     Ok(handles)
 }
 
-/// Stops background workloads (SIGTERM, then waits) and summarises what they did.
-pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Vec<String> {
+/// Stops background workloads (SIGTERM, then waits) and summarises what they did in
+/// backup `backup`: notes for the report, and a record of each.
+pub(super) fn stop_workloads(
+    vm: &mut Vm,
+    running: Vec<Running>,
+    backup: u32,
+) -> (Vec<String>, Vec<WorkloadRecord>) {
     let mut notes = Vec::new();
-    for (h, what) in handles {
+    let mut records = Vec::new();
+    for r in running {
+        let what = r.what();
+        let h = r.handle;
+        let mut summary = None;
         if vm.machine.exited().is_some() {
             notes.push(format!("workload {what}: the guest is gone"));
-            continue;
-        }
-        let _ = vm.guest.kill(h, libc::SIGTERM);
-        match vm.guest.wait(h, Duration::from_secs(20)) {
-            Ok(Some(done)) => {
-                let summary = done
-                    .stdout
-                    .lines()
-                    .rev()
-                    .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
-                notes.push(match summary {
-                    Some(s) => {
-                        let seq = |n: Option<u64>| n.map_or("null".into(), |n| n.to_string());
-                        format!(
-                            "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
-                            s.writes,
-                            s.bytes >> 20,
-                            seq(s.first_seq),
-                            seq(s.last_seq),
-                            if s.errors.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", errors: {:?}", s.errors)
-                            }
-                        )
-                    }
-                    None => format!("workload {what}: no summary ({})", done.describe()),
-                });
+        } else {
+            let _ = vm.guest.kill(h, libc::SIGTERM);
+            match vm.guest.wait(h, Duration::from_secs(20)) {
+                Ok(Some(done)) => {
+                    summary = done
+                        .stdout
+                        .lines()
+                        .rev()
+                        .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
+                    notes.push(match &summary {
+                        Some(s) => {
+                            let seq = |n: Option<u64>| n.map_or("null".into(), |n| n.to_string());
+                            format!(
+                                "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
+                                s.writes,
+                                s.bytes >> 20,
+                                seq(s.first_seq),
+                                seq(s.last_seq),
+                                if s.errors.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", errors: {:?}", s.errors)
+                                }
+                            )
+                        }
+                        None => format!("workload {what}: no summary ({})", done.describe()),
+                    });
+                }
+                Ok(None) => {
+                    let _ = vm.guest.kill(h, libc::SIGKILL);
+                    notes.push(format!("workload {what}: did not stop on SIGTERM; killed"));
+                }
+                Err(e) => notes.push(format!("workload {what}: {}", chain(&e))),
             }
-            Ok(None) => {
-                let _ = vm.guest.kill(h, libc::SIGKILL);
-                notes.push(format!("workload {what}: did not stop on SIGTERM; killed"));
-            }
-            Err(e) => notes.push(format!("workload {what}: {}", chain(&e))),
         }
+        let s = summary.as_ref();
+        records.push(WorkloadRecord {
+            backup,
+            index: r.run.index,
+            writer: r.run.writer,
+            kind: r.run.spec.kind.name().to_string(),
+            volume: r.run.spec.volume.clone(),
+            pacing: format!(
+                "wall clock: {}",
+                r.run
+                    .spec
+                    .wall_clock_reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+            ),
+            steps: Vec::new(),
+            bytes: s.map(|s| s.bytes),
+            ops: s.map(|s| s.ops),
+            writes: s.map(|s| s.writes),
+            stopped_by: s.map(|s| super::pace::stop_name(s.stopped_by)),
+            failure: s.and_then(|s| s.failure).map(|f| f.to_string()),
+        });
     }
-    notes
+    (notes, records)
 }
 
 /// The volumes whose device is gone from the guest.

@@ -8,6 +8,7 @@
 mod assemble;
 pub mod disks;
 mod guestops;
+mod pace;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,9 +22,11 @@ use crate::pipeline::reference::Reference;
 use crate::pipeline::{
     BackupResult, GuestVolume, InstantError, Pipeline, PipelineError, Progress, RunHooks,
 };
-use crate::plan::{BackupStep, Plan};
+use crate::plan::{BackupStep, Plan, WorkloadRun};
 use crate::qemu::{Accel, Disk, DiskFormat};
-use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
+use crate::record::{
+    BackupSpeed, CheckKind, CheckResult, Recording, RunEvents, RunInfo, SlowRecord, Timing,
+};
 use crate::scenario::{FaultSpec, ResetAt};
 use crate::truth::Truth;
 use crate::vm::{BootOptions, Vm};
@@ -39,6 +42,9 @@ pub struct RunOptions {
     pub project_root: PathBuf,
     /// Keep the work directory (disks, truth layers, target store) after the run.
     pub keep_work: bool,
+    /// `--slow N`: QEMU runs at 1/N of the wall clock (a stop/continue duty cycle, see
+    /// `qemu::throttle`); the scenario's timeout and the run's deadlines grow N-fold.
+    pub slow: Option<u32>,
 }
 
 impl RunOptions {
@@ -50,7 +56,13 @@ impl RunOptions {
             cache: crate::paths::cache_dir(),
             project_root: crate::paths::project_root(),
             keep_work: false,
+            slow: None,
         }
+    }
+
+    /// The slow-down factor: 1 at full speed.
+    pub fn slow_factor(&self) -> u32 {
+        self.slow.unwrap_or(1).max(1)
     }
 }
 
@@ -173,6 +185,10 @@ struct Runner<'a> {
     file_lists: Vec<(String, String)>,
     /// The never-answering disk holds a suspended read.
     hang_armed: bool,
+    /// What the `--slow` throttle measured on the first boot.
+    slowed: Option<crate::qemu::throttle::ThrottleStats>,
+    /// Blocks per second of each backup, as the pipeline reported its progress.
+    speeds: Vec<BackupSpeed>,
 }
 
 /// Suspends the next read of the extra disk `hang` ([`disks::HANG_ID`], blkdebug), forever.
@@ -205,6 +221,8 @@ impl<'a> Runner<'a> {
             pipeline: None,
             file_lists: Vec::new(),
             hang_armed: false,
+            slowed: None,
+            speeds: Vec::new(),
         }
     }
 
@@ -243,8 +261,13 @@ impl<'a> Runner<'a> {
         self.events.harness_errors.push(text);
     }
 
+    /// The scenario's timeout, stretched by `--slow`.
+    fn timeout(&self) -> Duration {
+        self.plan.timeout * self.opts.slow_factor()
+    }
+
     fn remaining(&self) -> Duration {
-        self.plan.timeout.saturating_sub(self.started.elapsed())
+        self.timeout().saturating_sub(self.started.elapsed())
     }
 
     fn execute(&mut self) {
@@ -350,6 +373,7 @@ impl<'a> Runner<'a> {
         boot.floppy = disks.floppy.clone();
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
+        boot.slow = self.opts.slow;
         self.phase("booting");
         // The scenario's timeout counts from the boot: building an image is not the run.
         self.started = Instant::now();
@@ -474,11 +498,14 @@ impl<'a> Runner<'a> {
 
     /// Shuts the guest down (or notes why it was already down) and scans its console.
     fn finish_guest(&mut self, mut vm: Vm) {
+        if let Some(stats) = vm.machine.throttle_stats() {
+            self.slowed = Some(stats);
+        }
         if vm.machine.watchdog_fired() {
             self.events.watchdog_fired = true;
             self.note(format!(
                 "the watchdog ended the guest after {:?}",
-                self.plan.timeout
+                self.timeout()
             ));
         } else if vm.machine.exited().is_none() {
             self.phase("shutting down");
@@ -504,7 +531,23 @@ impl<'a> Runner<'a> {
         volumes: &[GuestVolume],
         backed: &[GuestVolume],
     ) -> Result<BackupRecord, BackupError> {
-        let during = guestops::start_workloads(vm, &step.during, volumes)?;
+        // Paced workloads first: their working sets must exist before the instant.
+        let pacing = pace::Pacing::start(
+            vm,
+            self.plan,
+            step.number,
+            &step.during,
+            volumes,
+            self.opts.slow_factor(),
+        )?;
+        let wall_clock: Vec<WorkloadRun> = step
+            .during
+            .iter()
+            .filter(|w| w.spec.pace.is_none())
+            .cloned()
+            .collect();
+        let during = guestops::start_workloads(vm, &wall_clock, volumes)?;
+        let deadline = self.timeout().saturating_sub(self.started.elapsed());
         let mut hooks = Hooks {
             hang_armed: self.hang_armed,
             truth: self.truth.as_mut().expect("set"),
@@ -515,21 +558,44 @@ impl<'a> Runner<'a> {
             instant_at: None,
             reporter: self.reporter,
             run_id: &self.run_id,
+            pacing,
+            last: Progress::default(),
         };
-        let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
+        let started = Instant::now();
         let result = self
             .pipeline
             .as_mut()
             .expect("set")
             .backup(vm, self.plan, step, backed, &mut hooks, deadline);
+        let took = started.elapsed();
         let hook_notes = std::mem::take(&mut hooks.notes);
         let took_instant = hooks.instant_at;
+        let pacing = hooks.pacing.take();
+        let last = hooks.last;
         for n in hook_notes {
             self.note(n);
         }
-        let workload_notes = guestops::stop_workloads(vm, during);
+        if let Some(p) = pacing {
+            let (records, notes, errors) = p.finish(vm);
+            for n in notes {
+                self.note(n);
+            }
+            for e in errors {
+                self.harness_error(e);
+            }
+            self.events.workloads.extend(records);
+        }
+        let (workload_notes, records) = guestops::stop_workloads(vm, during, step.number);
         for n in workload_notes {
             self.note(n);
+        }
+        self.events.workloads.extend(records);
+        if let Some(blocks) = last.blocks_crossed.filter(|b| *b > 0) {
+            self.speeds.push(BackupSpeed {
+                backup: step.number,
+                blocks,
+                millis: took.as_millis() as u64,
+            });
         }
         let result: BackupResult = result?;
         for n in &result.notes {
@@ -605,6 +671,7 @@ impl<'a> Runner<'a> {
         }
         let mut boot = BootOptions::new(*accel, self.work.join("run2"));
         boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
+        boot.slow = self.opts.slow;
         boot.extra_modules = self.plan.guest.modules.clone();
         for v in &self.plan.volumes {
             let (path, format) = truth
@@ -678,6 +745,18 @@ impl<'a> Runner<'a> {
         let mut events = self.events.clone();
         events.harness_errors.dedup();
         events.notes = self.notes.clone();
+        events.speeds = self.speeds.clone();
+        let slow = self.slowed.map(|t| SlowRecord {
+            factor: t.factor,
+            method: format!(
+                "SIGSTOP/SIGCONT duty cycle on the QEMU process: runs {} ms of every {} ms",
+                (crate::qemu::throttle::PERIOD / t.factor.max(1)).as_millis(),
+                crate::qemu::throttle::PERIOD.as_millis()
+            ),
+            duty: t.duty(),
+            qemu_cpu_per_second: t.cpu_per_second(),
+            seconds: (t.running + t.stopped).as_secs_f64(),
+        });
         Recording {
             run: RunInfo {
                 run_id: self.run_id.clone(),
@@ -702,8 +781,12 @@ impl<'a> Runner<'a> {
                 pipeline: "reference".into(),
                 started_unix: self.started_unix,
                 timings: self.timings.clone(),
-                repro: self.plan.repro.clone(),
+                repro: match self.opts.slow_factor() {
+                    1 => self.plan.repro.clone(),
+                    n => format!("{} --slow {n}", self.plan.repro),
+                },
                 blockwitness_version: env!("CARGO_PKG_VERSION").into(),
+                slow,
             },
             expect: self.plan.expect.clone(),
             volumes,
@@ -759,6 +842,8 @@ enum BackupError {
     Workloads(#[from] guestops::GuestOpError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("paced workloads")]
+    Pace(#[from] pace::PaceError),
 }
 
 /// The run's side of a backup: the truth at the instant, guest faults on their triggers.
@@ -772,9 +857,17 @@ struct Hooks<'a> {
     instant_at: Option<Duration>,
     reporter: &'a dyn Reporter,
     run_id: &'a str,
+    /// This backup's paced workloads, granted their steps from `tick`.
+    pacing: Option<pace::Pacing>,
+    /// The last progress the pipeline reported.
+    last: Progress,
 }
 
 impl RunHooks for Hooks<'_> {
+    fn gate(&self) -> Option<std::sync::Arc<crate::gate::Gate>> {
+        self.pacing.as_ref().map(pace::Pacing::gate)
+    }
+
     fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError> {
         if self.hang_armed {
             // Nothing is suspended if no one read the disk since the last arming.
@@ -808,6 +901,10 @@ impl RunHooks for Hooks<'_> {
     }
 
     fn tick(&mut self, vm: &mut Vm, progress: Progress) {
+        self.last = progress;
+        if let Some(p) = self.pacing.as_mut() {
+            p.service(vm, &progress);
+        }
         let total = progress.blocks_expected.unwrap_or(0);
         self.reporter.event(&Event::Progress {
             run_id: self.run_id.to_string(),

@@ -1,0 +1,460 @@
+//! Paced `during` workloads: what each writes follows the backup's progress, not the
+//! wall clock, so a slow machine and a fast one write the same bytes in the same order
+//! relative to the backup's reads.
+//!
+//! A workload with `rate = "A per S%"` runs as `bw-workload ... --paced FILE` (FILE in
+//! the guest's /run, outside every volume under test). Its steps are the backup's
+//! progress cut into shares of S%; at the start of step k the backup is held at that
+//! step's first block by the pipeline's [`Gate`], the run grants the workload a
+//! cumulative allowance of (k + 1) x A by writing FILE, waits (with a deadline) until
+//! FILE.done shows it used it, records what it had written, and opens the gate to the
+//! next workload boundary. Before the backup's instant the run waits for every FILE.done
+//! to appear (the working set exists); after the backup it grants the final allowance
+//! with `end`, waits for the workload to finish and reads its summary.
+//!
+//! The run drives this from the pipeline's `tick` (guest requests need the VM, which
+//! the pipeline holds while the backup runs); the pipeline's side of the gate is where
+//! it measures its progress (the reference pipeline's transport proxy).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bw_guest::workload::{PacedProgress, StopReason, WorkloadSummary};
+
+use super::chain;
+use super::guestops::{self, GuestOpError};
+use crate::gate::Gate;
+use crate::pipeline::{GuestVolume, Progress};
+use crate::plan::{Plan, WorkloadRun};
+use crate::record::{PaceStep, WorkloadRecord};
+use crate::scenario::Pace;
+use crate::vm::Vm;
+
+/// Where the allowance files live in the guest: a tmpfs, never a volume under test (a
+/// frozen filesystem would block them).
+const DIR: &str = "/run/bw-pace";
+/// How long a workload may take to make its working set (FILE.done appears).
+const READY: Duration = Duration::from_secs(300);
+/// How long a workload may take to use one grant before it counts as stalled.
+const STEP: Duration = Duration::from_secs(120);
+/// How long a workload may take to end after its final grant.
+const END: Duration = Duration::from_secs(120);
+/// Between two looks at FILE.done.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Why paced workloads could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum PaceError {
+    #[error(transparent)]
+    Guest(#[from] GuestOpError),
+    #[error("guest control channel")]
+    Channel(#[from] crate::guest::GuestError),
+    #[error("workload {what} ended before its working set was ready: {how}")]
+    EndedEarly { what: String, how: String },
+    #[error("workload {what} did not make its working set within {} s", waited.as_secs())]
+    NotReady { what: String, waited: Duration },
+}
+
+/// One paced workload in one backup.
+struct Paced {
+    run: WorkloadRun,
+    pace: Pace,
+    file: String,
+    handle: u64,
+    /// Steps granted so far; the next grant is step `granted`.
+    granted: u32,
+    steps: Vec<PaceStep>,
+    /// It stopped (its own end, an error, a stall): no more grants.
+    finished: bool,
+    stalled: bool,
+}
+
+impl Paced {
+    fn what(&self) -> String {
+        format!(
+            "#{} ({} on {})",
+            self.run.index,
+            self.run.spec.kind.name(),
+            self.run.spec.volume
+        )
+    }
+
+    /// The block the backup is held at for this workload's next grant, if any is left.
+    fn next_boundary(&self, total: u64) -> Option<u64> {
+        (!self.finished && self.granted < self.pace.steps())
+            .then(|| self.pace.boundary(self.granted, total))
+    }
+}
+
+/// The paced workloads of one backup and the gate that holds the backup for them.
+pub(super) struct Pacing {
+    backup: u32,
+    gate: Arc<Gate>,
+    total: u64,
+    workloads: Vec<Paced>,
+    /// Multiplies every deadline (`--slow N`).
+    slow: u32,
+    /// Harness errors: stalls, failures, a pipeline that never asked the gate.
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+    /// The last progress the pipeline reported.
+    last: Progress,
+}
+
+/// The paced runs among a backup's `during` workloads.
+pub(super) fn paced_runs(runs: &[WorkloadRun]) -> impl Iterator<Item = &WorkloadRun> {
+    runs.iter().filter(|w| w.spec.pace.is_some())
+}
+
+/// A stop reason as the workload's summary spells it ("allowance-used").
+pub(super) fn stop_name(reason: StopReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{reason:?}"))
+}
+
+/// Reads FILE.done: None while it does not exist (or cannot be read yet).
+fn progress(vm: &mut Vm, file: &str) -> Option<PacedProgress> {
+    let text = vm.guest.read_file(&format!("{file}.done"), 1 << 16).ok()?;
+    serde_json::from_str(text.trim()).ok()
+}
+
+impl Pacing {
+    /// Starts the paced `during` workloads of backup `number` and waits until each has
+    /// its working set. None when the backup has none.
+    pub(super) fn start(
+        vm: &mut Vm,
+        plan: &Plan,
+        number: u32,
+        runs: &[WorkloadRun],
+        volumes: &[GuestVolume],
+        slow: u32,
+    ) -> Result<Option<Pacing>, PaceError> {
+        let runs: Vec<&WorkloadRun> = paced_runs(runs).collect();
+        if runs.is_empty() {
+            return Ok(None);
+        }
+        vm.guest.sh(
+            &format!("mkdir -p {DIR} && rm -f {DIR}/b{number}-*"),
+            Duration::from_secs(60),
+        )?;
+        let mut workloads = Vec::new();
+        for run in runs {
+            let Some(pace) = run.spec.pace else { continue };
+            let file = format!("{DIR}/b{number}-w{}", run.writer);
+            let mut argv =
+                guestops::workload_argv(run, guestops::volume(volumes, &run.spec.volume)?);
+            argv.extend(["--paced".to_string(), file.clone()]);
+            let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let handle = vm
+                .guest
+                .spawn(&argv_ref)
+                .map_err(|source| GuestOpError::Start {
+                    command: argv.join(" "),
+                    source,
+                })?;
+            workloads.push(Paced {
+                run: run.clone(),
+                pace,
+                file,
+                handle,
+                granted: 0,
+                steps: Vec::new(),
+                finished: false,
+                stalled: false,
+            });
+        }
+        // Every working set exists before the instant: setting one up is not part of
+        // what the workload does to the backup.
+        let limit = READY * slow;
+        for w in &workloads {
+            let started = Instant::now();
+            let mut last_check = Instant::now();
+            while progress(vm, &w.file).is_none() {
+                if started.elapsed() > limit {
+                    return Err(PaceError::NotReady {
+                        what: w.what(),
+                        waited: limit,
+                    });
+                }
+                if last_check.elapsed() > Duration::from_millis(500) {
+                    last_check = Instant::now();
+                    if let Some(done) = vm.guest.wait(w.handle, Duration::ZERO)? {
+                        return Err(PaceError::EndedEarly {
+                            what: w.what(),
+                            how: format!("{}: {}", done.describe(), done.stderr.trim()),
+                        });
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let backed: Vec<(String, u64)> = plan
+            .backed_up()
+            .map(|v| (v.name.clone(), v.blocks))
+            .collect();
+        let gate = Arc::new(Gate::new(&backed));
+        let total = gate.total();
+        Ok(Some(Pacing {
+            backup: number,
+            gate,
+            total,
+            workloads,
+            slow,
+            errors: Vec::new(),
+            notes: Vec::new(),
+            last: Progress::default(),
+        }))
+    }
+
+    pub(super) fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// From the pipeline's tick: while the backup waits past a workload's next step
+    /// boundary, grants that step and waits for the workload to use it; then opens the
+    /// gate to the nearest boundary still ahead.
+    pub(super) fn service(&mut self, vm: &mut Vm, progress: &Progress) {
+        self.last = *progress;
+        loop {
+            if self.gate.released() || vm.machine.exited().is_some() {
+                return;
+            }
+            let requested = self.gate.requested();
+            let total = self.total;
+            let due: Vec<usize> = (0..self.workloads.len())
+                .filter(|&i| {
+                    self.workloads[i]
+                        .next_boundary(total)
+                        .is_some_and(|b| b < requested)
+                })
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            for &i in &due {
+                self.grant(vm, i, false);
+            }
+            for &i in &due {
+                self.wait_used(vm, i);
+            }
+            self.open();
+        }
+    }
+
+    /// Opens the gate to the nearest boundary a workload still waits for; releases it
+    /// when none is left.
+    fn open(&self) {
+        let next = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.next_boundary(self.total))
+            .min();
+        match next {
+            Some(b) => self.gate.open(b),
+            None => self.gate.release(),
+        }
+    }
+
+    /// Writes the next cumulative allowance of workload `i` (and `end` when `last`).
+    /// One line holding the whole amount: the guest's write-file truncates and writes,
+    /// so a reader may see a prefix, and a prefix of one line is either incomplete
+    /// (ignored) or the whole amount.
+    fn grant(&mut self, vm: &mut Vm, i: usize, last: bool) {
+        let w = &mut self.workloads[i];
+        let amount = match (last, w.granted) {
+            (true, 0) => 0,
+            (true, n) => w.pace.allowance(n - 1),
+            (false, n) => w.pace.allowance(n),
+        };
+        let mut text = format!("{}\n", w.pace.allowance_line(amount));
+        if last {
+            text.push_str("end\n");
+        }
+        if let Err(e) = vm.guest.write_file(&w.file, &text) {
+            let what = w.what();
+            w.finished = true;
+            self.errors.push(format!(
+                "paced workload {what}: cannot write its allowance: {}",
+                chain(&e)
+            ));
+            return;
+        }
+        if !last {
+            w.granted += 1;
+        }
+    }
+
+    /// Waits until workload `i` has used its latest grant (or stopped), and records the
+    /// step; a stall past the deadline is a harness error naming it.
+    fn wait_used(&mut self, vm: &mut Vm, i: usize) {
+        let total = self.total;
+        let limit = STEP * self.slow;
+        let backup = self.backup;
+        let w = &mut self.workloads[i];
+        if w.finished || w.granted == 0 {
+            return;
+        }
+        let k = w.granted - 1;
+        let allowance = w.pace.allowance(k);
+        let started = Instant::now();
+        let mut seen = None;
+        loop {
+            if let Some(p) = progress(vm, &w.file) {
+                let used = p.allowance.amount >= allowance && p.done >= allowance;
+                if used || p.stopped_by.is_some() {
+                    w.steps.push(PaceStep {
+                        step: k,
+                        position: w.pace.boundary(k, total),
+                        allowance,
+                        done: p.done,
+                        bytes: p.bytes,
+                        ops: p.ops,
+                    });
+                    if !used {
+                        // It ended by itself (a fill reached full, or it failed): the
+                        // summary at the end says which.
+                        w.finished = true;
+                    }
+                    return;
+                }
+                seen = Some(p);
+            }
+            if vm.machine.exited().is_some() {
+                w.finished = true;
+                return;
+            }
+            if started.elapsed() > limit {
+                let what = w.what();
+                w.finished = true;
+                w.stalled = true;
+                let state = match &seen {
+                    Some(p) => format!(
+                        "it had done {} of {allowance}{}",
+                        p.done,
+                        p.last_error
+                            .as_ref()
+                            .map(|e| format!("; last error: {e}"))
+                            .unwrap_or_default()
+                    ),
+                    None => "its progress file could not be read".into(),
+                };
+                self.errors.push(format!(
+                    "paced workload {what} stalled: it did not use its allowance of {allowance} \
+                     within {} s at step {k} of backup {backup} ({state})",
+                    limit.as_secs()
+                ));
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// After the backup: releases the gate, grants every workload its final allowance
+    /// with `end`, waits for it to finish and reads its summary.
+    pub(super) fn finish(mut self, vm: &mut Vm) -> (Vec<WorkloadRecord>, Vec<String>, Vec<String>) {
+        self.gate.release();
+        let crossed = self.last.blocks_crossed.unwrap_or(0);
+        if !self.gate.consulted() && crossed > 0 {
+            self.errors.push(format!(
+                "backup {}: the pipeline never consulted the pacing gate, so its paced workloads \
+                 could not follow its progress ({crossed} blocks crossed)",
+                self.backup
+            ));
+        }
+        let alive = vm.machine.exited().is_none();
+        let mut records = Vec::new();
+        for i in 0..self.workloads.len() {
+            let summary = if alive { self.end_one(vm, i) } else { None };
+            let w = &self.workloads[i];
+            let failure = summary.as_ref().and_then(|s| s.failure).map(|f| {
+                let errors = summary
+                    .as_ref()
+                    .map(|s| s.errors.join("; "))
+                    .unwrap_or_default();
+                format!("{f}: {errors}")
+            });
+            if let Some(f) = &failure {
+                self.errors
+                    .push(format!("paced workload {}: {f}", w.what()));
+            }
+            if alive && summary.is_none() {
+                self.errors
+                    .push(format!("paced workload {}: no summary came back", w.what()));
+            }
+            let s = summary.as_ref();
+            let stopped_by = s.map(|s| stop_name(s.stopped_by));
+            self.notes.push(format!(
+                "workload {} paced {}: {} steps, {} bytes, {} ops{}",
+                w.what(),
+                w.pace,
+                w.steps.len(),
+                s.map_or(0, |s| s.bytes),
+                s.map_or(0, |s| s.ops),
+                stopped_by
+                    .as_ref()
+                    .map(|r| format!(", stopped by {r}"))
+                    .unwrap_or_default()
+            ));
+            records.push(WorkloadRecord {
+                backup: self.backup,
+                index: w.run.index,
+                writer: w.run.writer,
+                kind: w.run.spec.kind.name().to_string(),
+                volume: w.run.spec.volume.clone(),
+                pacing: w.pace.to_string(),
+                steps: w.steps.clone(),
+                bytes: s.map(|s| s.bytes),
+                ops: s.map(|s| s.ops),
+                writes: s.map(|s| s.writes),
+                stopped_by,
+                failure,
+            });
+        }
+        (records, self.notes, self.errors)
+    }
+
+    /// Grants workload `i` its final allowance and `end` (or stops a stalled one), and
+    /// waits for its summary.
+    fn end_one(&mut self, vm: &mut Vm, i: usize) -> Option<WorkloadSummary> {
+        let limit = END * self.slow;
+        if self.workloads[i].stalled {
+            let _ = vm.guest.kill(self.workloads[i].handle, libc::SIGTERM);
+        } else {
+            self.grant(vm, i, true);
+        }
+        let w = &self.workloads[i];
+        let done = match vm.guest.wait(w.handle, limit) {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                let what = w.what();
+                let _ = vm.guest.kill(w.handle, libc::SIGKILL);
+                self.errors.push(format!(
+                    "paced workload {what} did not end within {} s of its final allowance; killed",
+                    limit.as_secs()
+                ));
+                return None;
+            }
+            Err(e) => {
+                self.errors
+                    .push(format!("paced workload {}: {}", w.what(), chain(&e)));
+                return None;
+            }
+        };
+        let summary = done
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
+        if summary.is_none() {
+            self.notes.push(format!(
+                "paced workload {}: {} ({})",
+                w.what(),
+                done.describe(),
+                done.stderr.trim()
+            ));
+        }
+        summary
+    }
+}
