@@ -19,11 +19,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bw_guest::control::Finished;
 use bw_guest::workload::{PacedProgress, StopReason, WorkloadSummary};
 
 use super::chain;
 use super::guestops::{self, GuestOpError};
 use crate::gate::Gate;
+use crate::guest::GuestError;
 use crate::pipeline::{GuestVolume, Progress};
 use crate::plan::{Plan, WorkloadRun};
 use crate::record::{PaceStep, WorkloadRecord};
@@ -53,6 +55,40 @@ pub enum PaceError {
     EndedEarly { what: String, how: String },
     #[error("workload {what} did not make its working set within {} s", waited.as_secs())]
     NotReady { what: String, waited: Duration },
+}
+
+/// What pacing needs from the guest once its workloads run: their files, and their
+/// processes. The run's guest is a [`Vm`]; the tests drive real workloads on the host.
+pub(super) trait PaceGuest {
+    fn write_file(&mut self, path: &str, text: &str) -> Result<(), GuestError>;
+    fn read_file(&mut self, path: &str) -> Result<String, GuestError>;
+    /// How the workload ended, if it did within `timeout`.
+    fn wait(&mut self, handle: u64, timeout: Duration) -> Result<Option<Finished>, GuestError>;
+    fn kill(&mut self, handle: u64, signal: i32);
+    /// The guest is gone (QEMU exited): nothing more can be asked.
+    fn gone(&self) -> bool;
+}
+
+impl PaceGuest for Vm {
+    fn write_file(&mut self, path: &str, text: &str) -> Result<(), GuestError> {
+        self.guest.write_file(path, text)
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<String, GuestError> {
+        self.guest.read_file(path, 1 << 16)
+    }
+
+    fn wait(&mut self, handle: u64, timeout: Duration) -> Result<Option<Finished>, GuestError> {
+        self.guest.wait(handle, timeout)
+    }
+
+    fn kill(&mut self, handle: u64, signal: i32) {
+        let _ = self.guest.kill(handle, signal);
+    }
+
+    fn gone(&self) -> bool {
+        self.machine.exited().is_some()
+    }
 }
 
 /// One paced workload in one backup.
@@ -92,8 +128,9 @@ pub(super) struct Pacing {
     gate: Arc<Gate>,
     total: u64,
     workloads: Vec<Paced>,
-    /// Multiplies every deadline (`--slow N`).
-    slow: u32,
+    /// How long a workload may take to use one grant, and to end after its last.
+    step_limit: Duration,
+    end_limit: Duration,
     /// Harness errors: stalls, failures, a pipeline that never asked the gate.
     pub errors: Vec<String>,
     pub notes: Vec<String>,
@@ -115,8 +152,8 @@ pub(super) fn stop_name(reason: StopReason) -> String {
 }
 
 /// Reads FILE.done: None while it does not exist (or cannot be read yet).
-fn progress(vm: &mut Vm, file: &str) -> Option<PacedProgress> {
-    let text = vm.guest.read_file(&format!("{file}.done"), 1 << 16).ok()?;
+fn progress(guest: &mut dyn PaceGuest, file: &str) -> Option<PacedProgress> {
+    let text = guest.read_file(&format!("{file}.done")).ok()?;
     serde_json::from_str(text.trim()).ok()
 }
 
@@ -171,7 +208,7 @@ impl Pacing {
         for w in &workloads {
             let started = Instant::now();
             let mut last_check = Instant::now();
-            while progress(vm, &w.file).is_none() {
+            while progress(vm as &mut dyn PaceGuest, &w.file).is_none() {
                 if started.elapsed() > limit {
                     return Err(PaceError::NotReady {
                         what: w.what(),
@@ -201,7 +238,8 @@ impl Pacing {
             gate,
             total,
             workloads,
-            slow,
+            step_limit: STEP * slow,
+            end_limit: END * slow,
             errors: Vec::new(),
             notes: Vec::new(),
             last: Progress::default(),
@@ -215,10 +253,10 @@ impl Pacing {
     /// From the pipeline's tick: while the backup waits past a workload's next step
     /// boundary, grants that step and waits for the workload to use it; then opens the
     /// gate to the nearest boundary still ahead.
-    pub(super) fn service(&mut self, vm: &mut Vm, progress: &Progress) {
+    pub(super) fn service(&mut self, guest: &mut dyn PaceGuest, progress: &Progress) {
         self.last = *progress;
         loop {
-            if self.gate.released() || vm.machine.exited().is_some() {
+            if self.gate.released() || guest.gone() {
                 return;
             }
             let requested = self.gate.requested();
@@ -234,10 +272,10 @@ impl Pacing {
                 break;
             }
             for &i in &due {
-                self.grant(vm, i, false);
+                self.grant(guest, i, false);
             }
             for &i in &due {
-                self.wait_used(vm, i);
+                self.wait_used(guest, i);
             }
             self.open();
         }
@@ -261,7 +299,7 @@ impl Pacing {
     /// One line holding the whole amount: the guest's write-file truncates and writes,
     /// so a reader may see a prefix, and a prefix of one line is either incomplete
     /// (ignored) or the whole amount.
-    fn grant(&mut self, vm: &mut Vm, i: usize, last: bool) {
+    fn grant(&mut self, guest: &mut dyn PaceGuest, i: usize, last: bool) {
         let w = &mut self.workloads[i];
         let amount = match (last, w.granted) {
             (true, 0) => 0,
@@ -272,7 +310,7 @@ impl Pacing {
         if last {
             text.push_str("end\n");
         }
-        if let Err(e) = vm.guest.write_file(&w.file, &text) {
+        if let Err(e) = guest.write_file(&w.file, &text) {
             let what = w.what();
             w.finished = true;
             self.errors.push(format!(
@@ -288,9 +326,9 @@ impl Pacing {
 
     /// Waits until workload `i` has used its latest grant (or stopped), and records the
     /// step; a stall past the deadline is a harness error naming it.
-    fn wait_used(&mut self, vm: &mut Vm, i: usize) {
+    fn wait_used(&mut self, guest: &mut dyn PaceGuest, i: usize) {
         let total = self.total;
-        let limit = STEP * self.slow;
+        let limit = self.step_limit;
         let backup = self.backup;
         let w = &mut self.workloads[i];
         if w.finished || w.granted == 0 {
@@ -301,7 +339,7 @@ impl Pacing {
         let started = Instant::now();
         let mut seen = None;
         loop {
-            if let Some(p) = progress(vm, &w.file) {
+            if let Some(p) = progress(guest, &w.file) {
                 let used = p.allowance.amount >= allowance && p.done >= allowance;
                 if used || p.stopped_by.is_some() {
                     w.steps.push(PaceStep {
@@ -321,7 +359,7 @@ impl Pacing {
                 }
                 seen = Some(p);
             }
-            if vm.machine.exited().is_some() {
+            if guest.gone() {
                 w.finished = true;
                 return;
             }
@@ -353,7 +391,10 @@ impl Pacing {
 
     /// After the backup: releases the gate, grants every workload its final allowance
     /// with `end`, waits for it to finish and reads its summary.
-    pub(super) fn finish(mut self, vm: &mut Vm) -> (Vec<WorkloadRecord>, Vec<String>, Vec<String>) {
+    pub(super) fn finish(
+        mut self,
+        guest: &mut dyn PaceGuest,
+    ) -> (Vec<WorkloadRecord>, Vec<String>, Vec<String>) {
         self.gate.release();
         let crossed = self.last.blocks_crossed.unwrap_or(0);
         if !self.gate.consulted() && crossed > 0 {
@@ -363,10 +404,10 @@ impl Pacing {
                 self.backup
             ));
         }
-        let alive = vm.machine.exited().is_none();
+        let alive = !guest.gone();
         let mut records = Vec::new();
         for i in 0..self.workloads.len() {
-            let summary = if alive { self.end_one(vm, i) } else { None };
+            let summary = if alive { self.end_one(guest, i) } else { None };
             let w = &self.workloads[i];
             let failure = summary.as_ref().and_then(|s| s.failure).map(|f| {
                 let errors = summary
@@ -417,19 +458,19 @@ impl Pacing {
 
     /// Grants workload `i` its final allowance and `end` (or stops a stalled one), and
     /// waits for its summary.
-    fn end_one(&mut self, vm: &mut Vm, i: usize) -> Option<WorkloadSummary> {
-        let limit = END * self.slow;
+    fn end_one(&mut self, guest: &mut dyn PaceGuest, i: usize) -> Option<WorkloadSummary> {
+        let limit = self.end_limit;
         if self.workloads[i].stalled {
-            let _ = vm.guest.kill(self.workloads[i].handle, libc::SIGTERM);
+            guest.kill(self.workloads[i].handle, libc::SIGTERM);
         } else {
-            self.grant(vm, i, true);
+            self.grant(guest, i, true);
         }
         let w = &self.workloads[i];
-        let done = match vm.guest.wait(w.handle, limit) {
+        let done = match guest.wait(w.handle, limit) {
             Ok(Some(done)) => done,
             Ok(None) => {
                 let what = w.what();
-                let _ = vm.guest.kill(w.handle, libc::SIGKILL);
+                guest.kill(w.handle, libc::SIGKILL);
                 self.errors.push(format!(
                     "paced workload {what} did not end within {} s of its final allowance; killed",
                     limit.as_secs()
@@ -456,5 +497,262 @@ impl Pacing {
             ));
         }
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::JoinHandle;
+
+    use bw_guest::workload::Config;
+
+    use crate::scenario::{units::parse_pace, WorkloadKind, WorkloadSpec};
+
+    /// The host as the guest: real bw-workload runs (the library) in threads, on a
+    /// directory of the host, paced through real files.
+    #[derive(Default)]
+    struct Host {
+        runs: HashMap<u64, (JoinHandle<WorkloadSummary>, Arc<AtomicBool>)>,
+    }
+
+    impl Host {
+        fn start(&mut self, handle: u64, dir: &Path, file: &Path, seed: u64) {
+            let config = Config::from_args([
+                "overwrite",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--seed",
+                &seed.to_string(),
+                "--paced",
+                file.to_str().unwrap(),
+                "--set-size",
+                "1MiB",
+                "--max-file-size",
+                "256KiB",
+            ])
+            .unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let run = std::thread::spawn(move || bw_guest::workload::run(&config, &flag).unwrap());
+            self.runs.insert(handle, (run, stop));
+        }
+    }
+
+    impl PaceGuest for Host {
+        fn write_file(&mut self, path: &str, text: &str) -> Result<(), GuestError> {
+            Ok(std::fs::write(path, text)?)
+        }
+
+        fn read_file(&mut self, path: &str) -> Result<String, GuestError> {
+            Ok(std::fs::read_to_string(path)?)
+        }
+
+        fn wait(&mut self, handle: u64, timeout: Duration) -> Result<Option<Finished>, GuestError> {
+            let t = Instant::now();
+            let finished = |stdout: String| Finished {
+                exit_code: Some(0),
+                signal: None,
+                timed_out: false,
+                stdout,
+                stderr: String::new(),
+                duration_ms: 0,
+            };
+            let Some((run, _)) = self.runs.get(&handle) else {
+                // A process that printed nothing.
+                return Ok(Some(finished(String::new())));
+            };
+            while !run.is_finished() {
+                if t.elapsed() > timeout {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (run, _) = self.runs.remove(&handle).unwrap();
+            let summary = run.join().unwrap();
+            Ok(Some(finished(serde_json::to_string(&summary).unwrap())))
+        }
+
+        fn kill(&mut self, handle: u64, _signal: i32) {
+            if let Some((_, stop)) = self.runs.get(&handle) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+
+        fn gone(&self) -> bool {
+            false
+        }
+    }
+
+    fn run_of(pace: &str) -> WorkloadRun {
+        WorkloadRun {
+            index: 0,
+            spec: WorkloadSpec {
+                kind: WorkloadKind::Overwrite,
+                volume: "data".into(),
+                stamped: false,
+                rate: None,
+                pace: parse_pace(pace),
+                wall_clock_reason: None,
+                amount: None,
+                ops: None,
+                duration: None,
+            },
+            seed: 5,
+            writer: 1,
+        }
+    }
+
+    fn pacing(file: &Path, pace: &str, step_limit: Duration) -> Pacing {
+        let gate = Arc::new(Gate::new(&[("data".to_string(), 1000)]));
+        let run = run_of(pace);
+        Pacing {
+            backup: 1,
+            total: gate.total(),
+            gate,
+            workloads: vec![Paced {
+                pace: run.spec.pace.unwrap(),
+                run,
+                file: file.to_str().unwrap().to_string(),
+                handle: 1,
+                granted: 0,
+                steps: Vec::new(),
+                finished: false,
+                stalled: false,
+            }],
+            step_limit,
+            end_limit: Duration::from_secs(60),
+            errors: Vec::new(),
+            notes: Vec::new(),
+            last: Progress::default(),
+        }
+    }
+
+    /// A pipeline reading 1000 blocks 10 at a time, asking the gate before each frame,
+    /// while the run services the gate; returns what the run recorded.
+    fn paced_backup(seed: u64) -> WorkloadRecord {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("vol");
+        std::fs::create_dir(&work).unwrap();
+        let file = dir.path().join("b1-w1");
+        let mut host = Host::default();
+        host.start(1, &work, &file, seed);
+        let mut p = pacing(&file, "64KiB per 25%", Duration::from_secs(60));
+        // The working set first, as the run waits for it before the instant.
+        let t = Instant::now();
+        while progress(&mut host, &p.workloads[0].file).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(60), "no working set");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let gate = p.gate();
+        let reader = std::thread::spawn(move || {
+            for end in (10..=1000).step_by(10) {
+                let t = Instant::now();
+                while !gate.may_pass("data", end) {
+                    assert!(t.elapsed() < Duration::from_secs(60), "held at {end}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        while !reader.is_finished() {
+            p.service(&mut host, &Progress::default());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        reader.join().unwrap();
+        let crossed = Progress {
+            blocks_crossed: Some(1000),
+            ..Progress::default()
+        };
+        p.service(&mut host, &crossed);
+        let (mut records, _, errors) = p.finish(&mut host);
+        assert!(errors.is_empty(), "{errors:?}");
+        records.remove(0)
+    }
+
+    #[test]
+    fn each_step_is_granted_and_used_before_the_backup_passes_it() {
+        let r = paced_backup(5);
+        let positions: Vec<u64> = r.steps.iter().map(|s| s.position).collect();
+        assert_eq!(positions, [0, 250, 500, 750]);
+        for s in &r.steps {
+            assert_eq!(s.allowance, 65536 * (u64::from(s.step) + 1));
+            assert!(s.done >= s.allowance, "{s:?}");
+        }
+        let bytes = r.bytes.unwrap();
+        assert!((4 * 65536..4 * 65536 + 65536).contains(&bytes), "{bytes}");
+        assert_eq!(r.stopped_by.as_deref(), Some("allowance-used"));
+        assert_eq!(r.failure, None);
+        assert_eq!(r.pacing, "64KiB per 25%");
+        // The same seed writes the same, step by step: the timing of the reader and
+        // the run does not enter.
+        assert_eq!(paced_backup(5), r);
+    }
+
+    #[test]
+    fn a_workload_that_never_uses_its_grant_is_a_harness_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b1-w1");
+        // Ready, and then never moves: what a wedged workload looks like.
+        let stuck = PacedProgress {
+            allowance: Default::default(),
+            done: 0,
+            ops: 0,
+            bytes: 0,
+            writes: 0,
+            last_seq: None,
+            error_count: 0,
+            last_error: None,
+            stopped_by: None,
+        };
+        std::fs::write(
+            dir.path().join("b1-w1.done"),
+            serde_json::to_string(&stuck).unwrap(),
+        )
+        .unwrap();
+        let mut host = Host::default();
+        let mut p = pacing(&file, "64KiB per 25%", Duration::from_millis(200));
+        let gate = p.gate();
+        assert!(!gate.may_pass("data", 10));
+        p.service(&mut host, &Progress::default());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        let e = &p.errors[0];
+        assert!(e.contains("#0 (overwrite on data) stalled"), "{e}");
+        assert!(
+            e.contains("allowance of 65536") && e.contains("step 0"),
+            "{e}"
+        );
+        // The backup is not held hostage: the gate lets it go on.
+        assert!(gate.may_pass("data", 1000));
+        let (records, _, errors) = p.finish(&mut host);
+        assert!(errors.iter().any(|e| e.contains("stalled")), "{errors:?}");
+        assert_eq!(records[0].steps, []);
+    }
+
+    #[test]
+    fn a_pipeline_that_never_asks_the_gate_is_a_harness_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("vol");
+        std::fs::create_dir(&work).unwrap();
+        let file = dir.path().join("b1-w1");
+        let mut host = Host::default();
+        host.start(1, &work, &file, 1);
+        let mut p = pacing(&file, "64KiB per 25%", Duration::from_secs(60));
+        let crossed = Progress {
+            blocks_crossed: Some(1000),
+            ..Progress::default()
+        };
+        p.service(&mut host, &crossed);
+        let (records, _, errors) = p.finish(&mut host);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("never consulted the pacing gate")),
+            "{errors:?}"
+        );
+        // Granted nothing, it wrote nothing, as asked.
+        assert_eq!(records[0].bytes, Some(0));
     }
 }
