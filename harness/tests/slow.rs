@@ -50,10 +50,11 @@ fn check(pair: &SlowPair) {
     assert_eq!(pair.normal.exit, Exit::Pass, "full speed: {reports}");
     assert_eq!(pair.slow.exit, Exit::Pass, "slowed: {reports}");
     assert!(pair.verdicts_match(), "{reports}");
-    // Slowed for real: QEMU could run about half of the wall time, never nearly all.
+    // Slowed for real, at least 2x: QEMU could run at most about half of the wall time
+    // (the throttle measures it; a late wake-up of its thread only lengthens a stop).
     let duty = pair.slow.duty.expect("the slowed run records its throttle");
     assert!(
-        duty <= 0.6,
+        duty <= 0.55,
         "QEMU ran {:.0}% of the time: {reports}",
         duty * 100.0
     );
