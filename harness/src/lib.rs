@@ -23,6 +23,7 @@ pub mod cowfile;
 pub mod diff;
 pub mod events;
 pub mod fsmap;
+pub mod gate;
 pub mod hash;
 pub mod nightly;
 pub mod oracle;

@@ -86,6 +86,11 @@ enum Command {
         /// Keep the work directory (disks, truth layers, target store) for inspection.
         #[arg(long)]
         keep_work: bool,
+        /// Run QEMU at 1/N of the wall clock (a stop/continue duty cycle the harness
+        /// applies itself; the scenario's timeout grows N-fold): what a slow machine does
+        /// to the scenario.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+        slow: Option<u32>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -106,6 +111,11 @@ enum Command {
         filter: Option<String>,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+        /// Run QEMU at 1/N of the wall clock (a stop/continue duty cycle the harness
+        /// applies itself; the scenario's timeout grows N-fold): what a slow machine does
+        /// to the scenario.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+        slow: Option<u32>,
         #[arg(long)]
         plain: bool,
     },
@@ -173,7 +183,8 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
     },
-    /// The wall time of a scenario against a bare boot with the same workload.
+    /// The harness's share of a scenario's wall time, against a bare boot with the same
+    /// fill and a `dd` of each volume; and the nightly's scenario-runs per hour.
     Scenario {
         #[arg(default_value = "scenarios/future-clean.toml")]
         file: PathBuf,
@@ -181,6 +192,26 @@ enum BenchCommand {
         image: String,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+        /// The nightly report whose runs per hour to quote (default: the newest
+        /// reports/nightly-*).
+        #[arg(long)]
+        nightly: Option<PathBuf>,
+    },
+    /// The nightly's clean scenarios at full speed and slowed down: per workload the
+    /// ratio of bytes written (goal 1.00 ± 0.02), and whether the verdicts matched.
+    Slow {
+        /// Scenario files or directories (default: scenarios/); only the clean ones run.
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// The slow-down factor.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=20))]
+        factor: u32,
+        /// Only scenarios whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// The history oracle on a seeded synthetic history (512 MiB, 100k writes) against
     /// hashing the same image with xxh3-128 and sha256.
@@ -475,16 +506,18 @@ fn main() -> ExitCode {
             seed,
             accel,
             keep_work,
+            slow,
             plain,
-        } => run_cmd(files, image, seed, accel, keep_work, plain),
+        } => run_cmd(files, image, seed, accel, keep_work, slow, plain),
         Command::Nightly {
             paths,
             images,
             max_seeds,
             filter,
             accel,
+            slow,
             plain,
-        } => nightly_cmd(paths, images, max_seeds, filter, accel, plain),
+        } => nightly_cmd(paths, images, max_seeds, filter, accel, slow, plain),
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
             println!("{report}");
@@ -521,7 +554,19 @@ fn main() -> ExitCode {
                     blockwitness::bench::agent(img, accel, dir).map(|r| r.to_string())
                 })
             }
-            BenchCommand::Scenario { file, image, accel } => bench_scenario(&file, &image, accel),
+            BenchCommand::Scenario {
+                file,
+                image,
+                accel,
+                nightly,
+            } => bench_scenario(&file, &image, accel, nightly.as_deref()),
+            BenchCommand::Slow {
+                paths,
+                image,
+                accel,
+                factor,
+                filter,
+            } => bench_slow(paths, &image, accel, factor, filter.as_deref()),
             BenchCommand::Hash => blockwitness::bench::hash::bench_hash(&Default::default())
                 .map(|r| {
                     println!("{r}");
@@ -598,6 +643,7 @@ fn nightly_cmd(
     max_seeds: Option<u32>,
     filter: Option<String>,
     accel: AccelChoice,
+    slow: Option<u32>,
     plain: bool,
 ) -> anyhow::Result<Exit> {
     // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
@@ -616,7 +662,10 @@ fn nightly_cmd(
         images: (!images.is_empty()).then_some(images),
         max_seeds,
         filter,
-        run: RunOptions::standard(accel),
+        run: RunOptions {
+            slow,
+            ..RunOptions::standard(accel)
+        },
     };
     let report = blockwitness::nightly::nightly(&opts, &reporter);
     println!("{}", blockwitness::nightly::matrix_markdown(&report));
@@ -649,11 +698,13 @@ fn run_cmd(
     seed: Option<u64>,
     accel: AccelChoice,
     keep_work: bool,
+    slow: Option<u32>,
     plain: bool,
 ) -> anyhow::Result<Exit> {
     let reporter = blockwitness::ui::Terminal::new(plain);
     let mut opts = RunOptions::standard(accel);
     opts.keep_work = keep_work;
+    opts.slow = slow;
     let mut worst = Exit::Pass;
     for file in files {
         let scenario = match blockwitness::scenario::load(&file) {
@@ -711,7 +762,12 @@ fn bench_vm(
     Ok(Exit::Pass)
 }
 
-fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> anyhow::Result<Exit> {
+fn bench_scenario(
+    file: &std::path::Path,
+    image: &str,
+    accel: AccelChoice,
+    nightly: Option<&std::path::Path>,
+) -> anyhow::Result<Exit> {
     let scenario = blockwitness::scenario::load(file)?;
     let plan = Plan::resolve(&scenario, scenario.seed, image);
     bench_vm(image, accel, "bench-scenario", |img, _, dir| {
@@ -721,6 +777,7 @@ fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> an
             &RunOptions::standard(accel),
             img,
             dir,
+            nightly,
         )
         .map(|r| r.to_string())
     })
@@ -736,6 +793,44 @@ fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyh
     let report = blockwitness::bench::cow::bench_cow_with(&img, decision.accel, dir.path(), &opts)?;
     println!("{report}");
     Ok(())
+}
+
+fn bench_slow(
+    paths: Vec<PathBuf>,
+    image: &str,
+    accel: AccelChoice,
+    factor: u32,
+    filter: Option<&str>,
+) -> anyhow::Result<Exit> {
+    doctor::require(doctor::FOR_RUN)?;
+    let paths = if paths.is_empty() {
+        vec![paths::scenarios_dir()]
+    } else {
+        paths
+    };
+    let report = blockwitness::scenario::check(&paths);
+    if !report.all_valid() {
+        anyhow::bail!("invalid scenarios:\n{report}");
+    }
+    let scenarios: Vec<_> = report
+        .files
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .collect();
+    let bench = blockwitness::bench::slow::bench_slow(
+        &scenarios,
+        image,
+        &RunOptions::standard(accel),
+        factor,
+        &|what| eprintln!("==> {what}"),
+    );
+    println!("{bench}");
+    Ok(if bench.pairs.is_empty() || !bench.errors.is_empty() {
+        Exit::HarnessError
+    } else {
+        Exit::Pass
+    })
 }
 
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {

@@ -256,6 +256,9 @@ pub struct NightlyReport {
     /// Every block class and run-level outcome, and the scenarios that produced it.
     pub coverage: BTreeMap<String, Vec<String>>,
     pub dir: String,
+    /// `--slow N`: every run had QEMU at 1/N of the wall clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<u32>,
 }
 
 impl NightlyReport {
@@ -345,6 +348,7 @@ pub fn nightly(opts: &NightlyOptions, reporter: &dyn Reporter) -> NightlyReport 
         runs,
         invalid_scenarios: invalid,
         dir: dir.display().to_string(),
+        slow: opts.run.slow.filter(|n| *n > 1),
     };
     if let Err(e) = write(&dir, &report) {
         report.invalid_scenarios.push(format!(
@@ -729,9 +733,13 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
     );
     let _ = write!(
         h,
-        "<h1>Blockwitness nightly</h1><p>{passed} of {} runs passed in {:.0} min.</p>",
+        "<h1>Blockwitness nightly</h1><p>{passed} of {} runs passed in {:.0} min{}.</p>",
         report.runs.len(),
-        report.seconds / 60.0
+        report.seconds / 60.0,
+        report
+            .slow
+            .map(|n| format!(", QEMU slowed down {n}x (--slow {n})"))
+            .unwrap_or_default()
     );
     h.push_str("<h2>Kernels</h2><p>Every run used these images, built once at the start.</p><ul>");
     for k in &report.kernels {
@@ -912,6 +920,7 @@ mod tests {
             matrix: vec![],
             coverage: BTreeMap::new(),
             dir: String::new(),
+            slow: None,
         };
         let x = junit(&rep);
         assert!(x.contains("failures=\"1\" errors=\"1\""));
@@ -947,6 +956,7 @@ mod tests {
             matrix: vec![],
             coverage: BTreeMap::new(),
             dir: dir.display().to_string(),
+            slow: None,
         };
         write(&dir, &rep).unwrap();
         let summary: serde_json::Value =

@@ -298,6 +298,12 @@ fn describe_workload(run: &WorkloadRun) -> String {
             Rate::OpsPerSec(o) => format!("{o} ops/s"),
         });
     }
+    if let Some(p) = w.pace {
+        parts.push(format!("paced {p}"));
+    }
+    if let Some(why) = &w.wall_clock_reason {
+        parts.push(format!("wall clock: {why}"));
+    }
     if let Some(a) = w.amount {
         parts.push(format_size(a));
     }
@@ -396,6 +402,7 @@ fill = "25%"
 [[workloads]]
 kind = "overwrite"
 stamped = true
+rate = "1MiB per 10%"
 [[workloads]]
 kind = "append"
 when = "between"
@@ -498,5 +505,6 @@ backup = 3
         let text = Plan::resolve(&scenario(), 10, "debian-6.1").to_string();
         assert!(text.contains("backup 3 (Incremental)"), "{text}");
         assert!(text.contains("fault: module drop-tracking"), "{text}");
+        assert!(text.contains("paced 1MiB per 10%"), "{text}");
     }
 }

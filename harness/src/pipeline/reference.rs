@@ -539,6 +539,10 @@ impl Pipeline for Reference {
             }
             p.set_faults(transport);
         }
+        if let Some(p) = &self.proxy {
+            // Paced workloads: the backup's progress is held where it crosses the proxy.
+            p.set_gate(hooks.gate());
+        }
         if flags != TargetFlags::default() {
             result
                 .notes
@@ -684,6 +688,10 @@ impl Pipeline for Reference {
                 let _ = vm.guest.kill(handle, libc::SIGKILL);
                 break;
             }
+        }
+
+        if let Some(p) = &self.proxy {
+            p.set_gate(None);
         }
 
         // The agent's word.

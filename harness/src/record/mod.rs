@@ -275,6 +275,12 @@ pub struct RunEvents {
     /// Every injected fault and how often it fired, as its injecting layer counted.
     #[serde(default)]
     pub faults: Vec<FaultFired>,
+    /// What each `during` workload wrote in each backup, step by step when paced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRecord>,
+    /// How fast each backup went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speeds: Vec<BackupSpeed>,
 }
 
 /// One injected fault of one backup, and how often it fired.
@@ -321,6 +327,9 @@ pub struct RunInfo {
     /// One command line that reproduces the run.
     pub repro: String,
     pub blockwitness_version: String,
+    /// Set when QEMU was slowed down (`--slow N`), with what the throttle measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowRecord>,
 }
 
 /// Everything recorded in one run.
@@ -450,6 +459,9 @@ impl Recording {
 }
 
 mod codec;
+mod pace;
+
+pub use pace::{BackupSpeed, PaceStep, SlowRecord, WorkloadRecord};
 
 #[cfg(test)]
 mod tests {
@@ -536,6 +548,27 @@ mod tests {
                     fault: "module/cow-read-live".into(),
                     fired: Some(12),
                     counted_by: "the module's fault log".into(),
+                }],
+                workloads: vec![WorkloadRecord {
+                    backup: 1,
+                    index: 0,
+                    writer: 1,
+                    kind: "overwrite".into(),
+                    volume: "data".into(),
+                    pacing: "1MiB per 50%".into(),
+                    steps: vec![PaceStep {
+                        step: 0,
+                        position: 0,
+                        allowance: 1 << 20,
+                        done: (1 << 20) + 4096,
+                        bytes: (1 << 20) + 4096,
+                        ops: 17,
+                    }],
+                    bytes: Some(2 << 20),
+                    ops: Some(33),
+                    writes: Some(600),
+                    stopped_by: Some("allowance-used".into()),
+                    failure: None,
                 }],
                 ..RunEvents::default()
             },

@@ -301,6 +301,53 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
         }
         h.push_str("</ul>\n");
     }
+    if !rec.events.workloads.is_empty() || rec.run.slow.is_some() {
+        h.push_str("<h2>Workloads during the backups</h2>");
+        if let Some(s) = &rec.run.slow {
+            let _ = write!(
+                h,
+                "<p>Slowed down {}x ({}): QEMU could run {:.1}% of the wall time{}.</p>",
+                s.factor,
+                escape(&s.method),
+                s.duty * 100.0,
+                s.qemu_cpu_per_second
+                    .map(|c| format!(" and used {c:.2} CPU seconds per second"))
+                    .unwrap_or_default()
+            );
+        }
+        h.push_str("<table><tr><th>backup</th><th>workload</th><th>pacing</th><th>steps</th><th>bytes</th><th>ops</th><th>ended</th></tr>");
+        for w in &rec.events.workloads {
+            let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>#{} {} on {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+                w.backup,
+                w.index,
+                escape(&w.kind),
+                escape(&w.volume),
+                escape(&w.pacing),
+                w.steps.len(),
+                n(w.bytes),
+                n(w.ops),
+                escape(w.stopped_by.as_deref().unwrap_or("-")),
+                w.failure
+                    .as_ref()
+                    .map(|f| format!(" ({})", escape(f)))
+                    .unwrap_or_default()
+            );
+        }
+        h.push_str("</table>\n");
+        for s in &rec.events.speeds {
+            let _ = write!(
+                h,
+                "<p>Backup {}: {} blocks in {:.1} s ({:.0} blocks/s).</p>",
+                s.backup,
+                s.blocks,
+                s.millis as f64 / 1000.0,
+                s.blocks_per_second()
+            );
+        }
+    }
     if !rec.events.notes.is_empty() {
         h.push_str("<h2>Run log</h2><ul class=\"notes\">");
         for n in &rec.events.notes {

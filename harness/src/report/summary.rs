@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
-use crate::record::{Claim, FaultFired, Recording, RunInfo, TruthState};
+use crate::record::{
+    BackupSpeed, Claim, FaultFired, Recording, RunInfo, TruthState, WorkloadRecord,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -33,6 +35,12 @@ pub struct Summary {
     /// Every injected fault and how often it fired, as its layer counted.
     #[serde(default)]
     pub faults: Vec<FaultFired>,
+    /// What each `during` workload wrote, step by step when paced by the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRecord>,
+    /// How fast each backup went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speeds: Vec<BackupSpeed>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -167,6 +175,8 @@ impl Summary {
                 .collect(),
             notes: rec.events.notes.clone(),
             faults: rec.events.faults.clone(),
+            workloads: rec.events.workloads.clone(),
+            speeds: rec.events.speeds.clone(),
         }
     }
 }

@@ -9,6 +9,7 @@ mod assemble;
 pub mod disks;
 mod freeze;
 mod guestops;
+mod pace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,10 +25,11 @@ use crate::pipeline::{
     AnnouncedVolume, BackupResult, Fired, GuestVolume, InstantError, Pipeline, PipelineError,
     Progress, RunHooks,
 };
-use crate::plan::{BackupStep, Plan};
+use crate::plan::{BackupStep, Plan, WorkloadRun};
 use crate::qemu::{Accel, Disk, DiskFormat};
 use crate::record::{
-    CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, Timing, TruthState,
+    BackupSpeed, CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, SlowRecord,
+    Timing, TruthState,
 };
 use crate::scenario::{FaultSpec, ResetAt};
 use crate::truth::Truth;
@@ -48,6 +50,9 @@ pub struct RunOptions {
     /// of these uses it as it is, never rebuilding or re-resolving it, so every run of a
     /// nightly runs the same kernel.
     pub prebuilt: Vec<BuiltImage>,
+    /// `--slow N`: QEMU runs at 1/N of the wall clock (a stop/continue duty cycle, see
+    /// `qemu::throttle`); the scenario's timeout and the run's deadlines grow N-fold.
+    pub slow: Option<u32>,
 }
 
 impl RunOptions {
@@ -60,7 +65,13 @@ impl RunOptions {
             project_root: crate::paths::project_root(),
             keep_work: false,
             prebuilt: Vec::new(),
+            slow: None,
         }
+    }
+
+    /// The slow-down factor: 1 at full speed.
+    pub fn slow_factor(&self) -> u32 {
+        self.slow.unwrap_or(1).max(1)
     }
 }
 
@@ -230,6 +241,10 @@ struct Runner<'a> {
     file_lists: Vec<(String, String)>,
     /// The never-answering disk holds a suspended read.
     hang_armed: bool,
+    /// What the `--slow` throttle measured on the first boot.
+    slowed: Option<crate::qemu::throttle::ThrottleStats>,
+    /// Blocks per second of each backup, as the pipeline reported its progress.
+    speeds: Vec<BackupSpeed>,
 }
 
 /// Suspends the next read of the extra disk `hang` ([`disks::HANG_ID`], blkdebug), forever.
@@ -268,6 +283,8 @@ impl<'a> Runner<'a> {
             pipeline: None,
             file_lists: Vec::new(),
             hang_armed: false,
+            slowed: None,
+            speeds: Vec::new(),
         }
     }
 
@@ -306,8 +323,13 @@ impl<'a> Runner<'a> {
         self.events.harness_errors.push(text);
     }
 
+    /// The scenario's timeout, stretched by `--slow`.
+    fn timeout(&self) -> Duration {
+        self.plan.timeout * self.opts.slow_factor()
+    }
+
     fn remaining(&self) -> Duration {
-        self.plan.timeout.saturating_sub(self.started.elapsed())
+        self.timeout().saturating_sub(self.started.elapsed())
     }
 
     fn execute(&mut self) {
@@ -442,6 +464,7 @@ impl<'a> Runner<'a> {
         boot.floppy = disks.floppy.clone();
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
+        boot.slow = self.opts.slow;
         self.phase("booting");
         // The scenario's timeout counts from the boot: building an image is not the run.
         self.started = Instant::now();
@@ -566,11 +589,14 @@ impl<'a> Runner<'a> {
 
     /// Shuts the guest down (or notes why it was already down) and scans its console.
     fn finish_guest(&mut self, mut vm: Vm) {
+        if let Some(stats) = vm.machine.throttle_stats() {
+            self.slowed = Some(stats);
+        }
         if vm.machine.watchdog_fired() {
             self.events.watchdog_fired = true;
             self.note(format!(
                 "the watchdog ended the guest after {:?}",
-                self.plan.timeout
+                self.timeout()
             ));
         } else if vm.machine.exited().is_none() {
             self.phase("shutting down");
@@ -596,7 +622,23 @@ impl<'a> Runner<'a> {
         volumes: &[GuestVolume],
         backed: &[GuestVolume],
     ) -> Result<BackupRecord, BackupError> {
-        let during = guestops::start_workloads(vm, &step.during, volumes)?;
+        // Paced workloads first: their working sets must exist before the instant.
+        let pacing = pace::Pacing::start(
+            vm,
+            self.plan,
+            step.number,
+            &step.during,
+            volumes,
+            self.opts.slow_factor(),
+        )?;
+        let wall_clock: Vec<WorkloadRun> = step
+            .during
+            .iter()
+            .filter(|w| w.spec.pace.is_none())
+            .cloned()
+            .collect();
+        let during = guestops::start_workloads(vm, &wall_clock, volumes)?;
+        let deadline = self.timeout().saturating_sub(self.started.elapsed());
         let mut hooks = Hooks {
             hang_armed: self.hang_armed,
             truth: self.truth.as_mut().expect("set"),
@@ -612,6 +654,8 @@ impl<'a> Runner<'a> {
             fired: BTreeMap::new(),
             reporter: self.reporter,
             run_id: &self.run_id,
+            pacing,
+            last: Progress::default(),
         };
         // The run injects guest faults itself: each counts from zero.
         for f in &step.faults {
@@ -625,17 +669,20 @@ impl<'a> Runner<'a> {
                 );
             }
         }
-        let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
+        let started = Instant::now();
         let result = self
             .pipeline
             .as_mut()
             .expect("set")
             .backup(vm, self.plan, step, backed, &mut hooks, deadline);
+        let took = started.elapsed();
         let hook_notes = std::mem::take(&mut hooks.notes);
         let took_instant = hooks.instant_at;
         let (announced, refused) = (hooks.announced, hooks.refused.take());
         let probes = std::mem::take(&mut hooks.probes);
         let guest_fired = std::mem::take(&mut hooks.fired);
+        let pacing = hooks.pacing.take();
+        let last = hooks.last;
         for n in hook_notes {
             self.note(n);
         }
@@ -648,13 +695,31 @@ impl<'a> Runner<'a> {
                 step.number
             ));
         }
-        let stopped = guestops::stop_workloads(vm, during);
+        if let Some(p) = pacing {
+            let (records, notes, errors) = p.finish(vm);
+            for n in notes {
+                self.note(n);
+            }
+            for e in errors {
+                self.harness_error(e);
+            }
+            self.events.workloads.extend(records);
+        }
+        let stopped = guestops::stop_workloads(vm, during, step.number);
         for n in stopped.notes {
             self.note(n);
         }
+        self.events.workloads.extend(stopped.records);
         for f in stopped.failures {
             // The scenario's load did not happen as asked: never a pass on it.
             self.harness_error(format!("backup {}: {f}", step.number));
+        }
+        if let Some(blocks) = last.blocks_crossed.filter(|b| *b > 0) {
+            self.speeds.push(BackupSpeed {
+                backup: step.number,
+                blocks,
+                millis: took.as_millis() as u64,
+            });
         }
         let result: BackupResult = result?;
         for n in &result.notes {
@@ -772,6 +837,7 @@ impl<'a> Runner<'a> {
         }
         let mut boot = BootOptions::new(*accel, self.work.join("run2"));
         boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
+        boot.slow = self.opts.slow;
         boot.extra_modules = self.plan.guest.modules.clone();
         for v in &self.plan.volumes {
             let (path, format) = truth
@@ -845,6 +911,18 @@ impl<'a> Runner<'a> {
         let mut events = self.events.clone();
         events.harness_errors.dedup();
         events.notes = self.notes.clone();
+        events.speeds = self.speeds.clone();
+        let slow = self.slowed.map(|t| SlowRecord {
+            factor: t.factor,
+            method: format!(
+                "SIGSTOP/SIGCONT duty cycle on the QEMU process: runs {} ms of every {} ms",
+                (crate::qemu::throttle::PERIOD / t.factor.max(1)).as_millis(),
+                crate::qemu::throttle::PERIOD.as_millis()
+            ),
+            duty: t.duty(),
+            qemu_cpu_per_second: t.cpu_per_second(),
+            seconds: (t.running + t.stopped).as_secs_f64(),
+        });
         Recording {
             run: RunInfo {
                 run_id: self.run_id.clone(),
@@ -869,8 +947,12 @@ impl<'a> Runner<'a> {
                 pipeline: "reference".into(),
                 started_unix: self.started_unix,
                 timings: self.timings.clone(),
-                repro: self.plan.repro.clone(),
+                repro: match self.opts.slow_factor() {
+                    1 => self.plan.repro.clone(),
+                    n => format!("{} --slow {n}", self.plan.repro),
+                },
                 blockwitness_version: env!("CARGO_PKG_VERSION").into(),
+                slow,
             },
             expect: self.plan.expect.clone(),
             volumes,
@@ -927,6 +1009,8 @@ enum BackupError {
     Workloads(#[from] guestops::GuestOpError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("paced workloads")]
+    Pace(#[from] pace::PaceError),
 }
 
 /// The run's side of a backup: the check of the instant, the truth, guest faults on
@@ -951,6 +1035,10 @@ struct Hooks<'a> {
     fired: BTreeMap<usize, Fired>,
     reporter: &'a dyn Reporter,
     run_id: &'a str,
+    /// This backup's paced workloads, granted their steps from `tick`.
+    pacing: Option<pace::Pacing>,
+    /// The last progress the pipeline reported.
+    last: Progress,
 }
 
 impl Hooks<'_> {
@@ -1008,6 +1096,10 @@ impl Hooks<'_> {
 }
 
 impl RunHooks for Hooks<'_> {
+    fn gate(&self) -> Option<std::sync::Arc<crate::gate::Gate>> {
+        self.pacing.as_ref().map(pace::Pacing::gate)
+    }
+
     fn at_instant(
         &mut self,
         vm: &mut Vm,
@@ -1022,6 +1114,10 @@ impl RunHooks for Hooks<'_> {
     }
 
     fn tick(&mut self, vm: &mut Vm, progress: Progress) {
+        self.last = progress;
+        if let Some(p) = self.pacing.as_mut() {
+            p.service(vm, &progress);
+        }
         let total = progress.blocks_expected.unwrap_or(0);
         self.reporter.event(&Event::Progress {
             run_id: self.run_id.to_string(),

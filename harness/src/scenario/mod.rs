@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{Diagnostic, Location, ScenarioError};
 pub use host::Host;
 pub use raw::{FaultAt, Floppy, Op, Pipeline, When, WorkloadKind};
-pub use units::{Rate, SizeOrPercent};
+pub use units::{Pace, PaceAmount, Rate, SizeOrPercent};
 
 use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
 
@@ -128,7 +128,15 @@ pub struct WorkloadSpec {
     pub kind: WorkloadKind,
     pub volume: String,
     pub stamped: bool,
+    /// A wall-clock rate: `before`/`between` workloads, or a `during` workload whose
+    /// scenario says why in `wall_clock_reason`.
     pub rate: Option<Rate>,
+    /// A rate per share of the backup's progress (`during` workloads only).
+    #[serde(default)]
+    pub pace: Option<Pace>,
+    /// Why a `during` workload is paced by the wall clock (or not at all) instead.
+    #[serde(default)]
+    pub wall_clock_reason: Option<String>,
     pub amount: Option<u64>,
     pub ops: Option<u64>,
     pub duration: Option<Duration>,

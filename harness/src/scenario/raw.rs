@@ -77,6 +77,7 @@ pub struct RawWorkload {
     pub volume: Option<String>,
     pub stamped: Option<bool>,
     pub rate: Option<String>,
+    pub wall_clock_reason: Option<String>,
     pub amount: Option<String>,
     pub ops: Option<u64>,
     pub duration: Option<String>,

@@ -519,25 +519,10 @@ fn validate_workloads(
                 Some("remove `stamped`, or use a data workload".into()),
             );
         }
-        let rate = match &w.rate {
-            Some(r) => {
-                let parsed = units::parse_rate(r);
-                match parsed {
-                    None => cx.err(
-                        &at.key("rate"),
-                        format!("`{}`: \"{r}\" is not a rate", at.key("rate")),
-                        Some(units::RATE_HELP.into()),
-                    ),
-                    Some(Rate::BytesPerSec(0) | Rate::OpsPerSec(0)) => cx.err(
-                        &at.key("rate"),
-                        format!("`{}` must be more than zero", at.key("rate")),
-                        None,
-                    ),
-                    Some(_) => {}
-                }
-                parsed
-            }
-            None => None,
+        let when = w.when.unwrap_or(When::During);
+        let (rate, pace) = match &w.rate {
+            Some(r) => validate_rate(cx, &at.key("rate"), r, when),
+            None => (None, None),
         };
         let amount = w
             .amount
@@ -585,7 +570,17 @@ fn validate_workloads(
                 );
             }
         }
-        let when = w.when.unwrap_or(When::During);
+        if pace.is_some() {
+            if let Some(d) = &w.duration {
+                let path = at.key("duration");
+                cx.err(
+                    &path,
+                    format!("`{path}` (\"{d}\"): a paced workload's amount follows the backup's progress, not the clock"),
+                    Some("remove `duration`; `amount` or `ops` cap the total".into()),
+                );
+            }
+        }
+        let reason = validate_wall_clock(cx, &at, &w, when, rate, pace);
         let bounded = amount.is_some()
             || w.ops.is_some()
             || duration.is_some()
@@ -661,6 +656,8 @@ fn validate_workloads(
                 volume,
                 stamped,
                 rate,
+                pace,
+                wall_clock_reason: reason,
                 amount,
                 ops: w.ops,
                 duration,
@@ -670,6 +667,128 @@ fn validate_workloads(
         });
     }
     out
+}
+
+/// A workload's `rate`: a pace (a rate per share of the backup's progress) for a
+/// `during` workload, a rate per second otherwise.
+fn validate_rate(
+    cx: &mut Ctx,
+    path: &KeyPath,
+    text: &str,
+    when: When,
+) -> (Option<Rate>, Option<Pace>) {
+    if text.contains(" per ") {
+        let Some(pace) = units::parse_pace(text) else {
+            cx.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a rate"),
+                Some(units::RATE_HELP.into()),
+            );
+            return (None, None);
+        };
+        let zero = matches!(pace.amount, PaceAmount::Bytes(0) | PaceAmount::Ops(0));
+        if zero {
+            cx.err(path, format!("`{path}` must grant more than zero"), None);
+        } else if pace.share < units::MIN_PACE_SHARE {
+            cx.err(
+                path,
+                format!(
+                    "`{path}`: a step of {}% is below the smallest, {}%",
+                    pace.share,
+                    units::MIN_PACE_SHARE
+                ),
+                Some("each step holds the backup for a round trip to the guest: use a larger share and a larger amount".into()),
+            );
+        }
+        if when != When::During {
+            cx.err(
+                path,
+                format!(
+                    "`{path}`: a `{}` workload runs while no backup does, so there is no progress to pace it by",
+                    when_name(when)
+                ),
+                Some("give it a rate per second, e.g. \"1MiB/s\", or none".into()),
+            );
+        }
+        return (None, Some(pace));
+    }
+    match units::parse_rate(text) {
+        None => {
+            cx.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a rate"),
+                Some(units::RATE_HELP.into()),
+            );
+            (None, None)
+        }
+        Some(Rate::BytesPerSec(0) | Rate::OpsPerSec(0)) => {
+            cx.err(path, format!("`{path}` must be more than zero"), None);
+            (None, None)
+        }
+        Some(r) => (Some(r), None),
+    }
+}
+
+fn when_name(when: When) -> &'static str {
+    match when {
+        When::Before => "before",
+        When::During => "during",
+        When::Between => "between",
+    }
+}
+
+/// A `during` workload paced by the wall clock (a rate per second, or none) writes more
+/// on a slower machine; the scenario must say why it wants that. Nowhere else does
+/// `wall_clock_reason` belong.
+fn validate_wall_clock(
+    cx: &mut Ctx,
+    at: &KeyPath,
+    w: &RawWorkload,
+    when: When,
+    rate: Option<Rate>,
+    pace: Option<Pace>,
+) -> Option<String> {
+    let path = at.key("wall_clock_reason");
+    // A rate that did not parse has had its error already.
+    let wall_clock = when == When::During && pace.is_none() && (w.rate.is_none() || rate.is_some());
+    match &w.wall_clock_reason {
+        Some(reason) if !wall_clock => {
+            let why = if when != When::During {
+                format!(
+                    "a `{}` workload is paced by the wall clock anyway",
+                    when_name(when)
+                )
+            } else {
+                "the workload is paced by the backup's progress".to_string()
+            };
+            cx.err(
+                &path,
+                format!(
+                    "`{path}` is only for a `during` workload paced by the wall clock, and {why}"
+                ),
+                Some("remove `wall_clock_reason`".into()),
+            );
+            Some(reason.clone())
+        }
+        Some(reason) if reason.trim().is_empty() => {
+            cx.err(&path, format!("`{path}` must say why"), None);
+            None
+        }
+        Some(reason) => Some(reason.clone()),
+        None if wall_clock => {
+            let (key, what) = match rate {
+                Some(_) => (at.key("rate"), "a `during` workload with a rate per second writes more the slower the machine runs the backup"),
+                None => (at.clone(), "a `during` workload without a rate writes as much as the machine's speed allows while the backup runs"),
+            };
+            cx.err(
+                &key,
+                format!("`{key}`: {what}"),
+                Some("pace it by the backup's progress, e.g. rate = \"1MiB per 4%\", or say why the wall clock is wanted in `wall_clock_reason`".into()),
+            );
+            None
+        }
+        None => None,
+    }
 }
 
 fn validate_faults(
