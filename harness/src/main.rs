@@ -86,6 +86,10 @@ enum Command {
         /// Keep the work directory (disks, truth layers, target store) for inspection.
         #[arg(long)]
         keep_work: bool,
+        /// Serve the volumes with this instead of the scenario's `guest.disk` (the repro
+        /// line says so).
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -106,6 +110,9 @@ enum Command {
         filter: Option<String>,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+        /// Serve every scenario's volumes with this instead of its `guest.disk`.
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         #[arg(long)]
         plain: bool,
     },
@@ -133,6 +140,15 @@ enum Command {
 enum DiskBackend {
     Qemu,
     Witness,
+}
+
+impl DiskBackend {
+    fn scenario(self) -> blockwitness::scenario::DiskBackend {
+        match self {
+            DiskBackend::Qemu => blockwitness::scenario::DiskBackend::Qemu,
+            DiskBackend::Witness => blockwitness::scenario::DiskBackend::Witness,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -453,16 +469,18 @@ fn main() -> ExitCode {
             seed,
             accel,
             keep_work,
+            disk,
             plain,
-        } => run_cmd(files, image, seed, accel, keep_work, plain),
+        } => run_cmd(files, image, seed, accel, keep_work, disk, plain),
         Command::Nightly {
             paths,
             images,
             max_seeds,
             filter,
             accel,
+            disk,
             plain,
-        } => nightly_cmd(paths, images, max_seeds, filter, accel, plain),
+        } => nightly_cmd(paths, images, max_seeds, filter, accel, disk, plain),
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
             println!("{report}");
@@ -550,6 +568,7 @@ fn nightly_cmd(
     max_seeds: Option<u32>,
     filter: Option<String>,
     accel: AccelChoice,
+    disk: Option<DiskBackend>,
     plain: bool,
 ) -> anyhow::Result<Exit> {
     // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
@@ -568,6 +587,7 @@ fn nightly_cmd(
         images: (!images.is_empty()).then_some(images),
         max_seeds,
         filter,
+        disk: disk.map(DiskBackend::scenario),
         run: RunOptions::standard(accel),
     };
     let report = blockwitness::nightly::nightly(&opts, &reporter);
@@ -601,6 +621,7 @@ fn run_cmd(
     seed: Option<u64>,
     accel: AccelChoice,
     keep_work: bool,
+    disk: Option<DiskBackend>,
     plain: bool,
 ) -> anyhow::Result<Exit> {
     let reporter = blockwitness::ui::Terminal::new(plain);
@@ -619,7 +640,10 @@ fn run_cmd(
         let image = image
             .clone()
             .unwrap_or_else(|| scenario.images.first().cloned().unwrap_or_default());
-        let plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        let mut plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        if let Some(d) = disk {
+            plan = plan.with_disk(d.scenario());
+        }
         let result = blockwitness::run::run_plan(&plan, &scenario.source, &opts, &reporter);
         println!(
             "{} {} on {} seed {}: {}{}\n  report: {}\n  repro: {}",

@@ -158,7 +158,6 @@ pub fn bench_disk(img: &BuiltImage, accel: Accel, dir: &Path) -> Result<DiskBenc
         format: DiskFormat::Raw,
         serial: "bw-q0".into(),
         read_only: false,
-        blkdebug: false,
     });
     opts.disks
         .push(tools_disk(&crate::paths::project_root(), dir)?);

@@ -492,9 +492,12 @@ impl Pipeline for Reference {
                 // The run's layers (disk, guest).
                 FaultSpec::DiskHang { .. }
                 | FaultSpec::DiskEio { .. }
+                | FaultSpec::DiskLatency { .. }
+                | FaultSpec::DiskTorn { .. }
                 | FaultSpec::Reset { .. }
                 | FaultSpec::Panic { .. }
-                | FaultSpec::RemoveDisk { .. } => {}
+                | FaultSpec::RemoveDisk { .. }
+                | FaultSpec::EndSnapshot { .. } => {}
             }
         }
         for (knob, value) in &knobs {

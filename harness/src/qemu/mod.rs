@@ -59,9 +59,6 @@ pub struct Disk {
     /// Shown in the guest as /sys/block/vdX/serial; how the guest finds this disk.
     pub serial: String,
     pub read_only: bool,
-    /// Put a blkdebug layer under the format node so requests can be suspended on
-    /// demand (`qemu-io <id> "break read_aio <tag>"`): a device that never answers.
-    pub blkdebug: bool,
 }
 
 impl Disk {
@@ -74,7 +71,6 @@ impl Disk {
             path,
             format,
             read_only: false,
-            blkdebug: false,
         }
     }
 
@@ -216,7 +212,7 @@ pub fn kernel_args(kernel: &Path, initrd: &Path, append: &str) -> Vec<String> {
     ]
 }
 
-/// One virtio-blk disk: protocol node, optional blkdebug, format node, device.
+/// One virtio-blk disk: protocol node, format node, device.
 pub fn disk_args(disk: &Disk) -> Vec<String> {
     let file = serde_json::json!({
         "driver": "file",
@@ -228,15 +224,10 @@ pub fn disk_args(disk: &Disk) -> Vec<String> {
         DiskFormat::Raw => "raw",
         DiskFormat::Qcow2 => "qcow2",
     };
-    let protocol = if disk.blkdebug {
-        serde_json::json!({ "driver": "blkdebug", "image": file })
-    } else {
-        file
-    };
     let node = serde_json::json!({
         "driver": format,
         "node-name": disk.id,
-        "file": protocol,
+        "file": file,
         "read-only": disk.read_only,
     });
     vec![
@@ -802,17 +793,6 @@ mod tests {
              virtserialport,bus=vser0.0,chardev=port0,name=bw.control"
         ));
         assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
-    }
-
-    #[test]
-    fn blkdebug_sits_between_format_and_file() {
-        let mut disk = spec().disks[0].clone();
-        disk.blkdebug = true;
-        let args = disk_args(&disk);
-        let node: serde_json::Value = serde_json::from_str(&args[1]).unwrap();
-        assert_eq!(node["driver"], "raw");
-        assert_eq!(node["file"]["driver"], "blkdebug");
-        assert_eq!(node["file"]["image"]["node-name"], "d0-file");
     }
 
     #[test]

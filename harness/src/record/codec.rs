@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, RecordError, Recording, RunEvents,
-    RunInfo, Source, StampEvidence, VolumeRecord, MAGIC,
+    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, OracleRecord, RecordError,
+    Recording, RunEvents, RunInfo, Source, StampEvidence, VolumeRecord, MAGIC,
 };
 use crate::model::{BackupKind, BlockHash, Expectations, HASH_LEN};
 
@@ -51,6 +51,8 @@ struct GenMeta {
     snapshot_instant_ns: Option<u64>,
     stamps: BTreeMap<u64, StampEvidence>,
     owners: BTreeMap<u64, String>,
+    #[serde(default)]
+    oracle: Option<OracleRecord>,
 }
 
 pub fn encode(rec: &Recording) -> Vec<u8> {
@@ -93,6 +95,7 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                 snapshot_instant_ns: g.snapshot_instant_ns,
                 stamps: g.stamps.clone(),
                 owners: g.owners.clone(),
+                oracle: g.oracle.clone(),
             };
             put_json(&mut out, &gm);
             // Truth relative to the previous generation's truth, when lengths agree.
@@ -454,6 +457,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 snapshot_instant_ns: gm.snapshot_instant_ns,
                 stamps: gm.stamps,
                 owners: gm.owners,
+                oracle: gm.oracle,
             });
         }
         volumes.push(VolumeRecord {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
-use crate::record::{Claim, Recording, RunInfo};
+use crate::record::{Claim, OracleRecord, Recording, RunInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -51,6 +51,9 @@ pub struct GenerationSummary {
     pub counts: BTreeMap<String, u64>,
     pub outcomes: Vec<String>,
     pub excluded: Vec<String>,
+    /// The history oracle's judgement (witness disks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<OracleRecord>,
 }
 
 fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
@@ -107,6 +110,7 @@ impl Summary {
                                     format!("{}-{}: {}", e.start, e.end.saturating_sub(1), e.reason)
                                 })
                                 .collect(),
+                            oracle: g.oracle.clone(),
                         }
                     })
                     .collect(),
