@@ -498,6 +498,48 @@ backup = 3
     }
 
     #[test]
+    fn a_disk_override_is_in_the_repro_line() {
+        let plan = Plan::resolve(&scenario(), 10, "debian-6.1");
+        assert_eq!(plan.guest.disk, DiskBackend::Witness);
+        assert_eq!(plan.clone().with_disk(DiskBackend::Witness), plan);
+        let q = plan.with_disk(DiskBackend::Qemu);
+        assert_eq!(q.guest.disk, DiskBackend::Qemu);
+        assert!(q.repro.ends_with("--seed 10 --disk qemu"), "{}", q.repro);
+    }
+
+    #[test]
+    fn the_seeded_schedule_follows_the_run_seed() {
+        let text = TEXT.replace(
+            "[guest]\nfloppy = \"empty\"",
+            "[guest]\nfloppy = \"empty\"\nio_schedule = \"seeded\"\nio_max_delay = \"3ms\"",
+        );
+        let s = crate::scenario::parse(Path::new("s.toml"), &text).unwrap();
+        let a = Plan::resolve(&s, 10, "debian-6.1")
+            .guest
+            .io_schedule
+            .unwrap();
+        let b = Plan::resolve(&s, 11, "debian-6.1")
+            .guest
+            .io_schedule
+            .unwrap();
+        assert_eq!(a.max_delay_us, 3000);
+        assert_ne!(a.seed, b.seed);
+        assert_eq!(
+            a,
+            Plan::resolve(&s, 10, "debian-6.1")
+                .guest
+                .io_schedule
+                .unwrap()
+        );
+        assert_eq!(
+            Plan::resolve(&scenario(), 10, "debian-6.1")
+                .guest
+                .io_schedule,
+            None
+        );
+    }
+
+    #[test]
     fn repro_quotes_odd_paths() {
         assert_eq!(
             repro_line(Path::new("my dir/x.toml"), "debian-6.1", 1),

@@ -552,3 +552,91 @@ fn summarise(h: &History, r: &mut DiskRecord) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::DiskMatch;
+
+    #[test]
+    fn scenario_disk_faults_become_backend_faults_armed_at_their_moment() {
+        let at = DiskMatch {
+            volume: "data".into(),
+            op: Op::Write,
+            blocks: Some(BlockSpan {
+                first: 10,
+                count: 4,
+            }),
+            once: true,
+            after_requests: 3,
+        };
+        assert_eq!(
+            disk_fault(&FaultSpec::DiskEio { at: at.clone() }, 9),
+            Some((
+                DiskFault::Eio {
+                    ops: OpFilter::Write,
+                    blocks: Some(BlockRange { start: 10, end: 14 }),
+                    times: Times::Once,
+                    after: 3,
+                },
+                ArmAt::Start
+            ))
+        );
+        let hang = disk_fault(
+            &FaultSpec::DiskHang {
+                at: DiskMatch {
+                    op: Op::Both,
+                    blocks: None,
+                    once: false,
+                    after_requests: 0,
+                    ..at
+                },
+            },
+            9,
+        );
+        assert_eq!(
+            hang,
+            Some((
+                DiskFault::Hang {
+                    ops: OpFilter::Both,
+                    blocks: None,
+                    times: Times::Always,
+                    after: 0,
+                },
+                ArmAt::Start
+            ))
+        );
+        // The latency's seed is the fault's, so a replay holds the same requests as long.
+        assert_eq!(
+            disk_fault(
+                &FaultSpec::DiskLatency {
+                    volume: "data".into(),
+                    op: Op::Read,
+                    blocks: None,
+                    max_ms: 7,
+                },
+                42
+            ),
+            Some((
+                DiskFault::Latency {
+                    seed: 42,
+                    max_us: 7000,
+                    ops: OpFilter::Read,
+                    blocks: None,
+                },
+                ArmAt::Start
+            ))
+        );
+        assert_eq!(
+            disk_fault(
+                &FaultSpec::DiskTorn {
+                    volume: "data".into(),
+                    land: 2
+                },
+                0
+            ),
+            Some((DiskFault::Torn { land: 2 }, ArmAt::Instant))
+        );
+        assert_eq!(disk_fault(&FaultSpec::SkipVerify, 0), None);
+    }
+}
