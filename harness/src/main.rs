@@ -91,6 +91,10 @@ enum Command {
         /// to the scenario.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
         slow: Option<u32>,
+        /// Serve the volumes with this instead of the scenario's `guest.disk` (the repro
+        /// line says so).
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -116,6 +120,9 @@ enum Command {
         /// to the scenario.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
         slow: Option<u32>,
+        /// Serve every scenario's volumes with this instead of its `guest.disk`.
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         #[arg(long)]
         plain: bool,
     },
@@ -149,6 +156,15 @@ enum Command {
 enum DiskBackend {
     Qemu,
     Witness,
+}
+
+impl DiskBackend {
+    fn scenario(self) -> blockwitness::scenario::DiskBackend {
+        match self {
+            DiskBackend::Qemu => blockwitness::scenario::DiskBackend::Qemu,
+            DiskBackend::Witness => blockwitness::scenario::DiskBackend::Witness,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -507,8 +523,20 @@ fn main() -> ExitCode {
             accel,
             keep_work,
             slow,
+            disk,
             plain,
-        } => run_cmd(files, image, seed, accel, keep_work, slow, plain),
+        } => run_cmd(
+            files,
+            image,
+            seed,
+            keep_work,
+            RunKnobs {
+                accel,
+                slow,
+                disk,
+                plain,
+            },
+        ),
         Command::Nightly {
             paths,
             images,
@@ -516,8 +544,20 @@ fn main() -> ExitCode {
             filter,
             accel,
             slow,
+            disk,
             plain,
-        } => nightly_cmd(paths, images, max_seeds, filter, accel, slow, plain),
+        } => nightly_cmd(
+            paths,
+            images,
+            max_seeds,
+            filter,
+            RunKnobs {
+                accel,
+                slow,
+                disk,
+                plain,
+            },
+        ),
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
             println!("{report}");
@@ -637,15 +677,28 @@ fn diff_cmd(
     Ok(outcome.exit())
 }
 
+/// How `run` and `nightly` run each scenario: the accelerator, the slow-down, who
+/// serves the volumes, and the progress display.
+struct RunKnobs {
+    accel: AccelChoice,
+    slow: Option<u32>,
+    disk: Option<DiskBackend>,
+    plain: bool,
+}
+
 fn nightly_cmd(
     paths: Vec<PathBuf>,
     images: Vec<String>,
     max_seeds: Option<u32>,
     filter: Option<String>,
-    accel: AccelChoice,
-    slow: Option<u32>,
-    plain: bool,
+    knobs: RunKnobs,
 ) -> anyhow::Result<Exit> {
+    let RunKnobs {
+        accel,
+        slow,
+        disk,
+        plain,
+    } = knobs;
     // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
     if doctor::require(doctor::FOR_RUN).is_err() {
         for ran in doctor::setup()? {
@@ -662,6 +715,7 @@ fn nightly_cmd(
         images: (!images.is_empty()).then_some(images),
         max_seeds,
         filter,
+        disk: disk.map(DiskBackend::scenario),
         run: RunOptions {
             slow,
             ..RunOptions::standard(accel)
@@ -696,11 +750,15 @@ fn run_cmd(
     files: Vec<PathBuf>,
     image: Option<String>,
     seed: Option<u64>,
-    accel: AccelChoice,
     keep_work: bool,
-    slow: Option<u32>,
-    plain: bool,
+    knobs: RunKnobs,
 ) -> anyhow::Result<Exit> {
+    let RunKnobs {
+        accel,
+        slow,
+        disk,
+        plain,
+    } = knobs;
     let reporter = blockwitness::ui::Terminal::new(plain);
     let mut opts = RunOptions::standard(accel);
     opts.keep_work = keep_work;
@@ -718,7 +776,10 @@ fn run_cmd(
         let image = image
             .clone()
             .unwrap_or_else(|| scenario.images.first().cloned().unwrap_or_default());
-        let plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        let mut plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        if let Some(d) = disk {
+            plan = plan.with_disk(d.scenario());
+        }
         let result = blockwitness::run::run_plan(&plan, &scenario.source, &opts, &reporter);
         println!(
             "{} {} on {} seed {}: {}{}\n  report: {}\n  repro: {}",

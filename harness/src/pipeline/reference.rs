@@ -516,9 +516,12 @@ impl Pipeline for Reference {
                 // The run's layers (disk, guest).
                 FaultSpec::DiskHang { .. }
                 | FaultSpec::DiskEio { .. }
+                | FaultSpec::DiskLatency { .. }
+                | FaultSpec::DiskTorn { .. }
                 | FaultSpec::Reset { .. }
                 | FaultSpec::Panic { .. }
-                | FaultSpec::RemoveDisk { .. } => {}
+                | FaultSpec::RemoveDisk { .. }
+                | FaultSpec::EndSnapshot { .. } => {}
             }
         }
         for (knob, value) in &knobs {
@@ -958,6 +961,9 @@ impl Pipeline for Reference {
                 // The run's faults (disk, guest): it counts them itself.
                 FaultKind::DiskHang
                 | FaultKind::DiskEio
+                | FaultKind::DiskLatency
+                | FaultKind::DiskTorn
+                | FaultKind::EndSnapshot
                 | FaultKind::Reset
                 | FaultKind::Panic
                 | FaultKind::RemoveDisk => continue,

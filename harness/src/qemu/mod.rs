@@ -61,7 +61,8 @@ pub struct Disk {
     pub serial: String,
     pub read_only: bool,
     /// Put a blkdebug layer under the format node so requests can be suspended on
-    /// demand (`qemu-io <id> "break read_aio <tag>"`): a device that never answers.
+    /// demand (`qemu-io <id> "break write_aio <tag>"`). Runs hold requests on the
+    /// witness disk; the kmod tests still use this on QEMU-served disks.
     pub blkdebug: bool,
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
 use crate::record::{
-    BackupSpeed, Claim, FaultFired, Recording, RunInfo, TruthState, WorkloadRecord,
+    BackupSpeed, Claim, FaultFired, OracleRecord, Recording, RunInfo, TruthState, WorkloadRecord,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +68,9 @@ pub struct GenerationSummary {
     /// Where the pipeline's word on its COW file disagreed with the harness's.
     #[serde(default)]
     pub cow_findings: Vec<String>,
+    /// The history oracle's judgement (witness disks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<OracleRecord>,
 }
 
 fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
@@ -126,6 +129,7 @@ impl Summary {
                                 .collect(),
                             truth: g.truth_state.clone(),
                             cow_findings: g.cow_findings.clone(),
+                            oracle: g.oracle.clone(),
                         }
                     })
                     .collect(),

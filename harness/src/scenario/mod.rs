@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Diagnostic, Location, ScenarioError};
 pub use host::Host;
-pub use raw::{FaultAt, Floppy, Op, Pipeline, When, WorkloadKind};
+pub use raw::{DiskBackend, EndHow, FaultAt, Floppy, IoSchedule, Op, Pipeline, When, WorkloadKind};
 pub use units::{Pace, PaceAmount, Rate, SizeOrPercent};
 
 use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
@@ -57,6 +57,11 @@ pub struct Guest {
     pub modules: Vec<String>,
     pub floppy: Floppy,
     pub hang_disk: bool,
+    /// Who serves the volumes.
+    pub disk: DiskBackend,
+    /// The witness disk's seeded completion schedule: the most a request is held, or
+    /// None for no schedule.
+    pub io_max_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,15 +199,22 @@ pub enum FaultSpec {
     DelayRead {
         ms: u64,
     },
-    DiskHang {
-        volume: String,
-        op: Op,
-    },
     DiskEio {
+        at: DiskMatch,
+    },
+    DiskHang {
+        at: DiskMatch,
+    },
+    DiskLatency {
         volume: String,
         op: Op,
-        block: Option<u64>,
-        once: bool,
+        blocks: Option<BlockSpan>,
+        max_ms: u64,
+    },
+    DiskTorn {
+        volume: String,
+        /// 4 KiB blocks of the torn write that land.
+        land: u32,
     },
     BitFlip {
         frames: FrameSel,
@@ -237,6 +249,31 @@ pub enum FaultSpec {
         volume: String,
         at: FaultAt,
     },
+    /// End the snapshot while a disk fault holds a read (the teardown race).
+    EndSnapshot {
+        volume: String,
+        how: EndHow,
+    },
+}
+
+/// 4 KiB blocks `first..first + count` of a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSpan {
+    pub first: u64,
+    pub count: u64,
+}
+
+/// The requests an `eio` or `hang` fault hits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMatch {
+    pub volume: String,
+    pub op: Op,
+    /// None: every block.
+    pub blocks: Option<BlockSpan>,
+    /// Only the first matching request.
+    pub once: bool,
+    /// Matching requests let through first.
+    pub after_requests: u64,
 }
 
 impl FaultSpec {
@@ -250,6 +287,8 @@ impl FaultSpec {
             FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
+            FaultSpec::DiskLatency { .. } => FaultKind::DiskLatency,
+            FaultSpec::DiskTorn { .. } => FaultKind::DiskTorn,
             FaultSpec::BitFlip { .. } => FaultKind::BitFlip,
             FaultSpec::Rewrite { .. } => FaultKind::Rewrite,
             FaultSpec::DropFrame { .. } => FaultKind::DropFrame,
@@ -261,11 +300,73 @@ impl FaultSpec {
             FaultSpec::Reset { .. } => FaultKind::Reset,
             FaultSpec::Panic { .. } => FaultKind::Panic,
             FaultSpec::RemoveDisk { .. } => FaultKind::RemoveDisk,
+            FaultSpec::EndSnapshot { .. } => FaultKind::EndSnapshot,
         }
     }
 
     pub fn layer(&self) -> Layer {
         self.kind().layer()
+    }
+
+    /// For a `latency` or `hang` fault that holds reads of given blocks: the volume and
+    /// the blocks (what `end-snapshot` waits for).
+    pub fn held_read(&self) -> Option<(&str, BlockSpan)> {
+        let (volume, op, blocks) = match self {
+            FaultSpec::DiskLatency {
+                volume, op, blocks, ..
+            } => (volume, op, blocks),
+            FaultSpec::DiskHang { at } => (&at.volume, &at.op, &at.blocks),
+            FaultSpec::DiskEio { .. }
+            | FaultSpec::DiskTorn { .. }
+            | FaultSpec::CowReadLive { .. }
+            | FaultSpec::DropTracking { .. }
+            | FaultSpec::CorruptCow { .. }
+            | FaultSpec::DelayCow { .. }
+            | FaultSpec::DelayRead { .. }
+            | FaultSpec::BitFlip { .. }
+            | FaultSpec::Rewrite { .. }
+            | FaultSpec::DropFrame { .. }
+            | FaultSpec::Disconnect { .. }
+            | FaultSpec::WrongOffset { .. }
+            | FaultSpec::SkipVerify
+            | FaultSpec::CrashBeforeCommit
+            | FaultSpec::SkipBlocks { .. }
+            | FaultSpec::Reset { .. }
+            | FaultSpec::Panic { .. }
+            | FaultSpec::RemoveDisk { .. }
+            | FaultSpec::EndSnapshot { .. } => return None,
+        };
+        match (op, blocks) {
+            (Op::Read | Op::Both, Some(b)) => Some((volume, *b)),
+            (Op::Write, _) | (_, None) => None,
+        }
+    }
+
+    /// The volume whose witness disk a disk fault hits.
+    pub fn disk_volume(&self) -> Option<&str> {
+        match self {
+            FaultSpec::DiskEio { at } | FaultSpec::DiskHang { at } => Some(&at.volume),
+            FaultSpec::DiskLatency { volume, .. } | FaultSpec::DiskTorn { volume, .. } => {
+                Some(volume)
+            }
+            FaultSpec::CowReadLive { .. }
+            | FaultSpec::DropTracking { .. }
+            | FaultSpec::CorruptCow { .. }
+            | FaultSpec::DelayCow { .. }
+            | FaultSpec::DelayRead { .. }
+            | FaultSpec::BitFlip { .. }
+            | FaultSpec::Rewrite { .. }
+            | FaultSpec::DropFrame { .. }
+            | FaultSpec::Disconnect { .. }
+            | FaultSpec::WrongOffset { .. }
+            | FaultSpec::SkipVerify
+            | FaultSpec::CrashBeforeCommit
+            | FaultSpec::SkipBlocks { .. }
+            | FaultSpec::Reset { .. }
+            | FaultSpec::Panic { .. }
+            | FaultSpec::RemoveDisk { .. }
+            | FaultSpec::EndSnapshot { .. } => None,
+        }
     }
 }
 
