@@ -34,6 +34,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod shrink;
 pub mod truth;
 pub mod ui;
 pub mod witness;

@@ -144,11 +144,43 @@ enum Command {
         /// The nightly's report directory, e.g. reports/nightly-1795900000.
         dir: PathBuf,
     },
+    /// Cut a failing run down: rerun its scenario (same seed and image) with smaller
+    /// plans and write the smallest that still fails the same way (docs/shrink.md).
+    Shrink(ShrinkArgs),
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
         bench: BenchCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ShrinkArgs {
+    /// The run's report directory (reports/<run-id>).
+    report: PathBuf,
+    /// Time for the whole session (a run in flight at the end is stopped).
+    #[arg(long, default_value = "30m", value_parser = parse_budget)]
+    budget: Duration,
+    /// Where to write the shrunk scenario (default: shrunk.toml in the session's
+    /// directory, reports/shrink-...).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Runs beyond the first that a cut must also fail the same way in before it
+    /// is kept, and reruns of the original first (TCG runs are noisy).
+    #[arg(long, default_value_t = 1)]
+    confirm: u32,
+    /// Keep these findings (a class or outcome name) instead of the failing
+    /// verdict; for a scenario that expects what it finds. Repeatable.
+    #[arg(long = "keep-finding")]
+    keep_finding: Vec<String>,
+    /// Keep every finding of the run instead of its failing verdict.
+    #[arg(long, conflicts_with = "keep_finding")]
+    keep_findings: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
 }
 
 /// Who serves a guest's disks.
@@ -588,6 +620,7 @@ fn main() -> ExitCode {
                 outcome.verdict.exit()
             })
             .map_err(Into::into),
+        Command::Shrink(args) => shrink_cmd(args),
         Command::Bench { bench } => match bench {
             BenchCommand::Agent { image, accel } => {
                 bench_vm(&image, accel, "bench-agent", |img, accel, dir| {
@@ -801,6 +834,62 @@ fn run_cmd(
         worst = worst.worst(result.exit());
     }
     Ok(worst)
+}
+
+fn parse_budget(text: &str) -> Result<Duration, String> {
+    blockwitness::scenario::units::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "\"{text}\" is not a budget: {}",
+                blockwitness::scenario::units::DURATION_HELP
+            )
+        })
+}
+
+fn shrink_cmd(args: ShrinkArgs) -> anyhow::Result<Exit> {
+    use blockwitness::shrink::{Finding, Keep, ShrinkOptions};
+    let ShrinkArgs {
+        report,
+        budget,
+        out,
+        confirm,
+        keep_finding,
+        keep_findings,
+        accel,
+        plain,
+    } = args;
+    let keep = if keep_findings {
+        Keep::AllFindings
+    } else if keep_finding.is_empty() {
+        Keep::Verdict
+    } else {
+        Keep::These(
+            keep_finding
+                .iter()
+                .map(|n| Finding::parse(n))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let reporter = blockwitness::ui::Terminal::new(plain);
+    let shrunk = blockwitness::shrink::shrink(
+        &ShrinkOptions {
+            report,
+            budget,
+            out,
+            confirm,
+            keep,
+            run: RunOptions::standard(accel),
+        },
+        &reporter,
+    )?;
+    println!("{shrunk}");
+    // 0 when a scenario was written; 2 when the failure did not reproduce.
+    Ok(if shrunk.out.is_some() {
+        Exit::Pass
+    } else {
+        Exit::HarnessError
+    })
 }
 
 /// Builds the image, decides the accelerator and runs a VM benchmark in a scratch dir.

@@ -93,7 +93,7 @@ impl Reporter for Lines {
                 report_dir,
                 ..
             } => eprintln!("== {verdict}: {report_dir}"),
-            Event::RunStarted { .. } | Event::Progress { .. } => {}
+            Event::RunStarted { .. } | Event::Progress { .. } | Event::Shrink { .. } => {}
         }
     }
 }
