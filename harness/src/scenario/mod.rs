@@ -199,6 +199,8 @@ pub enum FaultSpec {
     DelayRead {
         ms: u64,
     },
+    /// The module lets reads in flight across a snapshot's end succeed (the teardown race).
+    OpenTeardown,
     DiskEio {
         at: DiskMatch,
     },
@@ -285,6 +287,7 @@ impl FaultSpec {
             FaultSpec::CorruptCow { .. } => FaultKind::CorruptCow,
             FaultSpec::DelayCow { .. } => FaultKind::DelayCow,
             FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
+            FaultSpec::OpenTeardown => FaultKind::OpenTeardown,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
             FaultSpec::DiskLatency { .. } => FaultKind::DiskLatency,
@@ -323,6 +326,7 @@ impl FaultSpec {
             | FaultSpec::CorruptCow { .. }
             | FaultSpec::DelayCow { .. }
             | FaultSpec::DelayRead { .. }
+            | FaultSpec::OpenTeardown
             | FaultSpec::BitFlip { .. }
             | FaultSpec::Rewrite { .. }
             | FaultSpec::DropFrame { .. }
@@ -354,6 +358,7 @@ impl FaultSpec {
             | FaultSpec::CorruptCow { .. }
             | FaultSpec::DelayCow { .. }
             | FaultSpec::DelayRead { .. }
+            | FaultSpec::OpenTeardown
             | FaultSpec::BitFlip { .. }
             | FaultSpec::Rewrite { .. }
             | FaultSpec::DropFrame { .. }
