@@ -509,6 +509,7 @@ impl<'a> Runner<'a> {
                 }
             ));
         }
+        self.disk_fired_at_end(&ended.fired);
         self.ended = Some(ended);
         if let Some(Truth::Witness(t)) = self.truth.as_mut() {
             let errors = t.finalise();
@@ -976,6 +977,25 @@ impl<'a> Runner<'a> {
                     counted_by: "the witness disk's fault statistics".into(),
                 },
             );
+        }
+    }
+
+    /// Disk faults whose backend went with the guest (a watchdog, a reset) before the
+    /// run released them are counted from the history when the backends end.
+    fn disk_fired_at_end(&mut self, armed: &[(u32, crate::model::FaultKind, Option<u64>)]) {
+        // The n-th fault of a kind in a backup was the n-th armed.
+        let mut used = vec![false; armed.len()];
+        for f in self.events.faults.iter_mut() {
+            let Some(i) = (0..armed.len())
+                .find(|&i| !used[i] && armed[i].0 == f.backup && armed[i].1.label() == f.fault)
+            else {
+                continue;
+            };
+            used[i] = true;
+            if let (None, Some(n)) = (f.fired, armed[i].2) {
+                f.fired = Some(n);
+                f.counted_by = "the witness disk's history".into();
+            }
         }
     }
 

@@ -87,6 +87,9 @@ pub(super) struct Ended {
     /// Per served disk: its record for the report and, for a backed-up volume, the
     /// oracle's input (history path and starting hashes).
     pub disks: Vec<EndedDisk>,
+    /// Every armed disk fault, in the order armed: its backup, kind and firings (from
+    /// the backend's statistics at its release, else from the history).
+    pub fired: Vec<(u32, FaultKind, Option<u64>)>,
 }
 
 pub(super) struct EndedDisk {
@@ -516,7 +519,12 @@ impl RunWitness {
                 ));
             }
         }
-        Ended { errors, disks: out }
+        let fired = armed.iter().map(|a| (a.backup, a.kind, a.fired)).collect();
+        Ended {
+            errors,
+            disks: out,
+            fired,
+        }
     }
 }
 
