@@ -66,6 +66,9 @@ enum Command {
         /// Keep the scratch directory (disks, histories, layers, logs) and print where.
         #[arg(long)]
         keep: bool,
+        /// Pack a built-in pipeline's guest userland (dmsetup; lvm, thin tools, mkfs).
+        #[arg(long, value_enum)]
+        userland: Option<ExecUserland>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -331,6 +334,13 @@ struct ExecDisks {
     keep: bool,
 }
 
+/// A built-in pipeline's guest userland, for `exec --userland`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExecUserland {
+    Dm,
+    Lvm,
+}
+
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
@@ -338,6 +348,7 @@ fn exec_cmd(
     disks: &[String],
     how: ExecDisks,
     modules: Vec<String>,
+    userland: Option<ExecUserland>,
     argv: Vec<String>,
 ) -> anyhow::Result<Exit> {
     doctor::require(doctor::FOR_BOOT)?;
@@ -365,6 +376,15 @@ fn exec_cmd(
         witness = Some(w);
     }
     opts.extra_modules = modules;
+    if let Some(which) = userland {
+        let u = match which {
+            ExecUserland::Dm => blockwitness::pipeline::guest_tools::dm_userland()?,
+            ExecUserland::Lvm => blockwitness::pipeline::guest_tools::lvm_userland()?,
+        };
+        let archive = dir.path().join("userland.cpio");
+        u.write(&archive)?;
+        opts.initrd_extra.push(archive);
+    }
     let mut vm = Vm::boot(&img, opts)?;
     eprintln!("==> ready after {:.1}s", vm.boot_to_ready.as_secs_f64());
     let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -433,6 +453,7 @@ fn main() -> ExitCode {
             disk_backend,
             queues,
             keep,
+            userland,
             argv,
         } => exec_cmd(
             &image,
@@ -445,6 +466,7 @@ fn main() -> ExitCode {
                 keep,
             },
             modules,
+            userland,
             argv,
         ),
         Command::Run {

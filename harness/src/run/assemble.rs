@@ -106,6 +106,25 @@ pub(super) fn volumes(
                     continue;
                 }
             };
+            // The volume inside its disk (an LVM volume in its physical volume).
+            let (image, is_scratch) =
+                match pipeline.volume_image(&v.name, &image, &work.join("truth-volume.raw")) {
+                    Ok(Some(cut)) => {
+                        if is_scratch {
+                            let _ = std::fs::remove_file(&image);
+                        }
+                        (cut, true)
+                    }
+                    Ok(None) => (image, is_scratch),
+                    Err(e) => {
+                        errors.push(format!(
+                            "cutting volume {} out of its disk's truth: {}",
+                            v.name,
+                            chain(&e)
+                        ));
+                        continue;
+                    }
+                };
             let truth_hashes = match hash(&image, progress, v.size_bytes) {
                 Ok(h) => h,
                 Err(e) => {
@@ -141,7 +160,11 @@ pub(super) fn volumes(
                     }
                     g.snapshot = Some(snap);
                     g.live = Some(live);
-                    g.source = Some(source);
+                    // The source point is the module's trace; a witness without one
+                    // (the harness's own reader) leaves the stage unrecorded.
+                    if source.iter().any(Option::is_some) {
+                        g.source = Some(source);
+                    }
                 }
                 if let Some(t) = &vb.transport {
                     let mut col = vec![None; blocks];

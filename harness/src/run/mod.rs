@@ -17,7 +17,6 @@ pub(crate) use crate::error_chain as chain;
 use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
 use crate::model::{BlockClass, Exit, Outcome, Verdict};
-use crate::pipeline::reference::Reference;
 use crate::pipeline::{
     BackupResult, GuestVolume, InstantError, Pipeline, PipelineError, Progress, RunHooks,
 };
@@ -314,8 +313,15 @@ impl<'a> Runner<'a> {
                 .map(|(d, v)| (v.name.clone(), d.id.clone(), d.path.clone()))
                 .collect::<Vec<_>>(),
         ));
-        match Reference::new(self.image.as_ref().expect("set above"), &self.work) {
-            Ok(p) => self.pipeline = Some(Box::new(p)),
+        self.phase(format!(
+            "preparing the {} pipeline",
+            self.plan.pipeline.kind().name()
+        ));
+        let made = self.timed("pipeline", |r| {
+            crate::pipeline::for_plan(r.plan, r.image.as_ref().expect("set above"), &r.work)
+        });
+        match made {
+            Ok(p) => self.pipeline = Some(p),
             Err(e) => return self.harness_error(format!("preparing the pipeline: {}", chain(&e))),
         }
         self.guest_life(&disks);
@@ -347,6 +353,9 @@ impl<'a> Runner<'a> {
         boot.cpus = self.plan.guest.cpus;
         boot.disks = disks.volumes.clone();
         boot.disks.extend(disks.hang.clone());
+        boot.disks
+            .extend(self.pipeline.as_ref().expect("set").disks());
+        boot.initrd_extra = self.pipeline.as_ref().expect("set").initrd_extra();
         boot.floppy = disks.floppy.clone();
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
@@ -365,7 +374,9 @@ impl<'a> Runner<'a> {
             vm.ready.kernel
         ));
 
-        let volumes = match self.timed("guest setup", |r| guestops::setup(&mut vm, r.plan)) {
+        let volumes = match self.timed("guest setup", |r| {
+            guestops::setup(&mut vm, r.plan, r.pipeline.as_deref_mut())
+        }) {
             Ok(v) => v,
             Err(e) => {
                 self.finish_guest(vm);
@@ -397,7 +408,7 @@ impl<'a> Runner<'a> {
             self.finish_guest(vm);
             return self.harness_error(format!(
                 "starting the {} pipeline: {}",
-                "reference",
+                self.plan.pipeline.kind().name(),
                 chain(&e)
             ));
         }
@@ -699,7 +710,7 @@ impl<'a> Runner<'a> {
                     })
                     .unwrap_or_default(),
                 accelerator: format!("{accel} ({reason})"),
-                pipeline: "reference".into(),
+                pipeline: self.plan.pipeline.kind().name().into(),
                 started_unix: self.started_unix,
                 timings: self.timings.clone(),
                 repro: self.plan.repro.clone(),

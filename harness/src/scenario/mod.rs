@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod keys;
+pub mod pipeline;
 pub mod raw;
 pub mod tree;
 pub mod units;
@@ -21,7 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Diagnostic, Location, ScenarioError};
-pub use raw::{FaultAt, Floppy, Op, Pipeline, When, WorkloadKind};
+pub use pipeline::{Delivery, DmSnapshotSpec, ExternalSpec, LvmSpec, PipelineSpec, SnapshotSteps};
+pub use raw::{FaultAt, Floppy, LvmIncremental, Op, PipelineKind, When, WorkloadKind};
 pub use units::{Rate, SizeOrPercent};
 
 use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
@@ -44,6 +46,7 @@ pub struct Scenario {
     pub volumes: Vec<Volume>,
     pub workloads: Vec<Workload>,
     pub backup: BackupSpec,
+    pub pipeline: PipelineSpec,
     pub faults: Vec<Fault>,
     pub expect: Expectations,
 }
@@ -129,7 +132,6 @@ pub struct BackupSpec {
     pub incrementals: u32,
     pub cow_size: SizeOrPercent,
     pub discovery_timeout: Duration,
-    pub pipeline: Pipeline,
 }
 
 impl BackupSpec {
