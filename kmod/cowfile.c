@@ -9,18 +9,24 @@
  *     (ext2, also when the ext4 driver mounts it: non-extent inodes say
  *     EOPNOTSUPP) write zeros; then fsync so allocation and the page cache
  *     are settled before anything is written behind them;
- *  3. make it immutable in memory (no write, truncate, unlink or chattr-less
+ *  3. find its device extents with the filesystem's ->fiemap(). bmap() alone
+ *     is no use here: it does not map unwritten (fallocated) extents.
+ *     ->fiemap() writes to a user pointer, so the extents land in a buffer
+ *     mapped with vm_mmap() in the caller's address space, are copied into
+ *     kernel memory and the mapping goes. Another thread of the caller can
+ *     rewrite that buffer meanwhile, so what came back is then checked
+ *     against the file's own allocation without user memory (see
+ *     bwsnap_cowfile_verify());
+ *  4. make it immutable in memory (no write, truncate, unlink or chattr-less
  *     change while tracked) and keep it open;
- *  4. find its device extents with the filesystem's ->fiemap(). bmap() is no
- *     use here: it does not map unwritten (fallocated) extents. ->fiemap()
- *     writes to a user pointer, so the extents land in a buffer mapped with
- *     vm_mmap() in the caller's address space and are copied in from there.
  *  5. cut each extent into whole 4 KiB slots (they may start at any 512-byte
  *     offset: ext2 with 1 KiB blocks) and size the block -> slot index.
  *
  * The file never grows: slots run out -> -ENOSPC, and the I/O path fails the
  * snapshot. The index is allocated in full up front (one entry per slot), so
- * the I/O path never allocates memory for it.
+ * the I/O path never allocates memory for it. Copies complete in any order
+ * and on any CPU: reserve, commit and lookup run under the lock the store
+ * was created with (the device's dev->lock).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -56,12 +62,13 @@ struct bwsnap_cowfile {
 	struct bwsnap_cow_extent *ext;	/* in file order; const after create */
 	u32 nr_ext;
 	u64 nr_slots;
-	u64 next_slot;			/* worker */
-	u64 used;			/* worker writes, usage() reads: *_ONCE */
+	spinlock_t *lock;		/* the caller's: serialises the fields below */
+	u64 next_slot;			/* lock */
+	u64 used;			/* lock to write; usage() reads it: *_ONCE */
 	/*
-	 * Index, worker only: slot_block[s] is the block slot s holds a copy
-	 * of; bucket[] heads and next[] chains hold slot + 1 (0 ends a chain),
-	 * so only committed slots are reachable.
+	 * Index, lock: slot_block[s] is the block slot s holds a copy of;
+	 * bucket[] heads and next[] chains hold slot + 1 (0 ends a chain), so
+	 * only committed slots are reachable.
 	 */
 	u64 *slot_block;
 	u32 *next;
@@ -99,6 +106,7 @@ static int bwsnap_cowfile_reserve(struct bwsnap_store *store, u64 block,
 {
 	struct bwsnap_cowfile *cf = to_cowfile(store);
 
+	lockdep_assert_held(cf->lock);
 	if (cf->next_slot >= cf->nr_slots)
 		return -ENOSPC;
 	*slot = cf->next_slot++;
@@ -113,6 +121,7 @@ static void bwsnap_cowfile_commit(struct bwsnap_store *store, u64 slot,
 	struct bwsnap_cowfile *cf = to_cowfile(store);
 	u32 h = hash_64(block, cf->hash_bits);
 
+	lockdep_assert_held(cf->lock);
 	cf->next[slot] = cf->bucket[h];
 	cf->bucket[h] = slot + 1;
 	WRITE_ONCE(cf->used, cf->used + 1);
@@ -124,6 +133,7 @@ static bool bwsnap_cowfile_lookup(struct bwsnap_store *store, u64 block,
 	struct bwsnap_cowfile *cf = to_cowfile(store);
 	u32 s;
 
+	lockdep_assert_held(cf->lock);
 	for (s = cf->bucket[hash_64(block, cf->hash_bits)]; s;
 	     s = cf->next[s - 1]) {
 		if (cf->slot_block[s - 1] == block) {
@@ -377,10 +387,11 @@ static int bwsnap_cowfile_fill(struct file *file, u64 size)
 }
 
 /*
- * Run ->fiemap over [0, size) into user memory at @ubuf (@max entries; 0
- * only counts). Returns the number of extents found, or -errno.
+ * Run ->fiemap over [start, start + len) into user memory at @ubuf (@max
+ * entries; 0 only counts, and then writes nothing anywhere). Returns the
+ * number of extents found, or -errno.
  */
-static long bwsnap_cowfile_fiemap(struct inode *inode, u64 size,
+static long bwsnap_cowfile_fiemap(struct inode *inode, u64 start, u64 len,
 				  struct fiemap_extent __user *ubuf, u32 max)
 {
 	struct fiemap_extent_info fi = {
@@ -390,16 +401,19 @@ static long bwsnap_cowfile_fiemap(struct inode *inode, u64 size,
 	};
 	int err;
 
-	err = inode->i_op->fiemap(inode, &fi, 0, size);
+	err = inode->i_op->fiemap(inode, &fi, start, len);
 	if (err)
 		return err;
 	return fi.fi_extents_mapped;
 }
 
-/* Turn fiemap output into merged, checked extents with slots. */
+/*
+ * Turn fiemap output into merged, checked extents with slots. *@used: how
+ * many of @fe cover the file.
+ */
 static int bwsnap_cowfile_build(struct bwsnap_cowfile *cf,
 				const struct fiemap_extent *fe, u32 nr,
-				u64 size, u64 dev_bytes)
+				u64 size, u64 dev_bytes, u32 *used)
 {
 	u64 logical = 0, slots = 0;
 	u32 i, n = 0;
@@ -440,6 +454,7 @@ static int bwsnap_cowfile_build(struct bwsnap_cowfile *cf,
 		pr_err("COW file mapped to %llu of %llu bytes\n", logical, size);
 		return -EIO;
 	}
+	*used = i;
 	for (i = 0; i < n; i++) {
 		cf->ext[i].first_slot = slots;
 		cf->ext[i].nr_slots = cf->ext[i].length >> BWSNAP_BLOCK_SHIFT;
@@ -454,13 +469,118 @@ static int bwsnap_cowfile_build(struct bwsnap_cowfile *cf,
 	return 0;
 }
 
+/*
+ * Is logical block @lblock of the file at byte @phys of the device? bmap()
+ * asks the filesystem without user memory; it maps written blocks only.
+ */
+static int bwsnap_cowfile_check_block(struct inode *inode, u64 lblock,
+				      u64 phys)
+{
+	sector_t b = lblock;
+	int err;
+
+	err = bmap(inode, &b);
+	if (err)
+		return err;
+	if (!b || (u64)b << inode->i_blkbits != phys)
+		return -EIO;
+	return 0;
+}
+
+/* Write one filesystem block of zeros at logical block @lblock. */
+static int bwsnap_cowfile_touch(struct file *file, u64 lblock, void *zeros)
+{
+	unsigned int bs = i_blocksize(file_inode(file));
+	loff_t pos = lblock * bs;
+	ssize_t w = kernel_write(file, zeros, bs, &pos);
+
+	if (w < 0)
+		return w;
+	return w == bs ? 0 : -EIO;
+}
+
+/*
+ * Check the extents that came back through user memory against the file's
+ * own allocation, asked again without user memory. Each must be a single
+ * extent of the file as the filesystem sees it (->fiemap in counting mode
+ * writes nothing), and its first and last filesystem blocks must be where
+ * it says (bmap(); an unwritten block is first written through the file,
+ * which makes it a mapped one). Then all of it is the file's, at that
+ * address. The file is not immutable yet.
+ */
+static int bwsnap_cowfile_verify(struct bwsnap_cowfile *cf,
+				 const struct fiemap_extent *fe, u32 nr,
+				 u64 size)
+{
+	struct inode *inode = file_inode(cf->file);
+	unsigned int bits = inode->i_blkbits;
+	bool touched = false;
+	void *zeros;
+	int err = 0;
+	u32 i, e;
+
+	for (i = 0; i < nr; i++) {
+		u64 len = min(fe[i].fe_length, size - fe[i].fe_logical);
+		long n = bwsnap_cowfile_fiemap(inode, fe[i].fe_logical, len,
+					       NULL, 0);
+
+		if (n != 1) {
+			pr_err("COW extent %u (%llu+%llu) is not one extent of the file (%ld)\n",
+			       i, fe[i].fe_logical, len, n);
+			return n < 0 ? n : -EIO;
+		}
+	}
+	zeros = kzalloc(i_blocksize(inode), GFP_KERNEL);
+	if (!zeros)
+		return -ENOMEM;
+	for (i = 0; i < nr && !err; i++) {
+		u64 len = min(fe[i].fe_length, size - fe[i].fe_logical);
+		u64 ends[2] = { fe[i].fe_logical >> bits,
+				(fe[i].fe_logical + len - 1) >> bits };
+
+		for (e = 0; e < 2 && !err; e++) {
+			sector_t b = ends[e];
+
+			err = bmap(inode, &b);
+			if (!err && !b) {
+				err = bwsnap_cowfile_touch(cf->file, ends[e], zeros);
+				touched = true;
+			}
+		}
+	}
+	kfree(zeros);
+	if (!err && touched)
+		err = vfs_fsync(cf->file, 0);
+	for (i = 0; i < nr && !err; i++) {
+		u64 len = min(fe[i].fe_length, size - fe[i].fe_logical);
+		u64 first = fe[i].fe_logical >> bits;
+		u64 last = (fe[i].fe_logical + len - 1) >> bits;
+
+		err = bwsnap_cowfile_check_block(inode, first, fe[i].fe_physical +
+						 ((first << bits) - fe[i].fe_logical));
+		if (!err)
+			err = bwsnap_cowfile_check_block(inode, last,
+							 fe[i].fe_physical +
+							 ((last << bits) - fe[i].fe_logical));
+		if (err)
+			pr_err("COW extent %u (%llu+%llu at %llu) is not where the file is: %d\n",
+			       i, fe[i].fe_logical, len, fe[i].fe_physical, err);
+	}
+	return err;
+}
+
+/*
+ * The file's extents: reported by ->fiemap into a user buffer, copied into
+ * kernel memory at once (the mapping goes), then checked.
+ */
 static int bwsnap_cowfile_map(struct bwsnap_cowfile *cf, u64 size,
-			      u64 dev_bytes)
+			      u64 dev_bytes, u32 minor)
 {
 	struct inode *inode = file_inode(cf->file);
 	struct fiemap_extent *fe;
 	unsigned long ubuf;
 	size_t bytes;
+	u32 used = 0;
 	long nr;
 	int err;
 
@@ -469,36 +589,35 @@ static int bwsnap_cowfile_map(struct bwsnap_cowfile *cf, u64 size,
 		return -EOPNOTSUPP;
 	}
 	/* Count first, with no buffer, then fetch them all at once. */
-	nr = bwsnap_cowfile_fiemap(inode, size, NULL, 0);
+	nr = bwsnap_cowfile_fiemap(inode, 0, size, NULL, 0);
 	if (nr < 0)
 		return nr;
 	if (!nr)
 		return -EIO;
+	fe = kvmalloc_array(nr, sizeof(*fe), GFP_KERNEL);
+	if (!fe)
+		return -ENOMEM;
 	bytes = PAGE_ALIGN(nr * sizeof(*fe));
 	ubuf = vm_mmap(NULL, 0, bytes, PROT_READ | PROT_WRITE,
 		       MAP_ANONYMOUS | MAP_PRIVATE, 0);
-	if (IS_ERR_VALUE(ubuf))
-		return (int)ubuf;
-	fe = kvmalloc_array(nr, sizeof(*fe), GFP_KERNEL);
-	if (!fe) {
-		err = -ENOMEM;
-		goto out_unmap;
+	if (IS_ERR_VALUE(ubuf)) {
+		err = (int)ubuf;
+		goto out_free;
 	}
-	nr = bwsnap_cowfile_fiemap(inode, size,
+	nr = bwsnap_cowfile_fiemap(inode, 0, size,
 				   (struct fiemap_extent __user *)ubuf, nr);
-	if (nr < 0) {
-		err = nr;
-		goto out_free;
-	}
-	if (copy_from_user(fe, (void __user *)ubuf, nr * sizeof(*fe))) {
+	bwsnap_fault_pause(&bwsnap_fault_delay_extents_ms,
+			   BWSNAP_FAULT_DELAY_EXTENTS, minor, 0);
+	err = nr < 0 ? nr : 0;
+	if (!err && copy_from_user(fe, (void __user *)ubuf, nr * sizeof(*fe)))
 		err = -EFAULT;
-		goto out_free;
-	}
-	err = bwsnap_cowfile_build(cf, fe, nr, size, dev_bytes);
+	vm_munmap(ubuf, bytes);
+	if (!err)
+		err = bwsnap_cowfile_build(cf, fe, nr, size, dev_bytes, &used);
+	if (!err)
+		err = bwsnap_cowfile_verify(cf, fe, used, size);
 out_free:
 	kvfree(fe);
-out_unmap:
-	vm_munmap(ubuf, bytes);
 	return err;
 }
 
@@ -519,10 +638,12 @@ static int bwsnap_cowfile_alloc_index(struct bwsnap_cowfile *cf)
 /*
  * Create, preallocate and map the COW file at @path (which must not exist)
  * on the filesystem mounted from @bdev. @size: bytes, a non-zero multiple
- * of the block size. Process context with a user address space (ioctl).
+ * of the block size. @lock: what serialises reserve, commit and lookup.
+ * Process context with a user address space (ioctl).
  */
 struct bwsnap_store *bwsnap_cowfile_create(struct block_device *bdev,
-					   const char *path, u64 size)
+					   const char *path, u64 size,
+					   spinlock_t *lock, u32 minor)
 {
 	struct bwsnap_cowfile *cf;
 	int err;
@@ -535,6 +656,7 @@ struct bwsnap_store *bwsnap_cowfile_create(struct block_device *bdev,
 	if (!cf)
 		return ERR_PTR(-ENOMEM);
 	cf->store.ops = &bwsnap_cowfile_ops;
+	cf->lock = lock;
 
 	cf->file = bwsnap_cowfile_open(bdev, path);
 	if (IS_ERR(cf->file)) {
@@ -555,8 +677,7 @@ struct bwsnap_store *bwsnap_cowfile_create(struct block_device *bdev,
 	err = bwsnap_cowfile_fill(cf->file, size);
 	if (err)
 		goto err_fill;
-	bwsnap_cowfile_set_immutable(cf->file, true);
-	err = bwsnap_cowfile_map(cf, size, bdev_nr_bytes(bdev));
+	err = bwsnap_cowfile_map(cf, size, bdev_nr_bytes(bdev), minor);
 	if (err) {
 		pr_err("cannot map the extents of %s: %d\n", path, err);
 		goto err_map;
@@ -564,11 +685,11 @@ struct bwsnap_store *bwsnap_cowfile_create(struct block_device *bdev,
 	err = bwsnap_cowfile_alloc_index(cf);
 	if (err)
 		goto err_map;
+	bwsnap_cowfile_set_immutable(cf->file, true);
 	return &cf->store;
 
 err_map:
 	kvfree(cf->ext);
-	bwsnap_cowfile_set_immutable(cf->file, false);
 err_fill:
 	bwsnap_cowfile_unlink(cf->file);
 	fput(cf->file);

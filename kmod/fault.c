@@ -20,6 +20,7 @@
 #include <linux/debugfs.h>
 #include <linux/fs.h>
 #include <linux/ratelimit.h>
+#include <linux/sched/signal.h>
 #include <linux/seq_file.h>
 #include <linux/spinlock.h>
 #include <linux/vmalloc.h>
@@ -39,18 +40,24 @@ static const char *const bwsnap_fault_names[] = {
 	[BWSNAP_FAULT_DROP_TRACKING] = "drop-tracking",
 	[BWSNAP_FAULT_CORRUPT_COW] = "corrupt-cow",
 	[BWSNAP_FAULT_DELAY_COW] = "delay-cow",
+	[BWSNAP_FAULT_DELAY_READ] = "delay-read",
+	[BWSNAP_FAULT_DELAY_START] = "delay-start",
+	[BWSNAP_FAULT_DELAY_EXTENTS] = "delay-extents",
 };
 
+/* irq-safe: knobs fire under dev->lock. */
 static DEFINE_SPINLOCK(bwsnap_fault_lock);
 static struct bwsnap_fault_rec *bwsnap_fault_recs;	/* bwsnap_fault_lock */
 static u32 bwsnap_fault_nr;				/* bwsnap_fault_lock */
 static u64 bwsnap_fault_dropped;			/* bwsnap_fault_lock */
 static struct dentry *bwsnap_debugfs_dir;
 
-/* Process context (worker, ioctl). */
+/* Any context (a firing may happen under dev->lock). */
 void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block)
 {
-	spin_lock(&bwsnap_fault_lock);
+	unsigned long flags;
+
+	spin_lock_irqsave(&bwsnap_fault_lock, flags);
 	if (bwsnap_fault_nr < BWSNAP_FAULT_LOG) {
 		bwsnap_fault_recs[bwsnap_fault_nr].block = block;
 		bwsnap_fault_recs[bwsnap_fault_nr].minor = minor;
@@ -59,9 +66,29 @@ void bwsnap_fault_log(enum bwsnap_fault_kind kind, u32 minor, u64 block)
 	} else {
 		bwsnap_fault_dropped++;
 	}
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irqrestore(&bwsnap_fault_lock, flags);
 	pr_notice_ratelimited("fault %s minor=%u block=%llu\n",
 			      bwsnap_fault_names[kind], minor, block);
+}
+
+/*
+ * A pause knob: wait *@knob ms, or less when the knob is set back to 0 or the
+ * task is killed, so that a test can hold a race window open and close it
+ * when it is ready. Logged when it begins. Process context; sleeps.
+ */
+void bwsnap_fault_pause(const unsigned int *knob, enum bwsnap_fault_kind kind,
+			u32 minor, u64 block)
+{
+	unsigned int ms = READ_ONCE(*knob);
+	unsigned long end;
+
+	if (!ms)
+		return;
+	bwsnap_fault_log(kind, minor, block);
+	end = jiffies + msecs_to_jiffies(ms);
+	while (READ_ONCE(*knob) && time_before(jiffies, end) &&
+	       !fatal_signal_pending(current))
+		schedule_timeout_killable(msecs_to_jiffies(10));
 }
 
 /* seq_file positions: 0..nr-1 are records, nr is the "dropped" line. */
@@ -69,9 +96,9 @@ static void *bwsnap_faults_start(struct seq_file *m, loff_t *pos)
 {
 	u32 nr;
 
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	nr = bwsnap_fault_nr;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	return *pos <= nr ? pos : NULL;
 }
 
@@ -92,13 +119,13 @@ static int bwsnap_faults_show(struct seq_file *m, void *v)
 	u64 dropped = 0;
 	bool is_rec;
 
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	is_rec = pos < bwsnap_fault_nr;
 	if (is_rec)
 		rec = bwsnap_fault_recs[pos];
 	else
 		dropped = bwsnap_fault_dropped;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	if (is_rec)
 		seq_printf(m, "%s minor=%u block=%llu\n",
 			   bwsnap_fault_names[rec.kind], rec.minor, rec.block);
@@ -122,10 +149,10 @@ static int bwsnap_faults_open(struct inode *inode, struct file *file)
 static ssize_t bwsnap_faults_write(struct file *file, const char __user *buf,
 				   size_t len, loff_t *ppos)
 {
-	spin_lock(&bwsnap_fault_lock);
+	spin_lock_irq(&bwsnap_fault_lock);
 	bwsnap_fault_nr = 0;
 	bwsnap_fault_dropped = 0;
-	spin_unlock(&bwsnap_fault_lock);
+	spin_unlock_irq(&bwsnap_fault_lock);
 	return len;
 }
 

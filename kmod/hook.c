@@ -14,11 +14,21 @@
  * the saved instruction pointer to bwsnap_hook_submit(), which then runs
  * instead of submit_bio_noacct with the same argument and return address.
  *
- * Bios the module submits itself (COW copies, snapshot reads, held writes
- * let go) must not be caught again: the callback lets every call whose
- * return address (parent_ip) lies inside this module through. That only
- * holds if such calls are real calls, never tail calls: they all go through
- * bwsnap_submit_passthrough(), which has work after the call.
+ * Bios the module submits must not be caught again. Its own bios (COW
+ * copies, snapshot reads) come from the device's bio_set and are known by
+ * bio->bi_pool: that also holds for the rest of one the block layer split
+ * and resubmitted itself, from outside the module. The filesystem's writes
+ * the module held and now lets go are known by the call: the callback lets
+ * every call whose return address (parent_ip) lies inside this module
+ * through. That only holds if such calls are real calls, never tail calls:
+ * they all go through bwsnap_submit_passthrough(), which has work after the
+ * call.
+ *
+ * Lifetime: the hook looks a device up under rcu_read_lock() and, before
+ * unlocking, bwsnap_io_intercept() has taken the counts (passing, inflight)
+ * that keep the device alive for whatever the hook still does with it.
+ * Closing unpublishes the device, waits a grace period, then drains those
+ * counts.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -40,7 +50,9 @@ struct bwsnap_hook_table {
 	struct bwsnap_hook_entry ent[BWSNAP_MAX_MINORS];
 };
 
-/* RCU-published; replaced (never edited) under bwsnap_ctl_mutex. */
+/* Serialises table replacements (minors set up and torn down in parallel). */
+static DEFINE_MUTEX(bwsnap_hook_lock);
+/* RCU-published; replaced (never edited) under bwsnap_hook_lock. */
 static struct bwsnap_hook_table __rcu *bwsnap_table;
 
 /*
@@ -78,22 +90,27 @@ noinline void bwsnap_submit_passthrough(struct bio *bio)
 }
 
 /*
- * Runs in place of submit_bio_noacct() for writes the callback chose. The
- * device may have gone since (destroy): look it up again. May sleep only in
- * the pass-through call, like submit_bio_noacct() itself.
+ * Runs in place of submit_bio_noacct() for writes the callback chose, with
+ * its argument and return address and in its context (which may sleep, as
+ * submit_bio_noacct() may; current->bio_list may be active). The device may
+ * have gone since (destroy): look it up again.
  */
 static void bwsnap_hook_submit(struct bio *bio)
 {
 	enum bwsnap_verdict verdict = BWSNAP_PASS;
+	struct bwsnap_todo todo;
 	struct bwsnap_dev *dev;
 
 	atomic_inc(&bwsnap_hook_inflight);
+	INIT_LIST_HEAD(&todo.start);
 	rcu_read_lock();
 	dev = bwsnap_hook_lookup(bio->bi_bdev);
 	if (dev)
-		verdict = bwsnap_io_intercept(dev, bio);
+		verdict = bwsnap_io_intercept(dev, bio, &todo);
 	rcu_read_unlock();
-	if (verdict == BWSNAP_PASS)
+	if (dev)
+		bwsnap_io_followup(dev, bio, verdict, &todo);
+	else
 		bwsnap_submit_passthrough(bio);
 	atomic_dec(&bwsnap_hook_inflight);
 }
@@ -104,8 +121,9 @@ static void notrace bwsnap_hook_ftrace(unsigned long ip,
 				       struct ftrace_regs *fregs)
 {
 	struct pt_regs *regs = bwsnap_ftrace_regs(fregs);
+	struct bwsnap_dev *dev;
 	struct bio *bio;
-	bool tracked;
+	bool redirect;
 
 	if (unlikely(!regs) || within_module(parent_ip, THIS_MODULE))
 		return;
@@ -113,9 +131,11 @@ static void notrace bwsnap_hook_ftrace(unsigned long ip,
 	if (!op_is_write(bio_op(bio)))
 		return;
 	rcu_read_lock();
-	tracked = bwsnap_hook_lookup(bio->bi_bdev);
+	dev = bwsnap_hook_lookup(bio->bi_bdev);
+	/* Our own bio, or the rest of one the block layer split: pass. */
+	redirect = dev && bio->bi_pool != &dev->bs;
 	rcu_read_unlock();
-	if (tracked)
+	if (redirect)
 		regs->ip = (unsigned long)bwsnap_hook_submit;
 }
 
@@ -129,23 +149,28 @@ static struct ftrace_ops bwsnap_ftrace_ops = {
 	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY,
 };
 
+/*
+ * Replace the table: @add joins, @remove leaves (either may be NULL).
+ * Process context; sleeps. Caller holds the ctl_lock of @add or @remove.
+ */
 int bwsnap_hook_publish(struct bwsnap_dev *add, struct bwsnap_dev *remove)
 {
 	struct bwsnap_hook_table *old, *new;
 	unsigned int i;
 
-	lockdep_assert_held(&bwsnap_ctl_mutex);
-	old = rcu_dereference_protected(bwsnap_table,
-					lockdep_is_held(&bwsnap_ctl_mutex));
 	/* Removal (destroy) must not fail; the table is small. */
 	new = kzalloc(sizeof(*new), add ? GFP_KERNEL : GFP_KERNEL | __GFP_NOFAIL);
 	if (!new)
 		return -ENOMEM;
+	mutex_lock(&bwsnap_hook_lock);
+	old = rcu_dereference_protected(bwsnap_table,
+					lockdep_is_held(&bwsnap_hook_lock));
 	for (i = 0; old && i < old->nr; i++)
 		if (old->ent[i].dev != remove)
 			new->ent[new->nr++] = old->ent[i];
 	if (add) {
 		if (WARN_ON(new->nr >= BWSNAP_MAX_MINORS)) {
+			mutex_unlock(&bwsnap_hook_lock);
 			kfree(new);
 			return -EBUSY;
 		}
@@ -154,9 +179,10 @@ int bwsnap_hook_publish(struct bwsnap_dev *add, struct bwsnap_dev *remove)
 		new->nr++;
 	}
 	rcu_assign_pointer(bwsnap_table, new);
+	mutex_unlock(&bwsnap_hook_lock);
 	/*
-	 * After this no hook invocation can still see @remove: the caller may
-	 * free it once its queue is drained.
+	 * After this no hook invocation can still see @remove: what one took
+	 * on it (passing, inflight) is counted, and the caller drains that.
 	 */
 	synchronize_rcu();
 	kfree(old);

@@ -5,7 +5,7 @@
  *
  * This file: module load/unload, module parameters, and the control device
  * /dev/bwsnap-ctl whose ioctls (bwsnap_abi.h) it decodes and hands to ctl.c
- * under bwsnap_ctl_mutex.
+ * with the minor's ctl_lock held (SETUP takes it itself).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -49,28 +49,57 @@ module_param_named(fault_delay_cow_ms, bwsnap_fault_delay_cow_ms, uint, 0644);
 MODULE_PARM_DESC(fault_delay_cow_ms,
 		 "Fault: hold each COW copy this many ms (0 = off)");
 
+unsigned int bwsnap_fault_delay_read_ms;
+module_param_named(fault_delay_read_ms, bwsnap_fault_delay_read_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_read_ms,
+		 "Fault: hold each snapshot read this many ms after it is planned, before its I/O; setting 0 lets held reads go (0 = off)");
+
+unsigned int bwsnap_fault_delay_start_ms;
+module_param_named(fault_delay_start_ms, bwsnap_fault_delay_start_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_start_ms,
+		 "Fault: START waits this many ms right after adding the snapshot device; setting 0 ends the wait (0 = off)");
+
+unsigned int bwsnap_fault_delay_extents_ms;
+module_param_named(fault_delay_extents_ms, bwsnap_fault_delay_extents_ms, uint, 0644);
+MODULE_PARM_DESC(fault_delay_extents_ms,
+		 "Fault: wait this many ms between the filesystem's COW extent report and reading it; setting 0 ends the wait (0 = off)");
+
 int bwsnap_major;
-
-/* Lock the control mutex; a signal aborts the wait (SETUP can be long). */
-static int bwsnap_lock(void)
-{
-	return mutex_lock_killable(&bwsnap_ctl_mutex);
-}
-
-static struct bwsnap_dev *bwsnap_get_locked(u32 minor, int *err)
-{
-	struct bwsnap_dev *dev;
-
-	*err = minor >= BWSNAP_MAX_MINORS ? -EINVAL : -ENOENT;
-	dev = bwsnap_ctl_get(minor);
-	if (dev)
-		*err = 0;
-	return dev;
-}
 
 static char *bwsnap_user_path(u64 ptr)
 {
 	return strndup_user(u64_to_user_ptr(ptr), PATH_MAX);
+}
+
+/*
+ * The device of @minor, referenced and with its ctl_lock held (killable),
+ * or NULL with *@err: EINVAL (bad minor), ENOENT (not set up), EINTR.
+ */
+static struct bwsnap_dev *bwsnap_lock_minor(u32 minor, int *err)
+{
+	struct bwsnap_dev *dev;
+
+	if (minor >= BWSNAP_MAX_MINORS) {
+		*err = -EINVAL;
+		return NULL;
+	}
+	dev = bwsnap_ctl_get(minor);
+	if (!dev) {
+		*err = -ENOENT;
+		return NULL;
+	}
+	*err = bwsnap_ctl_lock(dev);
+	if (*err) {
+		bwsnap_ctl_put(dev);
+		return NULL;
+	}
+	return dev;
+}
+
+static void bwsnap_unlock_minor(struct bwsnap_dev *dev)
+{
+	bwsnap_ctl_unlock(dev);
+	bwsnap_ctl_put(dev);
 }
 
 static long bwsnap_ioc_setup(void __user *uarg)
@@ -91,12 +120,7 @@ static long bwsnap_ioc_setup(void __user *uarg)
 		err = PTR_ERR(cow_path);
 		goto out_bdev;
 	}
-	err = bwsnap_lock();
-	if (err)
-		goto out_cow;
 	err = bwsnap_ctl_setup(a.minor, bdev_path, cow_path, a.cow_size);
-	mutex_unlock(&bwsnap_ctl_mutex);
-out_cow:
 	kfree(cow_path);
 out_bdev:
 	kfree(bdev_path);
@@ -117,14 +141,11 @@ static long bwsnap_ioc_to_snapshot(void __user *uarg)
 	cow_path = bwsnap_user_path(a.cow_path);
 	if (IS_ERR(cow_path))
 		return PTR_ERR(cow_path);
-	err = bwsnap_lock();
-	if (err)
-		goto out;
-	dev = bwsnap_get_locked(a.minor, &err);
-	if (dev)
+	dev = bwsnap_lock_minor(a.minor, &err);
+	if (dev) {
 		err = bwsnap_ctl_to_snapshot(dev, cow_path, a.cow_size);
-	mutex_unlock(&bwsnap_ctl_mutex);
-out:
+		bwsnap_unlock_minor(dev);
+	}
 	kfree(cow_path);
 	return err;
 }
@@ -140,24 +161,21 @@ static long bwsnap_ioc_minor(unsigned int cmd, void __user *uarg)
 		return -EFAULT;
 	if (a.flags)
 		return -EINVAL;
-	err = bwsnap_lock();
-	if (err)
+	dev = bwsnap_lock_minor(a.minor, &err);
+	if (!dev)
 		return err;
-	dev = bwsnap_get_locked(a.minor, &err);
-	if (dev) {
-		switch (cmd) {
-		case BWSNAP_IOC_START:
-			err = bwsnap_ctl_start(dev);
-			break;
-		case BWSNAP_IOC_TO_INCREMENTAL:
-			err = bwsnap_ctl_to_incremental(dev);
-			break;
-		default:
-			bwsnap_ctl_destroy(dev);
-			break;
-		}
+	switch (cmd) {
+	case BWSNAP_IOC_START:
+		err = bwsnap_ctl_start(dev);
+		break;
+	case BWSNAP_IOC_TO_INCREMENTAL:
+		err = bwsnap_ctl_to_incremental(dev);
+		break;
+	default:
+		err = bwsnap_ctl_destroy(dev);
+		break;
 	}
-	mutex_unlock(&bwsnap_ctl_mutex);
+	bwsnap_unlock_minor(dev);
 	return err;
 }
 
@@ -177,17 +195,16 @@ static long bwsnap_ioc_info(void __user *uarg)
 		return -ENOMEM;
 	info->minor = minor;
 	info->abi_version = BWSNAP_ABI_VERSION;
-	err = bwsnap_lock();
-	if (err)
-		goto out;
-	dev = bwsnap_ctl_get(minor);
-	/* An unused minor reads as state NONE. */
-	if (dev)
+	dev = bwsnap_lock_minor(minor, &err);
+	if (dev) {
 		bwsnap_ctl_info(dev, info);
-	mutex_unlock(&bwsnap_ctl_mutex);
-	if (copy_to_user(uarg, info, sizeof(*info)))
+		bwsnap_unlock_minor(dev);
+	} else if (err == -ENOENT) {
+		/* An unused minor reads as state NONE. */
+		err = 0;
+	}
+	if (!err && copy_to_user(uarg, info, sizeof(*info)))
 		err = -EFAULT;
-out:
 	kfree(info);
 	return err;
 }
@@ -200,13 +217,11 @@ static long bwsnap_ioc_read_map(void __user *uarg)
 
 	if (copy_from_user(&m, uarg, sizeof(m)))
 		return -EFAULT;
-	err = bwsnap_lock();
-	if (err)
-		return err;
-	dev = bwsnap_get_locked(m.minor, &err);
-	if (dev)
+	dev = bwsnap_lock_minor(m.minor, &err);
+	if (dev) {
 		err = bwsnap_ctl_read_map(dev, &m);
-	mutex_unlock(&bwsnap_ctl_mutex);
+		bwsnap_unlock_minor(dev);
+	}
 	if (!err && copy_to_user(uarg, &m, sizeof(m)))
 		err = -EFAULT;
 	return err;
@@ -220,13 +235,11 @@ static long bwsnap_ioc_extents(void __user *uarg)
 
 	if (copy_from_user(&e, uarg, sizeof(e)))
 		return -EFAULT;
-	err = bwsnap_lock();
-	if (err)
-		return err;
-	dev = bwsnap_get_locked(e.minor, &err);
-	if (dev)
+	dev = bwsnap_lock_minor(e.minor, &err);
+	if (dev) {
 		err = bwsnap_ctl_extents(dev, &e);
-	mutex_unlock(&bwsnap_ctl_mutex);
+		bwsnap_unlock_minor(dev);
+	}
 	if (!err && copy_to_user(uarg, &e, sizeof(e)))
 		err = -EFAULT;
 	return err;
@@ -240,14 +253,13 @@ static long bwsnap_ioc_trace(void __user *uarg)
 
 	if (copy_from_user(&t, uarg, sizeof(t)))
 		return -EFAULT;
-	err = bwsnap_lock();
-	if (err)
-		return err;
-	dev = bwsnap_get_locked(t.minor, &err);
-	if (dev)
+	dev = bwsnap_lock_minor(t.minor, &err);
+	if (dev) {
+		/* Single consumer: the ctl_lock. */
 		err = bwsnap_trace_drain(&dev->trace, u64_to_user_ptr(t.buf),
 					 t.count, &t.count, &t.dropped);
-	mutex_unlock(&bwsnap_ctl_mutex);
+		bwsnap_unlock_minor(dev);
+	}
 	if (!err && copy_to_user(uarg, &t, sizeof(t)))
 		err = -EFAULT;
 	return err;

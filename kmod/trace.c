@@ -2,7 +2,7 @@
 /*
  * The read-source trace: for every 4 KiB block the snapshot device served,
  * whether it came from the COW copy, the live device, or failed. A ring of
- * BWSNAP_TRACE_EVENTS per device, filled by the worker, drained oldest first
+ * BWSNAP_TRACE_EVENTS per device, filled as reads end, drained oldest first
  * by BWSNAP_IOC_TRACE. When the ring is full new events are dropped and
  * counted, so what is kept is a gap-free prefix.
  */
@@ -40,20 +40,24 @@ void bwsnap_trace_free(struct bwsnap_trace_ring *ring)
 
 void bwsnap_trace_reset(struct bwsnap_trace_ring *ring)
 {
-	spin_lock(&ring->lock);
+	spin_lock_irq(&ring->lock);
 	ring->head = 0;
 	ring->tail = 0;
 	ring->dropped = 0;
-	spin_unlock(&ring->lock);
+	spin_unlock_irq(&ring->lock);
 }
 
-/* Record @nr consecutive blocks from @block, all served the same way. */
+/*
+ * Record @nr consecutive blocks from @block, all served the same way. Any
+ * context (reads complete in interrupt context).
+ */
 void bwsnap_trace_add(struct bwsnap_trace_ring *ring, u64 block, u32 nr,
 		      u32 source, u32 flags)
 {
+	unsigned long irqflags;
 	u32 i;
 
-	spin_lock(&ring->lock);
+	spin_lock_irqsave(&ring->lock, irqflags);
 	for (i = 0; i < nr; i++) {
 		struct bwsnap_trace_event *ev;
 
@@ -67,12 +71,12 @@ void bwsnap_trace_add(struct bwsnap_trace_ring *ring, u64 block, u32 nr,
 		ev->flags = flags;
 		ring->head++;
 	}
-	spin_unlock(&ring->lock);
+	spin_unlock_irqrestore(&ring->lock, irqflags);
 }
 
 /*
  * Copy up to @capacity events to @buf and consume them. Single consumer:
- * the caller holds bwsnap_ctl_mutex. Events are consumed only once they
+ * the caller holds the device's ctl_lock. Events are consumed only once they
  * reached user space, so a fault loses nothing.
  */
 int bwsnap_trace_drain(struct bwsnap_trace_ring *ring,
@@ -90,31 +94,31 @@ int bwsnap_trace_drain(struct bwsnap_trace_ring *ring,
 		u32 n, i;
 		u64 tail;
 
-		spin_lock(&ring->lock);
+		spin_lock_irq(&ring->lock);
 		tail = ring->tail;
 		n = min3((u64)(capacity - done), ring->head - tail,
 			 (u64)BWSNAP_TRACE_CHUNK);
 		for (i = 0; i < n; i++)
 			chunk[i] = ring->ev[(tail + i) & BWSNAP_TRACE_MASK];
-		spin_unlock(&ring->lock);
+		spin_unlock_irq(&ring->lock);
 		if (!n)
 			break;
 		if (copy_to_user(buf + done, chunk, n * sizeof(*chunk))) {
 			err = -EFAULT;
 			break;
 		}
-		spin_lock(&ring->lock);
+		spin_lock_irq(&ring->lock);
 		ring->tail = tail + n;
-		spin_unlock(&ring->lock);
+		spin_unlock_irq(&ring->lock);
 		done += n;
 	}
 	kfree(chunk);
 	if (err)
 		return err;
-	spin_lock(&ring->lock);
+	spin_lock_irq(&ring->lock);
 	*dropped = ring->dropped;
 	ring->dropped = 0;
-	spin_unlock(&ring->lock);
+	spin_unlock_irq(&ring->lock);
 	*copied = done;
 	return 0;
 }

@@ -29,8 +29,6 @@ pub enum Requirement {
     Xz,
     /// Package lists, so kernels can be resolved and fetched with apt-get.
     AptLists,
-    /// openssl, for `bench hash`'s sha256 limit.
-    Openssl,
 }
 
 use Requirement::*;
@@ -38,7 +36,6 @@ use Requirement::*;
 /// Everything `doctor` checks, in display order.
 pub const ALL: &[Requirement] = &[
     QemuSystem, QemuUtils, Busybox, E2fsprogs, Xfsprogs, Kmod, Toolchain, Pahole, Xz, AptLists,
-    Openssl,
 ];
 
 /// What building an image needs.
@@ -185,7 +182,6 @@ pub fn check(requirement: Requirement) -> Check {
         Toolchain => tool(requirement, "make, gcc", &["make", "gcc"], &["make", "gcc"]),
         Pahole => tool(requirement, "dwarves", &["pahole"], &["dwarves"]),
         Xz => tool(requirement, "xz-utils", &["xz"], &["xz-utils"]),
-        Openssl => tool(requirement, "openssl", &["openssl"], &["openssl"]),
         AptLists => {
             let ok = apt_lists_present();
             Check {

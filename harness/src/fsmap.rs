@@ -378,8 +378,7 @@ mod tests {
     #[test]
     fn ext4_blocks_map_to_files_metadata_and_free_space() {
         if !have("debugfs") {
-            eprintln!("e2fsprogs missing: skipping (doctor reports it)");
-            return;
+            return crate::cannot_run("e2fsprogs is missing (doctor reports it)");
         }
         let (_dir, img) = image("ext4", 4096);
         let file_block = bmap(&img, "/dir/file1");
@@ -399,7 +398,7 @@ mod tests {
     #[test]
     fn ext2_with_1k_blocks_maps_each_4k_block() {
         if !have("debugfs") {
-            return;
+            return crate::cannot_run("e2fsprogs is missing (doctor reports it)");
         }
         let (_dir, img) = image("ext2", 1024);
         let fs_block = bmap(&img, "/small");

@@ -8,6 +8,7 @@
 
 pub mod accel;
 pub mod bench;
+pub mod cleanup;
 pub mod console;
 pub mod doctor;
 pub mod guest;
@@ -18,6 +19,7 @@ pub mod qemu;
 pub mod vm;
 
 pub mod classify;
+pub mod cowfile;
 pub mod diff;
 pub mod events;
 pub mod fsmap;
@@ -37,3 +39,17 @@ pub mod witness;
 
 /// An error and its sources on one line ("a: b: c").
 pub use bw_guest::error_chain;
+
+/// Whether this is a CI run (CI=true, as CI services set it): there a test that needs
+/// root, loop devices or host tools must run, never skip.
+#[cfg(test)]
+pub(crate) fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| matches!(v.trim(), "true" | "1"))
+}
+
+/// A unit test this machine cannot run: under CI a failure, elsewhere a note.
+#[cfg(test)]
+pub(crate) fn cannot_run(why: &str) {
+    assert!(!under_ci(), "CI=true and this test cannot run here: {why}");
+    eprintln!("skipped: {why}");
+}

@@ -124,6 +124,12 @@ enum Command {
     },
     /// Rebuild a report's summary, CSV, JUnit and HTML from its recording.
     Report { dir: PathBuf },
+    /// Put a nightly's detector matrix (DIR/matrix.md) into the README, naming the
+    /// nightly it came from.
+    ReadmeMatrix {
+        /// The nightly's report directory, e.g. reports/nightly-1795900000.
+        dir: PathBuf,
+    },
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
@@ -160,7 +166,7 @@ enum ImagesCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Hash and classify a 1 GiB image against sha256sum and openssl's sha256 limit.
+    /// Hash and classify a 1 GiB image against the machine's in-memory block-hash limit.
     Hash,
     /// bw-agent's full-backup throughput against dd of the snapshot device, and
     /// bw-target's ingest against dd on the host.
@@ -200,6 +206,20 @@ enum BenchCommand {
         image: String,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+    },
+    /// Write throughput and p99 latency on a volume with a bwsnap snapshot against the
+    /// kernel's dm-snapshot (transient and persistent) and no snapshot, in one guest.
+    Cow {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Seconds each timed run lasts.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Rounds, each measuring every set-up once; figures are their medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
@@ -319,12 +339,14 @@ fn doctor_cmd() -> bool {
     true
 }
 
-fn run_temp_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+/// A scratch directory under the cache, removed at the end (and on Ctrl-C).
+fn run_temp_dir(what: &str) -> anyhow::Result<blockwitness::cleanup::TempDir> {
     let base = paths::cache_dir().join("tmp");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    Ok(tempfile::Builder::new()
-        .prefix(&format!("{what}-"))
-        .tempdir_in(base)?)
+    Ok(blockwitness::cleanup::TempDir::new_in(
+        &base,
+        &format!("{what}-"),
+    )?)
 }
 
 /// How `exec` serves its disks.
@@ -341,6 +363,7 @@ enum ExecUserland {
     Lvm,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
@@ -424,7 +447,7 @@ fn exec_cmd(
 }
 
 fn main() -> ExitCode {
-    blockwitness::qemu::install_interrupt_handler();
+    blockwitness::cleanup::install_interrupt_handler();
     let cli = Cli::parse();
     let result: anyhow::Result<Exit> = match cli.command {
         Command::Doctor => Ok(if doctor_cmd() {
@@ -490,18 +513,17 @@ fn main() -> ExitCode {
             println!("{report}");
             Ok(report.exit())
         }
-        Command::Diff { a, b, out } => {
-            let out = out.unwrap_or_else(|| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                paths::reports_dir().join(format!("diff-{now}"))
-            });
-            blockwitness::diff::diff(&a, &b, &out)
-                .map(|outcome| {
-                    println!("{outcome}");
-                    outcome.exit()
+        Command::Diff { a, b, out } => diff_cmd(&a, &b, out),
+        Command::ReadmeMatrix { dir } => {
+            let readme = paths::project_root().join("README.md");
+            blockwitness::nightly::readme_matrix(&dir, &readme)
+                .map(|()| {
+                    println!(
+                        "{}: detector matrix from {}",
+                        readme.display(),
+                        dir.display()
+                    );
+                    Exit::Pass
                 })
                 .map_err(Into::into)
         }
@@ -555,6 +577,12 @@ fn main() -> ExitCode {
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }
+            BenchCommand::Cow {
+                image,
+                accel,
+                seconds,
+                rounds,
+            } => bench_cow(&image, accel, seconds, rounds).map(|()| Exit::Pass),
         },
     };
     match result {
@@ -564,6 +592,27 @@ fn main() -> ExitCode {
             ExitCode::from(Exit::HarnessError.code())
         }
     }
+}
+
+fn diff_cmd(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    out: Option<PathBuf>,
+) -> anyhow::Result<Exit> {
+    let out = match out {
+        Some(out) => out,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            // Unique: two diffs in the same second get two directories.
+            blockwitness::report::new_dir(&paths::reports_dir(), &format!("diff-{now}"))?
+        }
+    };
+    let outcome = blockwitness::diff::diff(a, b, &out)?;
+    println!("{outcome}");
+    Ok(outcome.exit())
 }
 
 fn nightly_cmd(
@@ -698,6 +747,18 @@ fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> an
         )
         .map(|r| r.to_string())
     })
+}
+
+fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyhow::Result<()> {
+    doctor::require(doctor::FOR_RUN)?;
+    let img = build_image(image, true)?;
+    let decision = accel::decide(accel, &img.kernel, &img.initramfs, &paths::cache_dir());
+    eprintln!("==> accelerator {} ({})", decision.accel, decision.reason);
+    let dir = run_temp_dir("bench-cow")?;
+    let opts = blockwitness::bench::cow::CowBenchOptions { seconds, rounds };
+    let report = blockwitness::bench::cow::bench_cow_with(&img, decision.accel, dir.path(), &opts)?;
+    println!("{report}");
+    Ok(())
 }
 
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {

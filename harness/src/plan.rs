@@ -177,8 +177,20 @@ impl Plan {
     /// is allowed (a developer trying another kernel); the report says which ran.
     pub fn resolve(s: &Scenario, seed: u64, image: &str) -> Plan {
         let mut modules = s.guest.modules.clone();
-        if s.guest.floppy != Floppy::None && !modules.iter().any(|m| m == "floppy") {
-            modules.push("floppy".into());
+        let mut need = |m: &str| {
+            if !modules.iter().any(|have| have == m) {
+                modules.push(m.to_string());
+            }
+        };
+        if s.guest.floppy != Floppy::None {
+            need("floppy");
+        }
+        // Every filesystem a volume is made with is loaded without being asked: a
+        // scenario says `fs = "xfs"`, not also `modules = ["xfs"]`.
+        for v in &s.volumes {
+            if let Some(m) = v.fs.kernel_module() {
+                need(m);
+            }
         }
         let pipeline_modules: &[&str] = match &s.pipeline {
             PipelineSpec::Reference | PipelineSpec::External(_) => &[],
@@ -197,7 +209,18 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(index, v)| {
-                let cow_bytes = s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP);
+                let cow_bytes = match &s.pipeline {
+                    // The product's own COW file is capped at the size it declares.
+                    PipelineSpec::External(e) => match &e.cow_file {
+                        Some((_, max)) => *max,
+                        None => s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP),
+                    },
+                    PipelineSpec::Reference
+                    | PipelineSpec::DmSnapshot(_)
+                    | PipelineSpec::Lvm(_) => {
+                        s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP)
+                    }
+                };
                 let (disk_bytes, mkfs_on_host) = match &s.pipeline {
                     PipelineSpec::Lvm(l) => (lvm_disk_bytes(v.size, cow_bytes, l.thin), false),
                     PipelineSpec::Reference
@@ -459,7 +482,7 @@ backup = 3
             (64 << 20, 16384, 16 << 20)
         );
         assert_eq!(v.cow_bytes, (64u64 << 20) / 10 / 4096 * 4096);
-        assert_eq!(plan.guest.modules, ["floppy"]);
+        assert_eq!(plan.guest.modules, ["floppy", "ext4"]);
         assert_eq!(plan.backups.len(), 3);
         assert_eq!(plan.backups[0].kind, BackupKind::Full);
         assert!(plan.backups[0].between.is_empty());
@@ -537,6 +560,20 @@ backup = 3
             repro_line(Path::new("my dir/x.toml"), "debian-6.1", 1),
             "blockwitness run 'my dir/x.toml' --image debian-6.1 --seed 1"
         );
+    }
+
+    #[test]
+    fn every_filesystem_module_a_volume_needs_is_loaded_without_being_asked() {
+        let text = TEXT.replace(
+            "[[volumes]]\nname = \"data\"\nsize = \"64MiB\"",
+            "[[volumes]]\nname = \"x\"\nsize = \"320MiB\"\nfs = \"xfs\"\n[[volumes]]\nname = \"data\"\nsize = \"64MiB\"\nfs = \"ext2\"",
+        )
+        .replace("kind = \"overwrite\"", "kind = \"overwrite\"\nvolume = \"data\"")
+        .replace("kind = \"append\"", "kind = \"append\"\nvolume = \"data\"");
+        let s = crate::scenario::parse(Path::new("x.toml"), &text).unwrap();
+        let plan = Plan::resolve(&s, 1, "debian-6.1");
+        // The guest's ext2 is mounted by the ext4 driver.
+        assert_eq!(plan.guest.modules, ["floppy", "xfs", "ext4"]);
     }
 
     #[test]

@@ -25,20 +25,12 @@ use rand_chacha::ChaCha8Rng;
 use reference_agent::transport::TransportError;
 use reference_agent::transport::{Address, Conn};
 use reference_agent::wire::{
-    encode_block, BlockView, End, Frame, FrameBuffer, FrameView, Item, ManifestDigest,
-    SessionHeader, SessionId,
+    block_digest, encode_block, BlockDigest, BlockView, End, Frame, FrameBuffer, FrameView, Item,
+    ManifestDigest, SessionHeader, SessionId,
 };
-use sha2::{Digest, Sha256};
 
 use crate::error_chain;
 use crate::model::{BlockHash, FrameSel, BLOCK};
-
-/// The wire protocol's per-block hash, for checking and re-encoding frames (the rewrite
-/// fault). It must stay the one `reference_agent::wire` puts in block frames; what the
-/// proxy records is [`BlockHash::of`].
-fn wire_hash(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
 
 /// Why the proxy closed both sides of the link.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +90,9 @@ pub struct TransportRecord {
     pub seq: u64,
     pub offset: u64,
     pub length: u32,
-    /// sha256 of each 4 KiB of the data as forwarded (after any injected fault); the
-    /// block of byte offset `offset + 4096 * i` is `block_hashes[i]`.
+    /// The harness's hash ([`BlockHash::of`]) of each 4 KiB of the data as forwarded
+    /// (after any injected fault); the block of byte offset `offset + 4096 * i` is
+    /// `block_hashes[i]`.
     pub block_hashes: Vec<BlockHash>,
     /// Whether the data still matched the frame's own hashes when it left the proxy.
     pub hashes_match: bool,
@@ -267,7 +260,7 @@ impl Drop for ProxyHandle {
 
 /// Per-session bookkeeping for frame numbers and retransmits.
 /// A frame as the proxy forwarded it: offset, block length, block hashes.
-type ForwardedFrame = (u64, u32, Vec<[u8; 32]>);
+type ForwardedFrame = (u64, u32, Vec<BlockDigest>);
 
 struct SessionState {
     header: SessionHeader,
@@ -595,7 +588,9 @@ impl Proxy {
                     let mut data = raw[data_at..].to_vec();
                     data[byte] ^= 1 << bit;
                     let bl = b.data_len / b.hashes.len().max(1);
-                    let hashes: Vec<[u8; 32]> = data.chunks(bl.max(1)).map(wire_hash).collect();
+                    // Forged with the pipeline's own hash, so its checks pass.
+                    let hashes: Vec<BlockDigest> =
+                        data.chunks(bl.max(1)).map(block_digest).collect();
                     let mut out = Vec::with_capacity(raw.len());
                     if encode_block(&mut out, b.seq, b.offset, &hashes, &data).is_ok() {
                         raw = out;
@@ -618,7 +613,7 @@ impl Proxy {
         if let Some(fwd) = st.forwarded.as_mut() {
             if delivered && !b.hashes.is_empty() {
                 let bl = b.data_len / b.hashes.len();
-                let hashes = data.chunks(bl).map(wire_hash).collect();
+                let hashes = data.chunks(bl).map(block_digest).collect();
                 fwd.insert(b.seq, (b.offset, bl as u32, hashes));
             }
         }
@@ -632,7 +627,7 @@ impl Proxy {
             && data
                 .chunks(bl)
                 .zip(&b.hashes)
-                .all(|(c, h)| wire_hash(c) == *h);
+                .all(|(c, h)| block_digest(c) == *h);
         if fault.is_some() {
             self.stats.faults_injected += 1;
         }
@@ -738,7 +733,7 @@ struct OwnedBlock {
     seq: u64,
     offset: u64,
     data_len: usize,
-    hashes: Vec<[u8; 32]>,
+    hashes: Vec<BlockDigest>,
 }
 
 impl From<&BlockView<'_>> for OwnedBlock {

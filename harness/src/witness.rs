@@ -101,9 +101,10 @@ pub struct WitnessEnd {
 
 /// Running backends, one per disk; killed when dropped.
 pub struct WitnessDisks {
-    backends: Vec<(String, Backend)>,
+    /// Each backend, registered for the interrupt handler while it lives.
+    backends: Vec<(String, Backend, crate::cleanup::TrackedChild)>,
     /// Sockets live in a short directory of their own (sun_path is 108 bytes).
-    _sockets: tempfile::TempDir,
+    _sockets: crate::cleanup::TempDir,
 }
 
 impl WitnessDisks {
@@ -116,9 +117,7 @@ impl WitnessDisks {
         schedule: Option<Schedule>,
     ) -> Result<(WitnessDisks, Vec<VhostUserDisk>), WitnessError> {
         let bin = bw_disk_binary()?;
-        let sockets = tempfile::Builder::new()
-            .prefix("bw-wd-")
-            .tempdir_in("/tmp")
+        let sockets = crate::cleanup::TempDir::new_in(Path::new("/tmp"), "bw-wd-")
             .map_err(WitnessError::SocketDir)?;
         let mut backends = Vec::new();
         let mut vhost = Vec::new();
@@ -133,12 +132,13 @@ impl WitnessDisks {
                     id: d.id.clone(),
                     source,
                 })?;
+            let tracked = crate::cleanup::track_child(backend.pid() as i32, true);
             vhost.push(VhostUserDisk {
                 id: d.id.clone(),
                 socket: backend.config().vhost_socket.clone(),
                 num_queues: num_queues.max(1),
             });
-            backends.push((d.id.clone(), backend));
+            backends.push((d.id.clone(), backend, tracked));
         }
         Ok((
             WitnessDisks {
@@ -153,8 +153,8 @@ impl WitnessDisks {
     pub fn backend(&mut self, id: &str) -> Option<&mut Backend> {
         self.backends
             .iter_mut()
-            .find(|(i, _)| i == id)
-            .map(|(_, b)| b)
+            .find(|(i, _, _)| i == id)
+            .map(|(_, b, _)| b)
     }
 
     /// Ends every backend (after QEMU has gone they exit by themselves; else they are
@@ -162,7 +162,7 @@ impl WitnessDisks {
     pub fn finish(mut self, timeout: Duration) -> Vec<WitnessEnd> {
         self.backends
             .iter_mut()
-            .map(|(id, b)| {
+            .map(|(id, b, _)| {
                 let (_, clean) = b.finish(Duration::from_secs(2), timeout);
                 WitnessEnd {
                     id: id.clone(),

@@ -10,21 +10,72 @@ use std::path::PathBuf;
 
 use blockwitness::accel::AccelChoice;
 use blockwitness::events::{Event, Reporter};
-use blockwitness::model::Exit;
+use blockwitness::model::{Exit, Layer};
 use blockwitness::plan::Plan;
 use blockwitness::run::{run_plan, RunOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-/// What CI runs within its budget: the field stories' main detectors on debian-6.1, and
-/// one scenario on debian-6.12.
+/// What CI runs within its budget: the field stories' main detectors, at least one
+/// scenario of every fault layer the run injects, both kernels, and the filesystems
+/// whose blocks are not 4 KiB-shaped (1 KiB ext4, xfs). The `ci-subset` test below
+/// fails when an entry matches no scenario or a layer or kernel is left out.
 const CI_SUBSET: &[&str] = &[
     "future-clean::debian-6.1",
     "future-cow-read-live::debian-6.1",
+    "future-cow-read-live::debian-6.12",
     "ext2-ext4-freeze::debian-6.1",
     "floppy-loaded::debian-6.1",
     "incremental-chain-drop-tracking::debian-6.1",
-    "future-cow-read-live::debian-6.12",
+    "agent-skip-blocks::debian-6.1",
+    "transport-rewrite::debian-6.1",
+    "target-wrong-offset-unverified::debian-6.1",
+    "guest-crash::debian-6.1",
+    "ext4-1k-cow-read-live::debian-6.1",
+    "xfs-cow-read-live::debian-6.1",
 ];
+
+/// The layers CI must cover with at least one scenario each (disk faults are the
+/// witness disk's, tested by its own VM test).
+const CI_LAYERS: [Layer; 5] = [
+    Layer::Module,
+    Layer::Agent,
+    Layer::Transport,
+    Layer::Target,
+    Layer::Guest,
+];
+
+/// What is wrong with the CI subset, given each test's name and its scenario's fault
+/// layers: entries that match no test, layers and images no entry covers.
+fn subset_problems(subset: &[&str], tests: &[(String, String, Vec<Layer>)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut layers = Vec::new();
+    let mut images = Vec::new();
+    for entry in subset {
+        match tests.iter().find(|(name, _, _)| name == entry) {
+            Some((_, image, l)) => {
+                layers.extend(l.iter().copied());
+                images.push(image.clone());
+            }
+            None => problems.push(format!("CI subset entry {entry} matches no scenario")),
+        }
+    }
+    for layer in CI_LAYERS {
+        if !layers.contains(&layer) {
+            problems.push(format!(
+                "the CI subset runs no scenario with a {} fault",
+                layer.name()
+            ));
+        }
+    }
+    let all_images: std::collections::BTreeSet<&String> =
+        tests.iter().map(|(_, image, _)| image).collect();
+    for image in all_images {
+        if !images.contains(image) {
+            problems.push(format!("the CI subset runs nothing on {image}"));
+        }
+    }
+    problems
+}
 
 /// Progress lines on stderr (nextest shows them for failing tests).
 struct Lines;
@@ -57,6 +108,7 @@ fn main() {
     let dir: PathBuf = blockwitness::paths::scenarios_dir();
     let report = blockwitness::scenario::check(std::slice::from_ref(&dir));
     let mut trials = Vec::new();
+    let mut tests: Vec<(String, String, Vec<Layer>)> = Vec::new();
     for (path, result) in report.files {
         let name = path
             .file_stem()
@@ -75,6 +127,11 @@ fn main() {
         };
         for image in scenario.images.clone() {
             let test_name = format!("{}::{image}", scenario.name);
+            tests.push((
+                test_name.clone(),
+                image.clone(),
+                scenario.faults.iter().map(|f| f.spec.layer()).collect(),
+            ));
             let ignored = !CI_SUBSET.contains(&test_name.as_str());
             let s = scenario.clone();
             trials.push(
@@ -99,7 +156,30 @@ fn main() {
             );
         }
     }
-    if trials.is_empty() {
+    // Not a VM test: the subset itself, so a renamed scenario cannot drop out of CI.
+    let problems = subset_problems(CI_SUBSET, &tests);
+    trials.push(Trial::test("ci-subset", move || {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Failed::from(problems.join("\n")))
+        }
+    }));
+    // The check itself can fail: a stray entry, a layer and a kernel left out.
+    let known = tests.clone();
+    trials.push(Trial::test("ci-subset-check-can-fail", move || {
+        let found = subset_problems(&["no-such-scenario::debian-6.1"], &known);
+        let want = [
+            "CI subset entry no-such-scenario::debian-6.1 matches no scenario",
+            "the CI subset runs no scenario with a module fault",
+            "the CI subset runs nothing on debian-6.12",
+        ];
+        match want.iter().find(|w| !found.iter().any(|f| f == *w)) {
+            None => Ok(()),
+            Some(w) => Err(Failed::from(format!("not reported: {w}; got {found:?}"))),
+        }
+    }));
+    if tests.is_empty() {
         trials.push(Trial::test("no-scenarios", move || {
             Err(Failed::from(format!(
                 "no scenario files in {}",

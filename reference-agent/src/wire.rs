@@ -8,23 +8,28 @@
 mod codec;
 mod crc;
 mod frame;
+mod hash;
 mod manifest;
 mod stream;
 
-pub use codec::{clip_message, decode, decode_view, encode_block, sync_offset, FrameView};
+pub use codec::{
+    clip_message, decode, decode_view, encode_block, encode_block_head, sync_offset, FrameView,
+};
 pub use crc::crc32;
 pub use frame::{
     validate_volume_id, Accept, Ack, BackupKind, BlockFrame, BlockView, End, ErrorCode, ErrorFrame,
     FailReason, Frame, FrameKind, Nack, NackReason, Outcome, SessionHeader, SessionId,
     SessionResult,
 };
+pub use hash::{block_digest, BlockDigest, HASH_LEN};
 pub use manifest::ManifestDigest;
 pub use stream::{FrameBuffer, Item};
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"BWWP";
-/// The protocol version this build speaks (byte 4 of every frame header).
-pub const VERSION: u8 = 1;
+/// The protocol version this build speaks (byte 4 of every frame header). Version 2
+/// carries 16-byte xxh3-128 block hashes where version 1 carried 32-byte sha256.
+pub const VERSION: u8 = 2;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 20;
 /// Largest data part of one block frame.
@@ -38,7 +43,7 @@ pub const MAX_HASHES: usize = MAX_BLOCK_DATA / MIN_BLOCK_SIZE as usize;
 /// Fixed part of a block frame's payload before the hashes.
 pub const BLOCK_META_LEN: usize = 24;
 /// Largest payload of a block frame.
-pub const MAX_BLOCK_PAYLOAD: usize = BLOCK_META_LEN + 32 * MAX_HASHES + MAX_BLOCK_DATA;
+pub const MAX_BLOCK_PAYLOAD: usize = BLOCK_META_LEN + HASH_LEN * MAX_HASHES + MAX_BLOCK_DATA;
 /// Largest payload of any other frame.
 pub const MAX_CONTROL_PAYLOAD: usize = 64 * 1024;
 /// Largest whole frame on the wire.

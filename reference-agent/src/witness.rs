@@ -9,7 +9,7 @@
 //! | tag | record | payload |
 //! |---|---|---|
 //! | 1 | session start | JSON [`SessionStart`] |
-//! | 2 | block | 83 bytes, [`BlockRecord`] |
+//! | 2 | block | 67 bytes, [`BlockRecord`] |
 //! | 3 | session end | JSON [`SessionEnd`] |
 
 use std::collections::BTreeMap;
@@ -17,18 +17,19 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::crc32;
+use crate::wire::{crc32, BlockDigest, HASH_LEN};
 
 /// Stream magic.
 pub const STREAM_MAGIC: [u8; 6] = *b"BWWTNS";
-/// Stream format version.
-pub const STREAM_VERSION: u16 = 1;
+/// Stream format version (2: 16-byte xxh3-128 hashes and the live reads before and
+/// after each snapshot read; 1 had 32-byte sha256 and one live read).
+pub const STREAM_VERSION: u16 = 2;
 /// Bytes of the stream header.
 pub const STREAM_HEADER_LEN: usize = 8;
 /// Bytes of a record header (tag, length, CRC).
 pub const RECORD_HEADER_LEN: usize = 9;
 /// Bytes of a block record's payload.
-pub const BLOCK_RECORD_LEN: usize = 83;
+pub const BLOCK_RECORD_LEN: usize = 16 + 3 * HASH_LEN + 3;
 /// Largest record payload a reader accepts (JSON records with many COW extents).
 pub const MAX_RECORD_LEN: usize = 16 << 20;
 
@@ -93,15 +94,22 @@ pub struct SessionStart {
     pub module: ModuleInfo,
 }
 
-/// How the live read compared with the snapshot read.
+/// How the live device compared with the snapshot read. The agent reads each block from
+/// the live device right before and, when that differs, right after its snapshot read:
+/// a workload write between two reads cannot make leaked live data look like corruption,
+/// since data that equals either live read is post-snapshot data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LiveCompare {
-    /// The live block differs; its hash is in [`BlockRecord::live_sha256`].
+    /// Both live reads differ from the snapshot read; their hashes are in
+    /// [`BlockRecord::live_before`] and [`BlockRecord::live_after`].
     Differs = 0,
-    /// The live block equals the snapshot read (no second hash computed).
+    /// The live read before the snapshot read equals it (no hash computed, no read after).
     Equal = 1,
-    /// No live read was made or it failed.
+    /// No live read was made, or one failed.
     NotRead = 2,
+    /// The read before differs (its hash in [`BlockRecord::live_before`]); the read
+    /// after equals the snapshot read.
+    EqualAfter = 3,
 }
 
 /// Where the module says it served a snapshot read from.
@@ -113,17 +121,19 @@ pub enum Source {
     Error = 3,
 }
 
-/// One block as the agent saw it (fixed 83-byte binary payload, little-endian):
-/// volume index u32, generation u32, block u64, snapshot sha256 [32], live sha256 [32]
-/// (zeros unless the live read differs), live compare u8, source u8, fault u8.
+/// One block as the agent saw it (fixed 67-byte binary payload, little-endian):
+/// volume index u32, generation u32, block u64, snapshot hash [16], live-before hash [16]
+/// and live-after hash [16] (zeros unless that read differs, see [`LiveCompare`]), live
+/// compare u8, source u8, fault u8. Hashes are the wire protocol's block hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRecord {
     pub volume_index: u32,
     pub generation: u32,
     /// Block number (byte offset / block size).
     pub block: u64,
-    pub snapshot_sha256: [u8; 32],
-    pub live_sha256: [u8; 32],
+    pub snapshot: BlockDigest,
+    pub live_before: BlockDigest,
+    pub live_after: BlockDigest,
     pub live: LiveCompare,
     pub source: Source,
     /// Non-zero when the module reports that an injected fault touched this read.
@@ -135,8 +145,9 @@ impl BlockRecord {
         out.extend_from_slice(&self.volume_index.to_le_bytes());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.block.to_le_bytes());
-        out.extend_from_slice(&self.snapshot_sha256);
-        out.extend_from_slice(&self.live_sha256);
+        out.extend_from_slice(&self.snapshot);
+        out.extend_from_slice(&self.live_before);
+        out.extend_from_slice(&self.live_after);
         out.push(self.live as u8);
         out.push(self.source as u8);
         out.push(self.fault);
@@ -150,19 +161,22 @@ impl BlockRecord {
             ));
         }
         let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        let hash_at = |i: usize| {
+            let mut h = [0u8; HASH_LEN];
+            h.copy_from_slice(&p[i..i + HASH_LEN]);
+            h
+        };
         let mut block = [0u8; 8];
         block.copy_from_slice(&p[8..16]);
-        let mut snap = [0u8; 32];
-        snap.copy_from_slice(&p[16..48]);
-        let mut live_sha = [0u8; 32];
-        live_sha.copy_from_slice(&p[48..80]);
-        let live = match p[80] {
+        let tail = 16 + 3 * HASH_LEN;
+        let live = match p[tail] {
             0 => LiveCompare::Differs,
             1 => LiveCompare::Equal,
             2 => LiveCompare::NotRead,
+            3 => LiveCompare::EqualAfter,
             v => return Err(format!("live compare value {v}")),
         };
-        let source = match p[81] {
+        let source = match p[tail + 1] {
             0 => Source::Unknown,
             1 => Source::Live,
             2 => Source::Cow,
@@ -173,11 +187,12 @@ impl BlockRecord {
             volume_index: u32_at(0),
             generation: u32_at(4),
             block: u64::from_le_bytes(block),
-            snapshot_sha256: snap,
-            live_sha256: live_sha,
+            snapshot: hash_at(16),
+            live_before: hash_at(16 + HASH_LEN),
+            live_after: hash_at(16 + 2 * HASH_LEN),
             live,
             source,
-            fault: p[82],
+            fault: p[tail + 2],
         })
     }
 }
@@ -263,6 +278,21 @@ impl<W: Write> WitnessWriter<W> {
         self.buf.clear();
         b.encode(&mut self.buf);
         self.put(TAG_BLOCK)
+    }
+
+    /// Block records for many blocks (a frame's), written in one go: the same bytes as
+    /// [`WitnessWriter::block`] for each, for a fraction of the calls.
+    pub fn blocks(&mut self, records: &[BlockRecord]) -> Result<(), WitnessWriteError> {
+        let mut out = Vec::with_capacity(records.len() * (RECORD_HEADER_LEN + BLOCK_RECORD_LEN));
+        for r in records {
+            self.buf.clear();
+            r.encode(&mut self.buf);
+            out.push(TAG_BLOCK);
+            out.extend_from_slice(&(self.buf.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc32(&self.buf).to_le_bytes());
+            out.extend_from_slice(&self.buf);
+        }
+        self.w.write_all(&out).map_err(WitnessWriteError::Io)
     }
 
     pub fn session_end(&mut self, e: &SessionEnd) -> Result<(), WitnessWriteError> {

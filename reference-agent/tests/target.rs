@@ -169,6 +169,39 @@ fn wrong_offset_is_caught_and_the_previous_generation_survives() {
     assert_eq!(verify_ok(&store).0, 0);
 }
 
+/// The target re-reads 8 MiB chunks while the session goes on; a stray write into a
+/// chunk already handed to the re-read (here the last block's, one block back) is still
+/// found: blocks written again are checked again after the fsync.
+#[test]
+fn a_stray_write_behind_the_reread_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // 8 MiB and one block: the last block is the 2049th stored, the only one faulted.
+    let blocks = 2049;
+    let t = TargetProc::start(
+        &store,
+        &dir.path().join("t.sock"),
+        &["--fault-wrong-offset", "2049"],
+    );
+    let src = MemSource::new(blocks, 11, None);
+    let e = Sender::new(t.addr.clone(), quick_opts())
+        .send(&full_spec(&src, sid(1), 1), &mut src.clone())
+        .unwrap_err();
+    let SendError::TargetFailed {
+        reason,
+        bad_blocks,
+        bad_total,
+        ..
+    } = &e
+    else {
+        panic!("expected a verification failure, got {e}");
+    };
+    assert_eq!(*reason, "verification");
+    // 2048 was never written where it belongs; 2047 was overwritten by it.
+    assert_eq!(bad_blocks, &vec![2047, 2048]);
+    assert_eq!(*bad_total, 2);
+}
+
 #[test]
 fn skip_verify_commits_wrong_data_and_verify_finds_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,7 +462,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     // Oversize frame: a header that claims 64 MiB of payload.
     let mut f = vec![0u8; 20];
     f[..4].copy_from_slice(b"BWWP");
-    f[4] = 1;
+    f[4] = reference_agent::wire::VERSION;
     f[5] = 3;
     f[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
     let crc = reference_agent::wire::crc32(&f[..16]);
@@ -444,7 +477,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     send_frames(&mut c, &[Frame::Header(h).to_bytes().unwrap()]);
     assert!(matches!(reply(&mut c), Some(Frame::Accept(_))));
     let data = vec![1u8; BS as usize];
-    let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+    let hash = reference_agent::wire::block_digest(&data);
     let mut b = Vec::new();
     encode_block(&mut b, 0, 1 << 20, &[hash], &data).unwrap();
     send_frames(&mut c, &[b]);
@@ -458,7 +491,7 @@ fn malformed_input_gets_clear_errors_while_other_sessions_go_on() {
     );
     assert!(matches!(reply(&mut c), Some(Frame::Accept(_))));
     let mut b = Vec::new();
-    encode_block(&mut b, 0, 0, &[[0u8; 32]], &data).unwrap();
+    encode_block(&mut b, 0, 0, &[[0u8; 16]], &data).unwrap();
     send_frames(&mut c, &[b]);
     match reply(&mut c) {
         Some(Frame::Nack(n)) => assert_eq!(n.seq, 0),

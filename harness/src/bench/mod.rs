@@ -61,8 +61,6 @@ pub enum BenchError {
     Hash(#[source] crate::hash::HashError),
     #[error("the oracle benchmark")]
     Oracle(#[from] oracle::BenchOracleError),
-    #[error("cannot read a sha256 figure from `openssl speed` output: {output}")]
-    OpensslOutput { output: String },
     #[error("the benchmark's own hash of block {block} differs from sha256sum's view of the file")]
     Mismatch { block: u64 },
     #[error("image {image} was built without bwsnap.ko")]

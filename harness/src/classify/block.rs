@@ -80,12 +80,41 @@ pub struct BlockInput<'a> {
     pub previous: Option<Option<&'a BlockHash>>,
     pub stamp: StampOrder,
     pub excluded: bool,
+    /// The COW file covers part of the block: None when it does not; else whether the
+    /// bytes outside it equal truth at the target (None: nothing to compare with).
+    pub partial: Option<Option<bool>>,
 }
 
 /// Classifies one block; the second value says which rule decided.
 pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
     if b.excluded {
         return (BlockClass::Excluded, "excluded");
+    }
+    // Part COW file (a filesystem block smaller than 4 KiB): every stage's hash covers
+    // the COW bytes too, so the rest is judged byte by byte at the target.
+    if let Some(outside) = b.partial {
+        return match (outside, b.stamp) {
+            (Some(true), _) => (
+                BlockClass::Excluded,
+                "shares its 4 KiB with the COW file; every byte outside it equals truth at the target",
+            ),
+            (None, _) => (
+                BlockClass::Excluded,
+                "shares its 4 KiB with the COW file; nothing committed to judge the rest by",
+            ),
+            (Some(false), StampOrder::Later) => (
+                BlockClass::DataFromTheFuture,
+                "beside the COW file, the target holds a stamped write made after the snapshot instant",
+            ),
+            (Some(false), StampOrder::Earlier) => (
+                BlockClass::DataFromThePast,
+                "beside the COW file, the target holds a stamped write older than the truth's",
+            ),
+            (Some(false), StampOrder::Unknown) => (
+                BlockClass::Unattributed,
+                "shares its 4 KiB with the COW file, and the bytes outside it differ from truth at the target",
+            ),
+        };
     }
     let truth = b.truth;
     let was_sent = b.kind == BackupKind::Full
@@ -122,20 +151,23 @@ pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
                     "the snapshot holds a stamped write made after the snapshot instant",
                 );
             }
-            return match b.live {
-                Some(Live::Equal) => (
+            // Equal to either of two bracketing live reads is post-snapshot data: a
+            // workload write between the snapshot read and one live read must not
+            // make it look corrupt.
+            return match b.live.and_then(|l| l.matches_snapshot(s)) {
+                Some(true) => (
                     BlockClass::DataFromTheFuture,
                     "snapshot differs from truth and equals the live disk",
                 ),
-                Some(Live::Differs(l)) if &l == s => (
-                    BlockClass::DataFromTheFuture,
-                    "snapshot differs from truth and equals the live disk",
+                Some(false) if matches!(b.live, Some(Live::Bracketed { .. })) => (
+                    BlockClass::CorruptSnapshot,
+                    "snapshot differs from truth and from the live disk right before and right after its read",
                 ),
-                Some(Live::Differs(_)) => (
+                Some(false) => (
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth and from the live disk",
                 ),
-                Some(Live::NotRead) | None => (
+                None => (
                     BlockClass::CorruptSnapshot,
                     "snapshot differs from truth; no live read to compare with",
                 ),

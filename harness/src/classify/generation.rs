@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::block::{classify_block, BlockInput, StampOrder};
 use crate::console::Trouble;
 use crate::model::{BackupKind, BlockClass, Outcome};
-use crate::record::{Claim, GenerationRecord, RecordError, Recording};
+use crate::record::{Claim, GenerationRecord, RecordError, Recording, TruthState};
 
 /// A write a stamped block holds (one per stamped piece), and when it was made relative
 /// to the snapshot.
@@ -83,6 +83,11 @@ pub struct GenerationResult {
     pub previous_damaged: bool,
     /// The recording points present for this generation.
     pub stages: Vec<&'static str>,
+    /// Findings that belong to no block of the volume (a target image longer than the
+    /// volume): the class and why. Counted in `counts`.
+    pub beyond: Vec<(BlockClass, String)>,
+    /// Where the pipeline's word on its COW file disagrees with the harness's.
+    pub cow_findings: Vec<String>,
 }
 
 /// The classification of a whole recording.
@@ -137,6 +142,7 @@ pub fn block_input(g: &GenerationRecord, b: usize) -> BlockInput<'_> {
             .map(|p| p[b].as_ref()),
         stamp: StampOrder::of(g.stamps.get(&block), g.snapshot_instant_ns),
         excluded: g.exclusion(block).is_some(),
+        partial: g.partial.get(&block).map(|p| p.outside_equal),
     }
 }
 
@@ -177,12 +183,37 @@ pub fn classify_generation(volume: &str, g: &GenerationRecord) -> GenerationResu
         }
     }
 
+    // A stored image longer than the volume holds blocks that belong to nothing.
+    let mut beyond = Vec::new();
+    if let Some(bytes) = g.target_bytes {
+        let volume = g.blocks * crate::model::BLOCK as u64;
+        if g.committed && bytes > volume {
+            beyond.push((
+                BlockClass::TargetCorruption,
+                format!(
+                    "the target's image is {} bytes longer than the volume ({bytes} bytes for {volume})",
+                    bytes - volume
+                ),
+            ));
+        }
+    }
+    for (class, _) in &beyond {
+        *counts.entry(*class).or_default() += 1;
+    }
+
     // Only what the pipeline said counts as a claim: a generation committed by a target
     // that then went silent is judged by its blocks, not called a false success.
     let claimed_success = g.agent == Claim::Success || g.target_claim == Claim::Success;
-    let wrong = findings.iter().any(|f| f.class.is_problem());
+    let wrong = findings.iter().any(|f| f.class.is_problem()) || !beyond.is_empty();
     let mut outcomes = BTreeSet::new();
     if claimed_success && (wrong || !g.committed) {
+        outcomes.insert(Outcome::FalseSuccess);
+    }
+    // No instant was ever announced, yet the pipeline committed or claimed success:
+    // nothing proves what it copied. (Where the harness failed to take its truth, the
+    // run's harness error says so instead.)
+    let unannounced = g.truth_state == TruthState::NeverAnnounced;
+    if unannounced && (claimed_success || g.committed) {
         outcomes.insert(Outcome::FalseSuccess);
     }
     let previous_damaged = g.previous_intact == Some(false);
@@ -217,6 +248,8 @@ pub fn classify_generation(volume: &str, g: &GenerationRecord) -> GenerationResu
         outcomes,
         previous_damaged,
         stages,
+        beyond,
+        cow_findings: g.cow_findings.clone(),
     }
 }
 

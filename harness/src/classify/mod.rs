@@ -43,7 +43,40 @@ mod tests {
             previous: None,
             stamp: StampOrder::Unknown,
             excluded: false,
+            partial: None,
         }
+    }
+
+    #[test]
+    fn a_block_shared_with_the_cow_file_is_judged_on_its_other_bytes() {
+        let (t, x) = (h(1), h(2));
+        // Every stage differs from truth in the COW bytes; only the target's bytes
+        // outside them decide.
+        let shared = |outside, stamp| BlockInput {
+            snapshot: Some(Some(&x)),
+            live: Some(Live::Differs(h(5))),
+            transport: Some(Some(&x)),
+            target: TargetBlock::Held(Some(&x)),
+            partial: Some(outside),
+            stamp,
+            ..input(&t)
+        };
+        assert_eq!(
+            classify_block(&shared(Some(true), StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(None, StampOrder::Unknown)).0,
+            BlockClass::Excluded
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Unknown)).0,
+            BlockClass::Unattributed
+        );
+        assert_eq!(
+            classify_block(&shared(Some(false), StampOrder::Later)).0,
+            BlockClass::DataFromTheFuture
+        );
     }
 
     #[test]
@@ -91,6 +124,41 @@ mod tests {
             ..input(&t)
         };
         assert_eq!(classify_block(&b).0, BlockClass::DataFromTheFuture);
+    }
+
+    /// The agent reads the live block right before and right after its snapshot read: a
+    /// snapshot equal to either is post-snapshot data, even when the workload wrote the
+    /// block again in between (so the two live reads differ).
+    #[test]
+    fn snapshot_equal_to_either_bracketing_live_read_is_from_the_future() {
+        let (t, leaked, later, other) = (h(1), h(2), h(3), h(4));
+        let with = |live| BlockInput {
+            snapshot: Some(Some(&leaked)),
+            live: Some(live),
+            ..input(&t)
+        };
+        for live in [
+            Live::Bracketed {
+                before: leaked,
+                after: later,
+            },
+            Live::Bracketed {
+                before: later,
+                after: leaked,
+            },
+        ] {
+            assert_eq!(
+                classify_block(&with(live)).0,
+                BlockClass::DataFromTheFuture,
+                "{live:?}"
+            );
+        }
+        let (class, why) = classify_block(&with(Live::Bracketed {
+            before: later,
+            after: other,
+        }));
+        assert_eq!(class, BlockClass::CorruptSnapshot);
+        assert!(why.contains("before") && why.contains("after"), "{why}");
     }
 
     #[test]

@@ -10,17 +10,20 @@ use serde::{Deserialize, Serialize};
 pub const BLOCK: usize = 4096;
 
 /// Bytes in a [`BlockHash`].
-pub const HASH_LEN: usize = 32;
+pub const HASH_LEN: usize = 16;
 
-/// The hash of one 4 KiB block (sha256).
+/// The hash of one 4 KiB block: xxh3-128 (seed 0), as the 16 little-endian bytes of the
+/// value. The same hash the reference pipeline's wire protocol and witness carry and the
+/// witness disk's history records, so truth, the target re-read and every recording
+/// compare directly. (Chosen by measurement: 540 MiB/s in a TCG guest against sha256's
+/// 70; it guards against accidents, not forgers, which is what a backup check needs.)
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockHash(pub [u8; HASH_LEN]);
 
 impl BlockHash {
     /// Hashes one block: the algorithm every recording point is compared with.
     pub fn of(data: &[u8]) -> BlockHash {
-        use sha2::Digest;
-        BlockHash(sha2::Sha256::digest(data).into())
+        BlockHash(xxhash_rust::xxh3::xxh3_128(data).to_le_bytes())
     }
 
     pub fn hex(&self) -> String {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a fault is injected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layer {
     Module,
@@ -55,6 +55,7 @@ pub enum FaultKind {
     DropTracking,
     CorruptCow,
     DelayCow,
+    DelayRead,
     DiskHang,
     DiskEio,
     BitFlip,
@@ -74,11 +75,12 @@ use Need::{Either, Optional, Required};
 
 impl FaultKind {
     /// Every kind, in the order of the docs' table.
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::CowReadLive,
         FaultKind::DropTracking,
         FaultKind::CorruptCow,
         FaultKind::DelayCow,
+        FaultKind::DelayRead,
         FaultKind::DiskHang,
         FaultKind::DiskEio,
         FaultKind::BitFlip,
@@ -101,6 +103,7 @@ impl FaultKind {
             FaultKind::DropTracking => "drop-tracking",
             FaultKind::CorruptCow => "corrupt-cow",
             FaultKind::DelayCow => "delay-cow",
+            FaultKind::DelayRead => "delay-read",
             FaultKind::DiskHang => "hang",
             FaultKind::DiskEio => "eio",
             FaultKind::BitFlip => "bit-flip",
@@ -126,7 +129,8 @@ impl FaultKind {
             FaultKind::CowReadLive
             | FaultKind::DropTracking
             | FaultKind::CorruptCow
-            | FaultKind::DelayCow => Layer::Module,
+            | FaultKind::DelayCow
+            | FaultKind::DelayRead => Layer::Module,
             FaultKind::DiskHang | FaultKind::DiskEio => Layer::Disk,
             FaultKind::BitFlip
             | FaultKind::Rewrite
@@ -148,7 +152,7 @@ impl FaultKind {
             | FaultKind::CorruptCow
             | FaultKind::WrongOffset
             | FaultKind::SkipBlocks => &[("every", Required)],
-            FaultKind::DelayCow => &[("ms", Required)],
+            FaultKind::DelayCow | FaultKind::DelayRead => &[("ms", Required)],
             FaultKind::DiskHang => &[("volume", Required), ("op", Optional)],
             FaultKind::DiskEio => &[
                 ("volume", Required),
@@ -172,6 +176,7 @@ impl FaultKind {
             FaultKind::DropTracking => "the module drops 1 changed-block tracking update in `every` while tracking for this backup; `backup` must be an incremental",
             FaultKind::CorruptCow => "the module corrupts 1 COW copy in `every`",
             FaultKind::DelayCow => "the module delays every COW copy by `ms` milliseconds",
+            FaultKind::DelayRead => "the module holds every snapshot read `ms` milliseconds before its I/O",
             FaultKind::DiskHang => "from this backup on, `op` requests to the volume's disk never complete (QEMU blkdebug)",
             FaultKind::DiskEio => "`op` requests to the volume's disk fail with EIO (at 4 KiB block `block` if given; only the first time if `once`)",
             FaultKind::BitFlip => "the proxy flips one bit in the data of block frame number `frame`, or of 1 frame in `every`",

@@ -8,7 +8,8 @@
 //!   which reads the snapshot device and the live device during the backup window;
 //! - the transport point on its channel (`bw.channel`) when the backup streams through
 //!   it, and the target point from its store (or the target disk a `copy` wrote);
-//! - exclusions the provider computes and caps.
+//! - a COW file on the volume the provider names, found by the harness on the truth
+//!   image and capped at the declared size.
 //!
 //! Every step the provider runs goes through [`command`]'s contract; a step that fails
 //! is a harness error, except the copy itself (`stream`/`copy`), whose exit status is
@@ -27,17 +28,29 @@ use super::channel::Channel;
 use super::command::{self, Env, Output, Running, Step, StepError};
 use super::reader::ReaderPort;
 use super::store::Store;
-use super::{BackupResult, GuestVolume, Pipeline, PipelineError, Progress, RunHooks, VolumeBackup};
+use super::{
+    AnnouncedVolume, BackupResult, GuestVolume, Pipeline, PipelineError, Progress, RunHooks,
+    VolumeBackup,
+};
 use crate::model::{BackupKind, BLOCK};
 use crate::plan::{BackupStep, Plan, VolumePlan};
 use crate::qemu::Disk;
-use crate::record::{Claim, Exclusion};
+use crate::record::Claim;
 use crate::vm::Vm;
 
 /// How long bytes may still be on their way after the product's command has ended.
 const GRACE: Duration = Duration::from_secs(10);
 /// Where changed-block lists are written in the guest.
 const CHANGED_DIR: &str = "/tmp/bw-changed";
+
+/// A product's scratch file on the volume (its COW file), as a path from the volume's
+/// root: the run finds it on the truth image itself and excludes it, capped at the
+/// declared size; `ranges` is the guest's view of it, which the run compares.
+#[derive(Clone, Debug)]
+pub struct CowFile {
+    pub path: String,
+    pub ranges: Option<Vec<(u64, u64)>>,
+}
 
 /// How a provider's snapshot is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,15 +194,14 @@ pub trait Provider {
     /// The snapshot device's path in the guest.
     fn device(&mut self, r: &mut Runner, v: &GuestVolume, g: u32) -> Result<String, PipelineError>;
 
-    /// Blocks the provider excludes, computed by the harness and capped (e.g. a COW
-    /// file on the volume).
-    fn exclusions(
+    /// A scratch file the product keeps on the volume (see [`CowFile`]), or None.
+    fn cow_file(
         &mut self,
         _r: &mut Runner,
         _v: &GuestVolume,
         _g: u32,
-    ) -> Result<Vec<Exclusion>, PipelineError> {
-        Ok(Vec::new())
+    ) -> Result<Option<CowFile>, PipelineError> {
+        Ok(None)
     }
 
     /// For an incremental: the changed byte ranges since the last backup; None reads
@@ -242,6 +254,19 @@ pub trait Provider {
     fn notes(&mut self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// The volumes a driven backup froze, as the run checks them: the harness itself asked
+/// for exactly these (the run still proves each is frozen with a write probe).
+fn announced(volumes: &[GuestVolume]) -> Vec<AnnouncedVolume> {
+    volumes
+        .iter()
+        .map(|v| AnnouncedVolume {
+            name: v.name.clone(),
+            device: v.device.clone(),
+            mount: v.mount.clone(),
+        })
+        .collect()
 }
 
 /// The host end of `bw.instant`: JSON lines.
@@ -358,7 +383,7 @@ impl Driven {
         let mut instant = None;
         if failure.is_none() {
             instant = Self::guest_now(r);
-            match hooks.at_instant(r.vm) {
+            match hooks.at_instant(r.vm, &announced(volumes)) {
                 Ok(()) => result.instant_reached = true,
                 Err(e) => result
                     .notes
@@ -416,7 +441,7 @@ impl Driven {
                 {
                     let answer = match serde_json::from_str::<InstantMessage>(&line) {
                         Ok(InstantMessage::Instant { instant_ns }) if !result.instant_reached => {
-                            match hooks.at_instant(r.vm) {
+                            match hooks.at_instant(r.vm, &announced(volumes)) {
                                 Ok(()) => {
                                     result.instant_reached = true;
                                     instant = Some(instant_ns);
@@ -479,7 +504,7 @@ impl Driven {
         let g = step.number;
         let size = self.volume_sizes.get(&v.name).copied().unwrap_or(0);
         let device = self.provider.device(r, v, g)?;
-        let excluded = self.provider.exclusions(r, v, g)?;
+        let cow = self.provider.cow_file(r, v, g)?;
         let wanted = if step.kind == BackupKind::Incremental {
             self.provider.changed(r, v, g)?
         } else {
@@ -755,8 +780,9 @@ impl Driven {
             transport: session.as_ref().map(|s| s.blocks.clone()),
             retransmits: session.map(|s| s.retransmits).unwrap_or_default(),
             sent,
-            excluded,
-            fault_sites: BTreeSet::new(),
+            cow_file: cow.as_ref().map(|c| c.path.clone()),
+            cow_ranges: cow.and_then(|c| c.ranges),
+            fault_sites: BTreeMap::new(),
             instant_ns,
         })
     }

@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 use bw_guest::pipe::wire;
 
 use super::command::{Env, Output, Step};
-use super::driven::{Deliver, Provider, Runner, SnapshotMode};
+use super::driven::{CowFile, Deliver, Provider, Runner, SnapshotMode};
 use super::{GuestVolume, PipelineError};
 use crate::image::userland::Userland;
 use crate::image::BuiltImage;
-use crate::model::BLOCK;
 use crate::plan::{Plan, VolumePlan};
 use crate::qemu::{Disk, DiskFormat};
-use crate::record::Exclusion;
 use crate::scenario::{Delivery, ExternalSpec, SnapshotSteps};
 
 /// Where the product lives in the guest.
@@ -467,33 +465,6 @@ pub fn parse_changed(text: &str) -> Result<Vec<(u64, u64)>, String> {
     wire::parse_extents(&body.join("\n"))
 }
 
-/// `bw-pipe extents` lines capped at `max` bytes, as block exclusions.
-pub fn cow_file_exclusions(text: &str, file: &str, max: u64) -> Result<Vec<Exclusion>, String> {
-    let mut out = Vec::new();
-    let mut total = 0u64;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let mut w = line.split_whitespace();
-        let (Some(o), Some(l)) = (
-            w.next().and_then(|x| x.parse::<u64>().ok()),
-            w.next().and_then(|x| x.parse::<u64>().ok()),
-        ) else {
-            return Err(format!("cannot read the extent {line:?}"));
-        };
-        total += l;
-        out.push(Exclusion {
-            start: o / BLOCK as u64,
-            end: (o + l).div_ceil(BLOCK as u64),
-            reason: format!("the product's file {file} (declared as its COW file)"),
-        });
-    }
-    if total > max {
-        return Err(format!(
-            "{file} occupies {total} bytes, more than the {max} bytes `cow_file_max` allows"
-        ));
-    }
-    Ok(out)
-}
-
 impl Provider for External {
     fn name(&self) -> &'static str {
         "external"
@@ -582,14 +553,14 @@ impl Provider for External {
         Ok(path)
     }
 
-    fn exclusions(
+    fn cow_file(
         &mut self,
         r: &mut Runner,
         v: &GuestVolume,
         g: u32,
-    ) -> Result<Vec<Exclusion>, PipelineError> {
-        let Some((file, max)) = self.spec.cow_file.clone() else {
-            return Ok(Vec::new());
+    ) -> Result<Option<CowFile>, PipelineError> {
+        let Some((file, _max)) = self.spec.cow_file.clone() else {
+            return Ok(None);
         };
         let Some(mount) = &v.mount else {
             return Err(PipelineError::failed(
@@ -598,6 +569,8 @@ impl Provider for External {
             ));
         };
         let env = self.env(v, g);
+        // The guest's FIEMAP view, compared with what the harness finds on the truth
+        // image (which alone decides the exclusion, capped at `cow_file_max`).
         let out = self.step(
             r,
             "cow file extents",
@@ -605,14 +578,12 @@ impl Provider for External {
             &env,
             Output::Any,
         )?;
-        let ex = cow_file_exclusions(&out, &file, max)
-            .map_err(|e| PipelineError::failed("pipeline.cow_file", e))?;
-        self.notes.push(format!(
-            "volume {} backup {g}: {} excluded blocks of {file}",
-            v.name,
-            ex.iter().map(|e| e.end - e.start).sum::<u64>()
-        ));
-        Ok(ex)
+        let ranges =
+            wire::parse_extents(&out).map_err(|e| PipelineError::failed("pipeline.cow_file", e))?;
+        Ok(Some(CowFile {
+            path: file,
+            ranges: Some(ranges),
+        }))
     }
 
     fn changed(
@@ -695,16 +666,6 @@ mod tests {
         assert_eq!(parse_changed("none\n"), Ok(vec![]));
         assert_eq!(parse_changed("0 4096\n8192 8192\n").unwrap().len(), 2);
         assert!(parse_changed("0 100\n").is_err());
-    }
-
-    #[test]
-    fn a_cow_file_is_excluded_only_up_to_its_cap() {
-        let ex = cow_file_exclusions("4096 8192\n1048576 4096\n", ".cow", 1 << 20).unwrap();
-        assert_eq!((ex[0].start, ex[0].end), (1, 3));
-        assert_eq!((ex[1].start, ex[1].end), (256, 257));
-        let err = cow_file_exclusions("0 2097152\n", ".cow", 1 << 20).unwrap_err();
-        assert!(err.contains("more than"), "{err}");
-        assert!(cow_file_exclusions("x y\n", ".cow", 1).is_err());
     }
 
     #[test]

@@ -27,10 +27,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::image::BuiltImage;
-use crate::model::BlockHash;
+use crate::model::{BlockHash, Layer};
 use crate::plan::{BackupStep, Plan, VolumePlan};
 use crate::qemu::Disk;
-use crate::record::{Claim, Exclusion, Live, Source};
+use crate::record::{Claim, Live, Source};
 use crate::scenario::PipelineSpec;
 use crate::vm::Vm;
 
@@ -72,6 +72,26 @@ impl PipelineError {
 pub enum InstantError {
     #[error(transparent)]
     Truth(#[from] crate::truth::TruthError),
+    /// The volumes the pipeline announced are not the ones it was asked to back up.
+    #[error("the pipeline announced {announced}, and the run backs up {backed}")]
+    Volumes { announced: String, backed: String },
+    /// A write to the volume went through while the pipeline said it was frozen.
+    #[error(
+        "volume {volume} is not frozen at the announced instant: a write to {mount} went through"
+    )]
+    NotFrozen { volume: String, mount: String },
+    /// The write probe could not tell.
+    #[error("could not tell whether volume {volume} is frozen: {detail}")]
+    Probe { volume: String, detail: String },
+}
+
+/// A volume as the pipeline announced it at its instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnouncedVolume {
+    pub name: String,
+    /// e.g. /dev/vdb
+    pub device: String,
+    pub mount: Option<String>,
 }
 
 /// A volume as the pipeline sees it in the guest.
@@ -89,10 +109,15 @@ pub struct GuestVolume {
 
 /// What the run lets the pipeline do at the snapshot instant and while a backup runs.
 pub trait RunHooks {
-    /// Called once per backup while the pipeline holds the volumes frozen: the run takes
-    /// the truth here (and injects faults that belong to the instant). An error aborts
-    /// the backup.
-    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError>;
+    /// Called once per backup while the pipeline holds the volumes frozen, with the
+    /// volumes it says it froze: the run checks they are the ones it backs up and that
+    /// they are really frozen, takes the truth (and injects faults that belong to the
+    /// instant). An error aborts the backup.
+    fn at_instant(
+        &mut self,
+        vm: &mut Vm,
+        announced: &[AnnouncedVolume],
+    ) -> Result<(), InstantError>;
     /// Called regularly while the backup runs, with what the pipeline knows of its
     /// progress; the run injects time- or progress-triggered guest faults here.
     fn tick(&mut self, vm: &mut Vm, progress: Progress);
@@ -134,9 +159,25 @@ pub struct VolumeBackup {
     pub retransmits: BTreeMap<u64, u32>,
     /// Blocks the pipeline's sender sent (an incremental's changed-block map as read).
     pub sent: BTreeSet<u64>,
-    pub excluded: Vec<Exclusion>,
-    pub fault_sites: BTreeSet<u64>,
+    /// The pipeline's scratch file on the volume at this backup's instant (bwsnap's COW
+    /// file), as a path from the volume's root: the harness maps it on the truth image.
+    pub cow_file: Option<String>,
+    /// What the pipeline says its scratch space (a COW file on the volume) covers, in
+    /// bytes: (offset, length). The harness finds the file on the truth image itself and
+    /// compares.
+    pub cow_ranges: Option<Vec<(u64, u64)>>,
+    /// Blocks where an injected fault acted, by the layer that logged them: only the
+    /// layer that injected a backup's fault is believed about where it acted.
+    pub fault_sites: BTreeMap<Layer, BTreeSet<u64>>,
     pub instant_ns: Option<u64>,
+}
+
+/// How often an injected fault fired, as its injecting layer counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fired {
+    /// None: the count could not be read (why is in `counted_by`).
+    pub count: Option<u64>,
+    pub counted_by: String,
 }
 
 /// What one backup produced.
@@ -151,6 +192,9 @@ pub struct BackupResult {
     pub notes: Vec<String>,
     /// The agent's raw output, kept for the report.
     pub agent_output: String,
+    /// How often each of the step's pipeline-layer faults fired, by its index in the
+    /// scenario's `faults` ([`crate::plan::FaultRun::index`]).
+    pub fired: BTreeMap<usize, Fired>,
 }
 
 /// A pipeline under test.
@@ -239,7 +283,12 @@ pub fn for_plan(
             spec.reader,
         )?),
         PipelineSpec::External(spec) => Box::new(driven::Driven::new(
-            Box::new(external::External::new(spec.clone(), plan, image, work)?),
+            Box::new(external::External::new(
+                (**spec).clone(),
+                plan,
+                image,
+                work,
+            )?),
             plan,
             work,
             spec.reader,

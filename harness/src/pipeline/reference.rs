@@ -18,25 +18,26 @@ use reference_agent::transport::Address;
 use reference_agent::witness::{self, LiveCompare, Record, WitnessDecoder, WitnessEvent};
 
 use super::{
-    BackupResult, GuestVolume, Pipeline, PipelineError, Progress, RunHooks, VolumeBackup,
-    WitnessBlock,
+    AnnouncedVolume, BackupResult, Fired, GuestVolume, Pipeline, PipelineError, Progress, RunHooks,
+    VolumeBackup, WitnessBlock,
 };
 use crate::image::BuiltImage;
-use crate::model::{BlockHash, BLOCK};
+use crate::model::{BlockHash, FaultKind, Layer, BLOCK};
 use crate::plan::{BackupStep, Plan};
 use crate::proxy::{InjectedFault, ProxyConfig, ProxyEvent, ProxyHandle, TransportFault};
-use crate::record::{Claim, Exclusion, Live, Source};
+use crate::record::{Claim, Live, Source};
 use crate::scenario::FaultSpec;
 use crate::vm::Vm;
 
 /// Where bwsnap.ko sits in every image.
 const BWSNAP_KO: &str = "/lib/modules/bwsnap.ko";
 const FAULT_LOG: &str = "/sys/kernel/debug/bwsnap/faults";
-const MODULE_KNOBS: [&str; 4] = [
+const MODULE_KNOBS: [&str; 5] = [
     "fault_cow_read_live",
     "fault_drop_tracking",
     "fault_corrupt_cow",
     "fault_delay_cow_ms",
+    "fault_delay_read_ms",
 ];
 
 /// Options bw-target runs with during one backup.
@@ -68,6 +69,8 @@ struct TargetProc {
     child: Child,
     flags: TargetFlags,
     events: Arc<Mutex<Vec<TargetEvent>>>,
+    /// Registered for the interrupt handler while it lives.
+    _tracked: crate::cleanup::TrackedChild,
 }
 
 impl TargetProc {
@@ -105,8 +108,7 @@ impl TargetProc {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        let (mut child, tracked) = crate::cleanup::spawn_tracked(&mut cmd, false)
             .map_err(|e| PipelineError::failed(format!("starting {}", exe.display()), e))?;
         let events: Arc<Mutex<Vec<TargetEvent>>> = Arc::default();
         let out = child.stdout.take().expect("piped stdout");
@@ -140,6 +142,7 @@ impl TargetProc {
             child,
             flags,
             events,
+            _tracked: tracked,
         })
     }
 
@@ -247,18 +250,18 @@ pub struct Reference {
     minors: BTreeMap<String, u32>,
     notes: Vec<String>,
     /// A short directory for the target's socket (sun_path is 108 bytes).
-    sockets: tempfile::TempDir,
+    sockets: crate::cleanup::TempDir,
 }
 
 impl Reference {
     /// `work` holds the target's store and logs.
     pub fn new(image: &BuiltImage, work: &Path) -> Result<Reference, PipelineError> {
-        let sockets = tempfile::Builder::new()
-            .prefix("bw-target-")
-            .tempdir_in("/tmp")
-            .map_err(|source| PipelineError::Io {
-                path: "/tmp".into(),
-                source,
+        let sockets =
+            crate::cleanup::TempDir::new_in(Path::new("/tmp"), "bw-target-").map_err(|source| {
+                PipelineError::Io {
+                    path: "/tmp".into(),
+                    source,
+                }
             })?;
         Ok(Reference {
             sockets,
@@ -369,36 +372,54 @@ impl Reference {
     }
 }
 
-/// Module fault log lines: `cow-read-live minor=0 block=1234`.
-fn parse_fault_log(text: &str) -> Vec<(u32, u64)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut minor = None;
-            let mut block = None;
-            for word in line.split_whitespace() {
+/// The module's fault log as read after a backup: one entry per firing, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FaultLog {
+    /// (kind as the log names it, minor, block).
+    firings: Vec<(String, u32, u64)>,
+}
+
+impl FaultLog {
+    /// Parses `cow-read-live minor=0 block=1234` lines. A log that overflowed (its last
+    /// line `dropped N`) or holds a line that does not parse is an error: counting from
+    /// it would be silence where the module fired.
+    fn parse(text: &str) -> Result<FaultLog, String> {
+        let mut firings = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(n) = line.strip_prefix("dropped ") {
+                return Err(format!(
+                    "the module's fault log overflowed: {} firing(s) were not logged",
+                    n.trim()
+                ));
+            }
+            let mut words = line.split_whitespace();
+            let kind = words.next().unwrap_or_default().to_string();
+            let (mut minor, mut block) = (None, None);
+            for word in words {
                 if let Some(v) = word.strip_prefix("minor=") {
                     minor = v.parse().ok();
                 } else if let Some(v) = word.strip_prefix("block=") {
                     block = v.parse().ok();
                 }
             }
-            Some((minor?, block?))
-        })
-        .collect()
-}
+            match (minor, block) {
+                (Some(m), Some(b)) => firings.push((kind, m, b)),
+                _ => {
+                    return Err(format!(
+                        "the module's fault log has a line it cannot read: {line:?}"
+                    ))
+                }
+            }
+        }
+        Ok(FaultLog { firings })
+    }
 
-fn byte_ranges_to_blocks(ranges: &[witness::ByteRange]) -> Vec<Exclusion> {
-    ranges
-        .iter()
-        .filter(|r| r.len > 0)
-        .map(|r| Exclusion {
-            start: r.offset / BLOCK as u64,
-            end: (r.offset + r.len).div_ceil(BLOCK as u64),
-            reason: "bwsnap COW file: the module's own scratch space, written behind the \
-                     filesystem's back"
-                .into(),
-        })
-        .collect()
+    fn count(&self, kind: FaultKind) -> u64 {
+        self.firings
+            .iter()
+            .filter(|(k, _, _)| k == kind.name())
+            .count() as u64
+    }
 }
 
 fn agent_volume_claim(v: &VolumeSummary) -> Claim {
@@ -471,6 +492,9 @@ impl Pipeline for Reference {
                 }
                 FaultSpec::CorruptCow { every } => {
                     knobs.insert("fault_corrupt_cow", *every);
+                }
+                FaultSpec::DelayRead { ms } => {
+                    knobs.insert("fault_delay_read_ms", *ms);
                 }
                 FaultSpec::DelayCow { ms } => {
                     knobs.insert("fault_delay_cow_ms", *ms);
@@ -569,6 +593,7 @@ impl Pipeline for Reference {
 
         let mut finished = None;
         let mut crash_restarts = 0;
+        let mut agent_run: Option<u64> = None;
         loop {
             match vm.guest.wait(handle, Duration::from_millis(150)) {
                 Ok(Some(done)) => {
@@ -589,17 +614,29 @@ impl Pipeline for Reference {
                 .and_then(|h| h.poll_line(Duration::from_millis(50)))
             {
                 let answer = match serde_json::from_str::<HookMessage>(&line) {
-                    Ok(HookMessage::Frozen { .. }) => match hooks.at_instant(vm) {
-                        Ok(()) => {
-                            result.instant_reached = true;
-                            HookMessage::Continue
+                    Ok(HookMessage::Frozen { volumes, run, .. }) => {
+                        // The agent names its COW file after its run counter.
+                        agent_run = Some(run);
+                        let announced: Vec<AnnouncedVolume> = volumes
+                            .into_iter()
+                            .map(|v| AnnouncedVolume {
+                                name: v.id,
+                                device: v.device,
+                                mount: Some(v.mount_point),
+                            })
+                            .collect();
+                        match hooks.at_instant(vm, &announced) {
+                            Ok(()) => {
+                                result.instant_reached = true;
+                                HookMessage::Continue
+                            }
+                            Err(e) => {
+                                let reason = crate::error_chain(&e);
+                                result.notes.push(format!("instant aborted: {reason}"));
+                                HookMessage::Abort { reason }
+                            }
                         }
-                        Err(e) => {
-                            let reason = crate::error_chain(&e);
-                            result.notes.push(format!("instant aborted: {reason}"));
-                            HookMessage::Abort { reason }
-                        }
-                    },
+                    }
                     Ok(HookMessage::Continue | HookMessage::Abort { .. }) | Err(_) => {
                         result
                             .notes
@@ -688,11 +725,20 @@ impl Pipeline for Reference {
         self.drain_proxy();
 
         // The module's fault log, then every knob back to off.
-        let mut module_sites: Vec<(u32, u64)> = Vec::new();
+        let module_log: Result<FaultLog, String> = if vm.machine.exited().is_some() {
+            Err("the guest was gone before the module's fault log could be read".into())
+        } else {
+            vm.guest
+                .read_file(FAULT_LOG, 16 << 20)
+                .map_err(|e| {
+                    format!(
+                        "the module's fault log could not be read: {}",
+                        crate::error_chain(&e)
+                    )
+                })
+                .and_then(|text| FaultLog::parse(&text))
+        };
         if vm.machine.exited().is_none() {
-            if let Ok(text) = vm.guest.read_file(FAULT_LOG, 16 << 20) {
-                module_sites = parse_fault_log(&text);
-            }
             for knob in MODULE_KNOBS {
                 let _ = vm
                     .guest
@@ -720,8 +766,11 @@ impl Pipeline for Reference {
                         continue;
                     };
                     let live = match b.live {
-                        LiveCompare::Equal => Live::Equal,
-                        LiveCompare::Differs => Live::Differs(BlockHash(b.live_sha256)),
+                        LiveCompare::Equal | LiveCompare::EqualAfter => Live::Equal,
+                        LiveCompare::Differs => Live::Bracketed {
+                            before: BlockHash(b.live_before),
+                            after: BlockHash(b.live_after),
+                        },
                         LiveCompare::NotRead => Live::NotRead,
                     };
                     let source = match b.source {
@@ -733,7 +782,7 @@ impl Pipeline for Reference {
                     blocks.entry(s.volume_id.clone()).or_default().insert(
                         b.block,
                         WitnessBlock {
-                            snapshot: BlockHash(b.snapshot_sha256),
+                            snapshot: BlockHash(b.snapshot),
                             live,
                             source,
                         },
@@ -756,59 +805,156 @@ impl Pipeline for Reference {
                 target: generation.and_then(|g| self.target_claim(&v.name, g)),
                 witness: blocks.remove(&v.name),
                 instant_ns: start.map(|s| s.instant_monotonic_ns),
-                excluded: start
-                    .map(|s| byte_ranges_to_blocks(&s.cow_extents))
-                    .unwrap_or_default(),
+                cow_file: agent_run.map(|r| format!(".bwsnap-cow-{r}")),
+                cow_ranges: start.map(|s| {
+                    s.cow_extents
+                        .iter()
+                        .filter(|r| r.len > 0)
+                        .map(|r| (r.offset, r.len))
+                        .collect()
+                }),
                 ..VolumeBackup::default()
+            };
+            let mut sites = |layer: Layer, blocks: &mut dyn Iterator<Item = u64>| {
+                vb.fault_sites.entry(layer).or_default().extend(blocks);
             };
             if let Some(g) = generation {
                 let mut crossed: BTreeMap<u64, BlockHash> = BTreeMap::new();
+                let mut retransmits: BTreeMap<u64, u32> = BTreeMap::new();
                 for e in &self.proxy_events {
                     let ProxyEvent::Block(r) = e else { continue };
-                    if r.volume != v.name || r.generation != g || !r.delivered {
-                        if r.volume == v.name && r.generation == g {
-                            if let Some(InjectedFault::Dropped) = r.fault {
-                                let first = r.offset / BLOCK as u64;
-                                vb.fault_sites
-                                    .extend(first..first + r.block_hashes.len() as u64);
-                            }
-                        }
+                    if r.volume != v.name || r.generation != g {
                         continue;
                     }
                     let first = r.offset / BLOCK as u64;
+                    if !r.delivered {
+                        if let Some(InjectedFault::Dropped) = r.fault {
+                            sites(
+                                Layer::Transport,
+                                &mut (first..first + r.block_hashes.len() as u64),
+                            );
+                        }
+                        continue;
+                    }
                     for (i, h) in r.block_hashes.iter().enumerate() {
                         let b = first + i as u64;
                         if crossed.insert(b, *h).is_some() {
-                            *vb.retransmits.entry(b).or_default() += 1;
+                            *retransmits.entry(b).or_default() += 1;
                         }
                     }
                     if let Some(
                         InjectedFault::BitFlip { byte, .. } | InjectedFault::Rewritten { byte, .. },
                     ) = r.fault
                     {
-                        vb.fault_sites.insert(first + byte / BLOCK as u64);
+                        sites(
+                            Layer::Transport,
+                            &mut std::iter::once(first + byte / BLOCK as u64),
+                        );
                     }
                 }
                 vb.transport = Some(crossed);
-                vb.fault_sites.extend(self.target_fault_sites(&v.name, g));
+                vb.retransmits = retransmits;
+                sites(
+                    Layer::Target,
+                    &mut self.target_fault_sites(&v.name, g).into_iter(),
+                );
+            }
+            if let Some(a) = agent_v {
+                sites(Layer::Agent, &mut a.fault_sites.iter().copied());
+            }
+            if let (Some(minor), Ok(log)) = (self.minors.get(&v.name), &module_log) {
+                sites(
+                    Layer::Module,
+                    &mut log
+                        .firings
+                        .iter()
+                        .filter(|(_, m, _)| m == minor)
+                        .map(|(_, _, b)| *b),
+                );
             }
             if let Some(w) = &vb.witness {
                 vb.sent = w.keys().copied().collect();
             } else if let Some(t) = &vb.transport {
                 vb.sent = t.keys().copied().collect();
             }
-            if let Some(a) = agent_v {
-                vb.fault_sites.extend(&a.fault_sites);
-            }
-            if let Some(minor) = self.minors.get(&v.name) {
-                vb.fault_sites.extend(
-                    module_sites
-                        .iter()
-                        .filter(|(m, _)| m == minor)
-                        .map(|(_, b)| *b),
-                );
-            }
             result.volumes.push(vb);
+        }
+
+        // How often each of this backup's faults fired, as its injecting layer counted.
+        let generations: Vec<(String, u32)> = result
+            .volumes
+            .iter()
+            .filter_map(|v| Some((v.volume.clone(), v.generation?)))
+            .collect();
+        let sessions: Vec<SessionReport> = generations
+            .iter()
+            .flat_map(|(v, g)| self.sessions(v, *g))
+            .collect();
+        let proxy_count = |hit: &dyn Fn(&InjectedFault) -> bool| -> u64 {
+            self.proxy_events
+                .iter()
+                .filter(|e| matches!(e, ProxyEvent::Block(r) if r.fault.as_ref().is_some_and(hit)))
+                .count() as u64
+        };
+        for f in &step.faults {
+            let kind = f.spec.kind();
+            let by = |count: u64, who: &str| Fired {
+                count: Some(count),
+                counted_by: who.to_string(),
+            };
+            let proxy = |n: u64| by(n, "the transport proxy");
+            let target = |n: u64| by(n, "bw-target's events");
+            let fired = match kind {
+                FaultKind::CowReadLive
+                | FaultKind::DropTracking
+                | FaultKind::CorruptCow
+                | FaultKind::DelayCow
+                | FaultKind::DelayRead => match &module_log {
+                    Ok(log) => by(log.count(kind), "the module's fault log"),
+                    Err(e) => Fired {
+                        count: None,
+                        counted_by: e.clone(),
+                    },
+                },
+                FaultKind::BitFlip => {
+                    proxy(proxy_count(&|x| matches!(x, InjectedFault::BitFlip { .. })))
+                }
+                FaultKind::Rewrite => proxy(proxy_count(&|x| {
+                    matches!(x, InjectedFault::Rewritten { .. })
+                })),
+                FaultKind::DropFrame => {
+                    proxy(proxy_count(&|x| matches!(x, InjectedFault::Dropped)))
+                }
+                FaultKind::Disconnect => proxy(proxy_count(&|x| {
+                    matches!(x, InjectedFault::DisconnectAfter)
+                })),
+                FaultKind::WrongOffset => {
+                    target(sessions.iter().map(|r| r.fault_sites.len() as u64).sum())
+                }
+                // A session committed without the re-read the target owes.
+                FaultKind::SkipVerify => target(
+                    sessions
+                        .iter()
+                        .filter(|r| r.status == SessionStatus::Committed && !r.verified)
+                        .count() as u64,
+                ),
+                FaultKind::CrashBeforeCommit => target(crash_restarts),
+                FaultKind::SkipBlocks => by(
+                    summary
+                        .volumes
+                        .iter()
+                        .map(|v| v.fault_sites.len() as u64)
+                        .sum(),
+                    "the agent's summary",
+                ),
+                // The run's faults (disk, guest): it counts them itself.
+                FaultKind::DiskHang
+                | FaultKind::DiskEio
+                | FaultKind::Reset
+                | FaultKind::Panic
+                | FaultKind::RemoveDisk => continue,
+            };
+            result.fired.insert(f.index, fired);
         }
         Ok(result)
     }
@@ -839,17 +985,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fault_log_lines() {
-        let text = "cow-read-live minor=0 block=1234\ndrop-tracking minor=1 block=7\ndropped 3\n";
-        assert_eq!(parse_fault_log(text), [(0, 1234), (1, 7)]);
-    }
-
-    #[test]
-    fn cow_extents_round_outward_to_blocks() {
-        let ex = byte_ranges_to_blocks(&[witness::ByteRange {
-            offset: 4096 * 10 + 1024,
-            len: 4096,
-        }]);
-        assert_eq!((ex[0].start, ex[0].end), (10, 12));
+    fn fault_log_lines_and_an_overflow_that_is_an_error() {
+        let log = FaultLog::parse(
+            "cow-read-live minor=0 block=1234\ndrop-tracking minor=1 block=7\ncow-read-live minor=1 block=9\n",
+        )
+        .unwrap();
+        assert_eq!(log.count(FaultKind::CowReadLive), 2);
+        assert_eq!(log.count(FaultKind::DropTracking), 1);
+        assert_eq!(log.count(FaultKind::CorruptCow), 0);
+        assert_eq!(log.firings[1], ("drop-tracking".to_string(), 1, 7));
+        assert_eq!(FaultLog::parse("").unwrap().firings.len(), 0);
+        let e = FaultLog::parse("cow-read-live minor=0 block=1\ndropped 3\n").unwrap_err();
+        assert!(e.contains("overflowed") && e.contains('3'), "{e}");
+        let e = FaultLog::parse("cow-read-live minor=zero\n").unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
     }
 }

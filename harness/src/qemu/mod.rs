@@ -5,7 +5,7 @@
 //!
 //! No QEMU outlives its runner: every launch (a [`Machine`] or a [`bare_boot`]) runs in
 //! its own process group, is killed on drop (also while unwinding from a panic), on
-//! Ctrl-C (see [`install_interrupt_handler`]) and, as a last resort, by PR_SET_PDEATHSIG
+//! Ctrl-C (see [`crate::cleanup`]) and, as a last resort, by PR_SET_PDEATHSIG
 //! when the harness dies.
 //!
 //! Disk naming lives here too: a disk's block node is its id, its device `<id>-dev`, its
@@ -439,26 +439,11 @@ pub fn bare_boot(
     Ok(boot)
 }
 
-/// QEMU processes alive now, by process id, for the Ctrl-C handler.
-static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
 fn kill_group(pid: i32) {
     // SAFETY: signalling a process group we created.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
     }
-}
-
-/// Makes Ctrl-C (and SIGTERM) kill every live QEMU before the harness exits with 130.
-/// Call once, from `main`.
-pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        for pid in LIVE.lock().map(|l| l.clone()).unwrap_or_default() {
-            kill_group(pid);
-        }
-        eprintln!("interrupted: guests stopped");
-        std::process::exit(130);
-    });
 }
 
 /// Starts qemu-system-x86_64 with `args` in its own process group, dying with the
@@ -477,21 +462,21 @@ fn spawn(args: &[String], stderr: File) -> std::io::Result<Guard> {
             Ok(())
         });
     }
-    // Held across the spawn, so the Ctrl-C handler never misses a child.
-    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-    let child = cmd.spawn()?;
-    let guard = Guard {
+    // Registered in the same step as the spawn, so Ctrl-C never misses a QEMU.
+    let (child, tracked) = crate::cleanup::spawn_tracked(&mut cmd, true)?;
+    Ok(Guard {
         child,
         exited: None,
-    };
-    live.push(guard.pid());
-    Ok(guard)
+        _tracked: tracked,
+    })
 }
 
 /// Owns the QEMU child: kills and reaps it when dropped.
 struct Guard {
     child: Child,
     exited: Option<ExitStatus>,
+    /// Registered for the interrupt handler until the guard drops.
+    _tracked: crate::cleanup::TrackedChild,
 }
 
 impl Guard {
@@ -513,10 +498,6 @@ impl Drop for Guard {
             kill_group(self.pid());
             let _ = self.child.wait();
         }
-        let pid = self.pid();
-        if let Ok(mut live) = LIVE.lock() {
-            live.retain(|p| *p != pid);
-        }
     }
 }
 
@@ -527,7 +508,7 @@ pub struct Machine {
     run_dir: PathBuf,
     socket_dir: PathBuf,
     /// Removes the short socket directory when the machine goes.
-    _socket_tmp: Option<tempfile::TempDir>,
+    _socket_tmp: Option<crate::cleanup::TempDir>,
     started: Instant,
     watchdog_fired: Arc<AtomicBool>,
     watchdog_stop: Option<mpsc::Sender<()>>,
@@ -548,13 +529,12 @@ impl Machine {
             if spec.run_dir.as_os_str().len() + longest <= SOCKET_PATH_MAX {
                 (spec.run_dir.clone(), None)
             } else {
-                let tmp = tempfile::Builder::new()
-                    .prefix("bw-")
-                    .tempdir_in("/tmp")
-                    .map_err(|source| QemuError::RunDir {
+                let tmp = crate::cleanup::TempDir::new_in(Path::new("/tmp"), "bw-").map_err(
+                    |source| QemuError::RunDir {
                         path: "/tmp".into(),
                         source,
-                    })?;
+                    },
+                )?;
                 (tmp.path().to_path_buf(), Some(tmp))
             };
         let qmp_path = socket_dir.join("qmp.sock");

@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, RecordError, Recording, RunEvents,
-    RunInfo, Source, StampEvidence, VolumeRecord, MAGIC,
+    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, PartialBlock, RecordError,
+    Recording, RunEvents, RunInfo, Source, StampEvidence, TruthState, VolumeRecord, MAGIC,
 };
 use crate::model::{BackupKind, BlockHash, Expectations, HASH_LEN};
 
@@ -51,6 +51,14 @@ struct GenMeta {
     snapshot_instant_ns: Option<u64>,
     stamps: BTreeMap<u64, StampEvidence>,
     owners: BTreeMap<u64, String>,
+    #[serde(default)]
+    truth_state: TruthState,
+    #[serde(default)]
+    partial: BTreeMap<u64, PartialBlock>,
+    #[serde(default)]
+    target_bytes: Option<u64>,
+    #[serde(default)]
+    cow_findings: Vec<String>,
 }
 
 pub fn encode(rec: &Recording) -> Vec<u8> {
@@ -93,6 +101,10 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                 snapshot_instant_ns: g.snapshot_instant_ns,
                 stamps: g.stamps.clone(),
                 owners: g.owners.clone(),
+                truth_state: g.truth_state.clone(),
+                partial: g.partial.clone(),
+                target_bytes: g.target_bytes,
+                cow_findings: g.cow_findings.clone(),
             };
             put_json(&mut out, &gm);
             // Truth relative to the previous generation's truth, when lengths agree.
@@ -120,9 +132,16 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                         Live::NotRead => (0, None),
                         Live::Equal => (1, None),
                         Live::Differs(h) => (2, Some(*h)),
+                        Live::Bracketed { before, .. } => (3, Some(*before)),
                     })
                     .collect();
                 put_tagged(&mut out, &tags);
+                // The second hash of each bracketed read, in block order.
+                for l in c {
+                    if let Live::Bracketed { after, .. } = l {
+                        out.extend_from_slice(&after.0);
+                    }
+                }
             }
             if let Some(c) = &g.source {
                 let tags: Vec<(u8, Option<BlockHash>)> = c
@@ -383,14 +402,23 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 None
             };
             let live = if gm.has_live {
-                let tags = r.tags(gm.blocks, 2)?;
+                let tags = r.tags(gm.blocks, 3)?;
                 let mut out = Vec::with_capacity(tags.len());
                 for t in tags {
                     out.push(match t {
                         0 => Live::NotRead,
                         1 => Live::Equal,
-                        _ => Live::Differs(r.hash()?),
+                        2 => Live::Differs(r.hash()?),
+                        _ => Live::Bracketed {
+                            before: r.hash()?,
+                            after: BlockHash([0; HASH_LEN]),
+                        },
                     });
+                }
+                for l in out.iter_mut() {
+                    if let Live::Bracketed { after, .. } = l {
+                        *after = r.hash()?;
+                    }
                 }
                 Some(out)
             } else {
@@ -454,6 +482,10 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 snapshot_instant_ns: gm.snapshot_instant_ns,
                 stamps: gm.stamps,
                 owners: gm.owners,
+                truth_state: gm.truth_state,
+                partial: gm.partial,
+                target_bytes: gm.target_bytes,
+                cow_findings: gm.cow_findings,
             });
         }
         volumes.push(VolumeRecord {

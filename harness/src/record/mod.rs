@@ -21,14 +21,61 @@ use serde::{Deserialize, Serialize};
 use crate::console;
 use crate::model::{BackupKind, BlockHash, Expectations, Skipped};
 
-/// The live read the agent made right after the snapshot read of a block.
+/// The live reads the agent made around the snapshot read of a block: one right after
+/// it, or two bracketing it (a workload write between the snapshot read and a single
+/// live read could otherwise turn data from the future into a corrupt snapshot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Live {
     NotRead,
-    /// Live data equal to what the snapshot device returned.
+    /// Live data (read before or after the snapshot read) equal to what the snapshot
+    /// device returned.
     Equal,
-    /// Live data differed; its hash.
+    /// One live read, after the snapshot read, that differed; its hash.
     Differs(BlockHash),
+    /// Live reads right before and right after the snapshot read, both different from
+    /// it; their hashes. A workload write between them cannot hide post-snapshot data.
+    Bracketed {
+        before: BlockHash,
+        after: BlockHash,
+    },
+}
+
+impl Live {
+    /// Whether any live reading equals the snapshot's content (None: none was made).
+    pub fn matches_snapshot(&self, snapshot: &BlockHash) -> Option<bool> {
+        match *self {
+            Live::NotRead => None,
+            Live::Equal => Some(true),
+            Live::Differs(h) => Some(&h == snapshot),
+            Live::Bracketed { before, after } => Some(&before == snapshot || &after == snapshot),
+        }
+    }
+}
+
+/// Whether the harness holds its own truth for a generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum TruthState {
+    /// Taken at the announced instant, after the harness checked the volumes named were
+    /// the ones backed up and frozen.
+    #[default]
+    Taken,
+    /// The pipeline never announced an instant for this backup: nothing it committed
+    /// can be checked.
+    NeverAnnounced,
+    /// Announced, and the harness did not take its truth (a harness error): why.
+    NotTaken { why: String },
+}
+
+/// A 4 KiB block the COW file covers only in part (a filesystem with smaller blocks):
+/// only its COW bytes are left out, the rest is judged at the target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialBlock {
+    /// The COW file's byte ranges inside the block: (offset, length).
+    pub cow: Vec<(u32, u32)>,
+    /// Whether every byte outside them equals truth at the target (None: nothing
+    /// committed to compare with).
+    pub outside_equal: Option<bool>,
 }
 
 /// Where the module served a snapshot read from (its trace).
@@ -120,6 +167,15 @@ pub struct GenerationRecord {
     pub stamps: BTreeMap<u64, StampEvidence>,
     /// Owning file (or "free space", "metadata: ...") of blocks that are not ok.
     pub owners: BTreeMap<u64, String>,
+    /// Whether the harness took its own truth for this backup.
+    pub truth_state: TruthState,
+    /// Blocks the COW file covers in part.
+    pub partial: BTreeMap<u64, PartialBlock>,
+    /// Size in bytes of the image the target stored, when one was re-read.
+    pub target_bytes: Option<u64>,
+    /// Where the pipeline's word on its COW file disagrees with what the harness found
+    /// on the truth image (a product finding).
+    pub cow_findings: Vec<String>,
 }
 
 impl GenerationRecord {
@@ -146,6 +202,10 @@ impl GenerationRecord {
             snapshot_instant_ns: None,
             stamps: BTreeMap::new(),
             owners: BTreeMap::new(),
+            truth_state: TruthState::Taken,
+            partial: BTreeMap::new(),
+            target_bytes: None,
+            cow_findings: Vec::new(),
         }
     }
 
@@ -212,6 +272,23 @@ pub struct RunEvents {
     /// the instant), in order.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Every injected fault and how often it fired, as its injecting layer counted.
+    #[serde(default)]
+    pub faults: Vec<FaultFired>,
+}
+
+/// One injected fault of one backup, and how often it fired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultFired {
+    pub backup: u32,
+    /// `layer/kind`.
+    pub fault: String,
+    /// Times it fired; None when its layer's count could not be read (a harness error
+    /// says why).
+    pub fired: Option<u64>,
+    /// Who counted: the module's fault log, the proxy, bw-target's events, the agent,
+    /// the run's hooks.
+    pub counted_by: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,7 +373,8 @@ pub enum RecordError {
 
 /// The file name of a recording in a report directory.
 pub const RECORDING_FILE: &str = "recording.bwrec";
-const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x01";
+/// Version 2: 16-byte block hashes (xxh3-128) and bracketed live reads.
+const MAGIC: &[u8; 8] = b"BWREC\x00\x00\x02";
 
 impl Recording {
     /// Checks that every column has one entry per block.
@@ -393,7 +471,21 @@ mod tests {
         let mut live = vec![Live::Equal; n as usize];
         live[7] = Live::Differs(h(12345));
         live[8] = Live::NotRead;
+        live[11] = Live::Bracketed {
+            before: h(54321),
+            after: h(6789),
+        };
         g.live = Some(live);
+        g.partial.insert(
+            13,
+            PartialBlock {
+                cow: vec![(1024, 3072)],
+                outside_equal: Some(false),
+            },
+        );
+        g.target_bytes = Some(n * 4096 + 512);
+        g.cow_findings
+            .push("the module reports 3 extents, the truth image has 2".into());
         let mut source = vec![Some(Source::Cow); n as usize];
         source[3] = Some(Source::Live);
         source[4] = None;
@@ -417,6 +509,9 @@ mod tests {
             t[1] = h(777);
             t
         });
+        g2.truth_state = TruthState::NotTaken {
+            why: "the volume was not frozen".into(),
+        };
         g2.incremental = Some(IncrementalRecord {
             sent: [1, 2, 3].into_iter().collect(),
             previous: Some(truth.iter().map(|t| Some(*t)).collect()),
@@ -436,6 +531,12 @@ mod tests {
             }],
             events: RunEvents {
                 watchdog_fired: true,
+                faults: vec![FaultFired {
+                    backup: 1,
+                    fault: "module/cow-read-live".into(),
+                    fired: Some(12),
+                    counted_by: "the module's fault log".into(),
+                }],
                 ..RunEvents::default()
             },
         }

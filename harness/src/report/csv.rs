@@ -74,6 +74,10 @@ pub fn render(rec: &Recording, c: &Classification) -> String {
                     Some(Live::NotRead) => "not-read".into(),
                     Some(Live::Equal) => "equal".into(),
                     Some(Live::Differs(h)) => h.hex(),
+                    // Before and after the snapshot read.
+                    Some(Live::Bracketed { before, after }) => {
+                        format!("{}/{}", before.hex(), after.hex())
+                    }
                 };
                 let source = match g.source.as_ref().map(|s| s[b]) {
                     None => "-",
@@ -162,8 +166,12 @@ mod tests {
         let c = classify(&rec).unwrap();
         let text = render(&rec, &c);
         let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(header, COLUMNS);
+        // The header is the file's interface: spreadsheets and scripts read it by name.
+        assert_eq!(
+            text.lines().next(),
+            Some("volume,generation,kind,block,class,why,truth,snapshot,live,source,transport,retransmits,target,previous,fault_site,owner,write")
+        );
+        assert_eq!(reader.headers().unwrap().len(), COLUMNS.len());
         let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 2, "{text}");
         // Every row has every column.

@@ -160,6 +160,29 @@ fn render(rec: &Recording) -> Rendered {
     }
 }
 
+/// Creates a new, unique report directory `<parent>/<stem>` (or `<stem>-2`, `-3`, ...
+/// when that exists): two runs or diffs started in the same second never share one.
+pub fn new_dir(parent: &Path, stem: &str) -> Result<PathBuf, ReportError> {
+    let err = |path: &Path, source| ReportError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+    let mut n = 1u32;
+    loop {
+        let path = if n == 1 {
+            parent.join(stem)
+        } else {
+            parent.join(format!("{stem}-{n}"))
+        };
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+            Err(e) => return Err(err(&path, e)),
+        }
+    }
+}
+
 /// Writes one file of a report; the error names the path.
 pub(crate) fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ReportError> {
     let path = dir.join(name);
@@ -242,4 +265,21 @@ pub(crate) fn escape_xml(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_dirs_started_in_the_same_second_never_collide() {
+        let parent = tempfile::tempdir().unwrap();
+        let a = new_dir(parent.path(), "diff-1700000000").unwrap();
+        let b = new_dir(parent.path(), "diff-1700000000").unwrap();
+        let c = new_dir(parent.path(), "diff-1700000000").unwrap();
+        assert_eq!(a, parent.path().join("diff-1700000000"));
+        assert_eq!(b, parent.path().join("diff-1700000000-2"));
+        assert_eq!(c, parent.path().join("diff-1700000000-3"));
+        assert!(a.is_dir() && b.is_dir() && c.is_dir());
+    }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
-use crate::record::{Claim, Recording, RunInfo};
+use crate::record::{Claim, FaultFired, Recording, RunInfo, TruthState};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -30,6 +30,9 @@ pub struct Summary {
     pub checks: Vec<String>,
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Every injected fault and how often it fired, as its layer counted.
+    #[serde(default)]
+    pub faults: Vec<FaultFired>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +54,12 @@ pub struct GenerationSummary {
     pub counts: BTreeMap<String, u64>,
     pub outcomes: Vec<String>,
     pub excluded: Vec<String>,
+    /// Whether the harness took its own truth for this backup.
+    #[serde(default)]
+    pub truth: TruthState,
+    /// Where the pipeline's word on its COW file disagreed with the harness's.
+    #[serde(default)]
+    pub cow_findings: Vec<String>,
 }
 
 fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
@@ -107,6 +116,8 @@ impl Summary {
                                     format!("{}-{}: {}", e.start, e.end.saturating_sub(1), e.reason)
                                 })
                                 .collect(),
+                            truth: g.truth_state.clone(),
+                            cow_findings: g.cow_findings.clone(),
                         }
                     })
                     .collect(),
@@ -155,6 +166,7 @@ impl Summary {
                 })
                 .collect(),
             notes: rec.events.notes.clone(),
+            faults: rec.events.faults.clone(),
         }
     }
 }

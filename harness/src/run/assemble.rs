@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::hash::HashError;
-use crate::model::{BackupKind, BlockHash};
-use crate::pipeline::{BackupResult, Pipeline};
-use crate::plan::Plan;
-use crate::record::{Claim, GenerationRecord, IncrementalRecord, Live, VolumeRecord};
+use crate::model::{BackupKind, BlockHash, Layer};
+use crate::pipeline::{BackupResult, Pipeline, VolumeBackup};
+use crate::plan::{Plan, VolumePlan};
+use crate::record::{Claim, GenerationRecord, IncrementalRecord, Live, TruthState, VolumeRecord};
 use crate::truth::Truth;
 
 use super::chain;
@@ -22,6 +22,8 @@ pub struct BackupRecord {
     /// The harness's re-read, right after this backup, of every generation the target
     /// had committed then, by (volume, generation): the reference for "intact later".
     pub stored_after: BTreeMap<(String, u32), Vec<BlockHash>>,
+    /// Whether the harness took its truth at this backup's instant, and if not why.
+    pub truth_state: TruthState,
 }
 
 fn hash(
@@ -50,8 +52,9 @@ pub(super) fn volumes(
     let scratch = work.join("truth-scratch.raw");
     for v in plan.backed_up() {
         let mut gens = Vec::new();
-        // The last committed generation and its target hashes now.
-        let mut previous: Option<(u32, Vec<BlockHash>)> = None;
+        // The last committed generation and its target hashes now (one per block of
+        // the volume; None past the end of a short image).
+        let mut previous: Option<(u32, Vec<Option<BlockHash>>)> = None;
         // Fault sites of the generations an incremental is built from: a change the
         // module failed to track stays wrong in every later generation.
         let mut inherited_sites: BTreeSet<u64> = BTreeSet::new();
@@ -79,14 +82,20 @@ pub(super) fn volumes(
                 Some((pg, now)) if stored.is_none() => backups
                     .iter()
                     .find_map(|b| b.stored_after.get(&(v.name.clone(), *pg)))
-                    .map(|then| then == now),
+                    .map(|then| (0..now.len()).all(|i| then.get(i) == now[i].as_ref())),
                 _ => None,
             };
+            // Fault sites only from the layers that injected this backup's faults.
+            let layers: BTreeSet<Layer> = step
+                .map(|s| s.faults.iter().map(|f| f.spec.layer()).collect())
+                .unwrap_or_default();
 
             if !truth.taken(br.number) {
-                // No instant, no truth: nothing to compare, but the claims still count
-                // (a backup that failed before its instant is a failure, or a lie).
+                // No truth: nothing to compare, but the claims still count (a backup
+                // that failed before its instant is a failure; one that committed
+                // without an instant is a lie).
                 let mut g = GenerationRecord::new(generation, kind, Vec::new());
+                g.truth_state = br.truth_state.clone();
                 g.agent = agent;
                 g.target_claim = target_claim;
                 g.committed = stored.is_some();
@@ -141,10 +150,28 @@ pub(super) fn volumes(
             g.agent = agent;
             g.target_claim = target_claim;
             g.previous_intact = previous_intact;
+            let mut cow_partial = BTreeMap::new();
             if let Some(vb) = vb {
                 g.snapshot_instant_ns = vb.instant_ns;
-                g.excluded = vb.excluded.clone();
-                g.fault_sites = vb.fault_sites.clone();
+                match scratch_file(v, vb, &image) {
+                    Ok((cover, findings)) => {
+                        g.excluded = cover.excluded;
+                        cow_partial = cover.partial;
+                        g.cow_findings = findings;
+                    }
+                    Err(e) => errors.push(format!(
+                        "finding the COW file of volume {} on the truth of backup {}: {}",
+                        v.name,
+                        br.number,
+                        chain(&e)
+                    )),
+                }
+                g.fault_sites = vb
+                    .fault_sites
+                    .iter()
+                    .filter(|(layer, _)| layers.contains(layer))
+                    .flat_map(|(_, sites)| sites.iter().copied())
+                    .collect();
                 if kind == BackupKind::Incremental {
                     g.fault_sites.extend(inherited_sites.iter().copied());
                 }
@@ -176,9 +203,7 @@ pub(super) fn volumes(
                 if kind == BackupKind::Incremental {
                     g.incremental = Some(IncrementalRecord {
                         sent: vb.sent.clone(),
-                        previous: previous
-                            .as_ref()
-                            .map(|(_, h)| h.iter().copied().map(Some).collect()),
+                        previous: previous.as_ref().map(|(_, h)| h.clone()),
                     });
                 }
             }
@@ -187,8 +212,14 @@ pub(super) fn volumes(
                 match hash(img, progress, v.size_bytes) {
                     Ok(h) => {
                         g.committed = true;
-                        g.target = Some(h.iter().copied().map(Some).collect());
-                        target_hashes = Some(h);
+                        g.target_bytes = std::fs::metadata(img).ok().map(|m| m.len());
+                        // An image of the wrong length is the target's finding: blocks
+                        // past its end are absent, blocks past the volume's end are
+                        // judged as one finding of their own.
+                        let column: Vec<Option<BlockHash>> =
+                            (0..blocks).map(|i| h.get(i).copied()).collect();
+                        g.target = Some(column.clone());
+                        target_hashes = Some(column);
                     }
                     Err(e) => errors.push(format!(
                         "re-reading generation {generation} of volume {} at the target: {}",
@@ -196,6 +227,14 @@ pub(super) fn volumes(
                         chain(&e)
                     )),
                 }
+            }
+            match crate::cowfile::judge_partial(&cow_partial, &image, stored.as_deref()) {
+                Ok(p) => g.partial = p,
+                Err(e) => errors.push(format!(
+                    "judging the blocks volume {} shares with its COW file: {}",
+                    v.name,
+                    chain(&e)
+                )),
             }
             if let Err(e) =
                 crate::diff::annotate_generation(&v.name, &mut g, v.fs, &image, stored.as_deref())
@@ -210,11 +249,7 @@ pub(super) fn volumes(
                 let _ = std::fs::remove_file(&image);
             }
             if let Some(h) = target_hashes {
-                inherited_sites = if kind == BackupKind::Incremental {
-                    g.fault_sites.clone()
-                } else {
-                    vb.map(|x| x.fault_sites.clone()).unwrap_or_default()
-                };
+                inherited_sites = g.fault_sites.clone();
                 previous = Some((generation, h));
             }
             gens.push(g);
@@ -228,4 +263,47 @@ pub(super) fn volumes(
         }
     }
     (out, errors)
+}
+
+/// The pipeline's COW file as the harness finds it on the truth image: the blocks it
+/// excludes (capped at the COW size the run asked for), the blocks it shares with other
+/// data, and where the pipeline's own report of it disagrees (product findings).
+fn scratch_file(
+    v: &VolumePlan,
+    vb: &VolumeBackup,
+    truth_image: &Path,
+) -> Result<(crate::cowfile::Cover, Vec<String>), crate::cowfile::CowFileError> {
+    let mut findings = Vec::new();
+    let reported = vb.cow_ranges.as_deref();
+    let Some(file) = vb.cow_file.as_deref() else {
+        if let Some(d) = crate::cowfile::disagreement(&[], reported) {
+            findings.push(d);
+        }
+        return Ok((crate::cowfile::Cover::default(), findings));
+    };
+    let Some(ranges) = crate::cowfile::find(truth_image, v.fs, file)? else {
+        findings.push(format!(
+            "the pipeline names its COW file {file}, and the truth image holds no such file"
+        ));
+        return Ok((crate::cowfile::Cover::default(), findings));
+    };
+    let fs_block = u64::from(v.fs.block_size().unwrap_or(4096));
+    let cap = v.cow_bytes.div_ceil(fs_block) * fs_block;
+    let cover = crate::cowfile::cover(
+        &ranges,
+        cap,
+        &format!(
+            "{file}, the COW file (found on the truth image): the module's own scratch space, written behind the filesystem's back"
+        ),
+    );
+    if cover.over_cap > 0 {
+        findings.push(format!(
+            "the COW file {file} holds {} bytes more than the {} bytes asked for; they are judged, not excluded",
+            cover.over_cap, v.cow_bytes
+        ));
+    }
+    if let Some(d) = crate::cowfile::disagreement(&ranges, reported) {
+        findings.push(d);
+    }
+    Ok((cover, findings))
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{chain, disks};
+use bw_guest::control::Finished;
 use bw_guest::workload::WorkloadSummary;
 use reference_agent::agent::discover::Discovery;
 
@@ -287,49 +288,71 @@ pub(super) fn start_workloads(
     Ok(handles)
 }
 
+/// What stopping the background workloads found: notes for the report, and the
+/// workloads that failed (a harness error: the run did not do what the scenario asked).
+#[derive(Debug, Default)]
+pub(super) struct Stopped {
+    pub notes: Vec<String>,
+    pub failures: Vec<String>,
+}
+
 /// Stops background workloads (SIGTERM, then waits) and summarises what they did.
-pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Vec<String> {
-    let mut notes = Vec::new();
+pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Stopped {
+    let mut out = Stopped::default();
     for (h, what) in handles {
         if vm.machine.exited().is_some() {
-            notes.push(format!("workload {what}: the guest is gone"));
+            out.notes
+                .push(format!("workload {what}: the guest is gone"));
             continue;
         }
         let _ = vm.guest.kill(h, libc::SIGTERM);
         match vm.guest.wait(h, Duration::from_secs(20)) {
-            Ok(Some(done)) => {
-                let summary = done
-                    .stdout
-                    .lines()
-                    .rev()
-                    .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
-                notes.push(match summary {
-                    Some(s) => {
-                        let seq = |n: Option<u64>| n.map_or("null".into(), |n| n.to_string());
-                        format!(
-                            "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
-                            s.writes,
-                            s.bytes >> 20,
-                            seq(s.first_seq),
-                            seq(s.last_seq),
-                            if s.errors.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", errors: {:?}", s.errors)
-                            }
-                        )
-                    }
-                    None => format!("workload {what}: no summary ({})", done.describe()),
-                });
-            }
+            Ok(Some(done)) => match judge_workload(&what, &done) {
+                Ok(note) => out.notes.push(note),
+                Err(failure) => out.failures.push(failure),
+            },
             Ok(None) => {
                 let _ = vm.guest.kill(h, libc::SIGKILL);
-                notes.push(format!("workload {what}: did not stop on SIGTERM; killed"));
+                out.failures
+                    .push(format!("workload {what}: did not stop on SIGTERM; killed"));
             }
-            Err(e) => notes.push(format!("workload {what}: {}", chain(&e))),
+            // A guest fault (reset, panic) takes the workloads with it: not theirs.
+            Err(e) => out.notes.push(format!("workload {what}: {}", chain(&e))),
         }
     }
-    notes
+    out
+}
+
+/// A finished background workload: its summary line for the report, or why it failed.
+/// A workload that reports a failure (errors, or nothing written when asked to write),
+/// leaves no summary, or exits non-zero did not do what the scenario asked.
+pub(super) fn judge_workload(what: &str, done: &Finished) -> Result<String, String> {
+    let summary = done
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
+    let Some(s) = summary else {
+        return Err(format!("workload {what}: no summary ({})", done.describe()));
+    };
+    let seq = |n: Option<u64>| n.map_or("null".into(), |n| n.to_string());
+    let line = format!(
+        "workload {what}: {} writes, {} MiB, writes #{}..#{}{}",
+        s.writes,
+        s.bytes >> 20,
+        seq(s.first_seq),
+        seq(s.last_seq),
+        if s.errors.is_empty() {
+            String::new()
+        } else {
+            format!(", errors: {:?}", s.errors)
+        }
+    );
+    match (s.failure, done.success()) {
+        (Some(f), _) => Err(format!("{line}: {f}")),
+        (None, false) => Err(format!("{line}: {}", done.describe())),
+        (None, true) => Ok(line),
+    }
 }
 
 /// The volumes whose device is gone from the guest.
@@ -526,5 +549,78 @@ pub(super) fn fsck(plan: &Plan, truth: Option<&Truth>, work: &Path) -> CheckResu
         kind: CheckKind::Fsck,
         passed,
         detail: details.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bw_guest::workload::{Failure, Kind, StopReason};
+
+    fn summary(writes: u64, failure: Option<Failure>) -> String {
+        let s = WorkloadSummary {
+            kind: Kind::Overwrite,
+            seed: 1,
+            writer: 1,
+            stamped: true,
+            target: "/mnt/data".into(),
+            ops: writes,
+            bytes: writes * 4096,
+            writes,
+            setup_bytes: 0,
+            first_seq: (writes > 0).then_some(1),
+            last_seq: (writes > 0).then_some(writes),
+            first_write_ns: None,
+            last_write_ns: None,
+            start_ns: 0,
+            end_ns: 1,
+            files_touched: 1,
+            stopped_by: StopReason::Signal,
+            error_count: 0,
+            errors: vec![],
+            paced: None,
+            failure,
+        };
+        serde_json::to_string(&s).unwrap()
+    }
+
+    fn finished(code: i32, stdout: String) -> Finished {
+        Finished {
+            exit_code: Some(code),
+            signal: None,
+            timed_out: false,
+            stdout,
+            stderr: String::new(),
+            duration_ms: 5,
+        }
+    }
+
+    #[test]
+    fn a_workload_that_failed_or_wrote_nothing_is_never_a_clean_workload() {
+        let ok = judge_workload("overwrite on data", &finished(0, summary(300, None)));
+        assert_eq!(
+            ok.unwrap(),
+            "workload overwrite on data: 300 writes, 1 MiB, writes #1..#300"
+        );
+        let nothing = judge_workload(
+            "overwrite on data",
+            &finished(1, summary(0, Some(Failure::NothingWritten))),
+        )
+        .unwrap_err();
+        assert!(
+            nothing.contains("asked to write and wrote nothing"),
+            "{nothing}"
+        );
+        let errors = judge_workload(
+            "overwrite on data",
+            &finished(1, summary(7, Some(Failure::Errors))),
+        )
+        .unwrap_err();
+        assert!(errors.contains("hit errors"), "{errors}");
+        // A non-zero exit without a failure in the summary still fails.
+        let exit = judge_workload("x", &finished(3, summary(7, None))).unwrap_err();
+        assert!(exit.contains("exit status 3"), "{exit}");
+        let silent = judge_workload("x", &finished(0, "garbage".into())).unwrap_err();
+        assert!(silent.contains("no summary"), "{silent}");
     }
 }

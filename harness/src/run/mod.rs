@@ -7,8 +7,10 @@
 
 mod assemble;
 pub mod disks;
+mod freeze;
 mod guestops;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,11 +20,14 @@ use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
 use crate::model::{BlockClass, Exit, Outcome, Verdict};
 use crate::pipeline::{
-    BackupResult, GuestVolume, InstantError, Pipeline, PipelineError, Progress, RunHooks,
+    AnnouncedVolume, BackupResult, Fired, GuestVolume, InstantError, Pipeline, PipelineError,
+    Progress, RunHooks,
 };
 use crate::plan::{BackupStep, Plan};
 use crate::qemu::{Accel, Disk, DiskFormat};
-use crate::record::{CheckKind, CheckResult, Recording, RunEvents, RunInfo, Timing};
+use crate::record::{
+    CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, Timing, TruthState,
+};
 use crate::scenario::{FaultSpec, ResetAt};
 use crate::truth::Truth;
 use crate::vm::{BootOptions, Vm};
@@ -38,6 +43,10 @@ pub struct RunOptions {
     pub project_root: PathBuf,
     /// Keep the work directory (disks, truth layers, target store) after the run.
     pub keep_work: bool,
+    /// Images already built (the nightly builds each once, at its start): a run on one
+    /// of these uses it as it is, never rebuilding or re-resolving it, so every run of a
+    /// nightly runs the same kernel.
+    pub prebuilt: Vec<BuiltImage>,
 }
 
 impl RunOptions {
@@ -49,6 +58,7 @@ impl RunOptions {
             cache: crate::paths::cache_dir(),
             project_root: crate::paths::project_root(),
             keep_work: false,
+            prebuilt: Vec::new(),
         }
     }
 }
@@ -67,6 +77,8 @@ pub struct RunResult {
     pub found_classes: Vec<BlockClass>,
     /// Run-level outcomes found.
     pub outcomes: Vec<Outcome>,
+    /// Every injected fault and how often it fired.
+    pub faults: Vec<FaultFired>,
 }
 
 impl RunResult {
@@ -91,7 +103,10 @@ pub fn run_id(plan: &Plan) -> String {
 }
 
 /// Runs one plan end to end and writes its report. Never panics on a failure of the
-/// product or the infrastructure: both end up in the report.
+/// product or the infrastructure: both end up in the report. A panic of the harness
+/// itself is caught and reported as a harness error; its work directory, temporary
+/// directories and children go with the unwinding (and with Ctrl-C, see
+/// [`crate::cleanup`]).
 pub fn run_plan(
     plan: &Plan,
     scenario_text: &str,
@@ -99,17 +114,56 @@ pub fn run_plan(
     reporter: &dyn Reporter,
 ) -> RunResult {
     let started = Instant::now();
-    let run_id = run_id(plan);
-    let report_dir = opts.reports_dir.join(&run_id);
+    let runs = opts.cache.join("runs");
+    // Leftovers of runs whose process is gone (killed, or a power cut).
+    let swept = crate::cleanup::sweep_stale(&runs);
+    let wanted = run_id(plan);
+    let (report_dir, reserve_error) = match crate::report::new_dir(&opts.reports_dir, &wanted) {
+        Ok(dir) => (dir, None),
+        Err(e) => (opts.reports_dir.join(&wanted), Some(chain(&e))),
+    };
+    let run_id = report_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(wanted);
     reporter.event(&Event::RunStarted {
         run_id: run_id.clone(),
         scenario: plan.scenario.clone(),
         image: plan.image.clone(),
         seed: plan.seed,
     });
-    let mut run = Runner::new(plan, opts, reporter, &run_id);
-    run.execute();
+    let workdir = crate::cleanup::WorkDir::create(&runs, &run_id);
+    let work = match &workdir {
+        Ok(w) => w.path().to_owned(),
+        Err(_) => runs.join(&run_id),
+    };
+    let mut run = Runner::new(plan, opts, reporter, &run_id, work);
+    for dir in swept {
+        run.note(format!(
+            "removed the work directory of a run that is gone: {}",
+            dir.display()
+        ));
+    }
+    match (&workdir, reserve_error) {
+        (Err(e), _) => run.harness_error(format!(
+            "creating the work directory under {}: {e}",
+            runs.display()
+        )),
+        (Ok(_), Some(e)) => run.harness_error(format!("creating the report directory: {e}")),
+        (Ok(_), None) => {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.execute()));
+            if let Err(payload) = caught {
+                let what = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic without a message");
+                run.harness_error(format!("the harness panicked: {what}"));
+            }
+        }
+    }
     let recording = run.recording();
+    let faults = recording.events.faults.clone();
     let console = run.work.join("run/console.log");
     let mut found_classes = Vec::new();
     let mut outcomes = Vec::new();
@@ -128,8 +182,10 @@ pub fn run_plan(
             errors: vec![format!("writing the report: {}", chain(&e))],
         },
     };
-    if !opts.keep_work {
-        let _ = std::fs::remove_dir_all(&run.work);
+    if let Ok(mut w) = workdir {
+        if opts.keep_work {
+            w.keep();
+        }
     }
     let elapsed = started.elapsed();
     reporter.event(&Event::RunFinished {
@@ -148,6 +204,7 @@ pub fn run_plan(
         elapsed,
         found_classes,
         outcomes,
+        faults,
     }
 }
 
@@ -182,13 +239,19 @@ const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
 const HANG_RELEASE: &str = r#"qemu-io hang "resume bwhang""#;
 
 impl<'a> Runner<'a> {
-    fn new(plan: &'a Plan, opts: &'a RunOptions, reporter: &'a dyn Reporter, run_id: &str) -> Self {
+    fn new(
+        plan: &'a Plan,
+        opts: &'a RunOptions,
+        reporter: &'a dyn Reporter,
+        run_id: &str,
+        work: PathBuf,
+    ) -> Self {
         Runner {
             plan,
             opts,
             reporter,
             run_id: run_id.to_string(),
-            work: opts.cache.join("runs").join(run_id),
+            work,
             started: Instant::now(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -255,12 +318,41 @@ impl<'a> Runner<'a> {
             self.harness_error(f);
             return;
         }
+        // Refuse volumes the host cannot hold before anything is made.
+        let need: u64 = self.plan.volumes.iter().map(|v| v.size_bytes).sum::<u64>()
+            + self.plan.guest.hang_disk.unwrap_or(0);
+        if let Some(free) = crate::scenario::host::free_bytes(&self.work) {
+            if need > free {
+                return self.harness_error(format!(
+                    "the volumes need {} and {} holds {} free: nothing was created",
+                    crate::scenario::units::format_size_approx(need),
+                    self.work.display(),
+                    crate::scenario::units::format_size_approx(free)
+                ));
+            }
+        }
         if let Err(e) = std::fs::create_dir_all(self.work.join("run")) {
             self.harness_error(format!("creating {}: {e}", self.work.display()));
             return;
         }
-        self.phase(format!("building image {}", self.plan.image));
+        let pinned = self
+            .opts
+            .prebuilt
+            .iter()
+            .find(|i| i.name == self.plan.image)
+            .cloned();
+        if let Some(img) = &pinned {
+            self.note(format!(
+                "image {} as built at the start ({}, kernel {})",
+                img.name, img.key, img.kernel_release
+            ));
+        } else {
+            self.phase(format!("building image {}", self.plan.image));
+        }
         let built = self.timed("image", |r| {
+            if let Some(img) = pinned {
+                return Ok(img);
+            }
             let opts = BuildOptions {
                 cache: r.opts.cache.clone(),
                 project_root: r.opts.project_root.clone(),
@@ -521,12 +613,29 @@ impl<'a> Runner<'a> {
             truth: self.truth.as_mut().expect("set"),
             step,
             plan: self.plan,
+            backed,
             reset_done: false,
             notes: Vec::new(),
             instant_at: None,
+            announced: false,
+            refused: None,
+            probes: Vec::new(),
+            fired: BTreeMap::new(),
             reporter: self.reporter,
             run_id: &self.run_id,
         };
+        // The run injects guest faults itself: each counts from zero.
+        for f in &step.faults {
+            if f.spec.layer() == crate::model::Layer::Guest {
+                hooks.fired.insert(
+                    f.index,
+                    Fired {
+                        count: Some(0),
+                        counted_by: "the run's hooks".into(),
+                    },
+                );
+            }
+        }
         let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
         let result = self
             .pipeline
@@ -535,17 +644,43 @@ impl<'a> Runner<'a> {
             .backup(vm, self.plan, step, backed, &mut hooks, deadline);
         let hook_notes = std::mem::take(&mut hooks.notes);
         let took_instant = hooks.instant_at;
+        let (announced, refused) = (hooks.announced, hooks.refused.take());
+        let probes = std::mem::take(&mut hooks.probes);
+        let guest_fired = std::mem::take(&mut hooks.fired);
         for n in hook_notes {
             self.note(n);
         }
-        let workload_notes = guestops::stop_workloads(vm, during);
-        for n in workload_notes {
+        for n in freeze::reap(vm, probes) {
             self.note(n);
+        }
+        if let Some(why) = &refused {
+            self.harness_error(format!(
+                "backup {}: the harness did not take its truth: {why}",
+                step.number
+            ));
+        }
+        let stopped = guestops::stop_workloads(vm, during);
+        for n in stopped.notes {
+            self.note(n);
+        }
+        for f in stopped.failures {
+            // The scenario's load did not happen as asked: never a pass on it.
+            self.harness_error(format!("backup {}: {f}", step.number));
         }
         let result: BackupResult = result?;
         for n in &result.notes {
             self.note(n.clone());
         }
+        self.record_fired(step, &result.fired, &guest_fired);
+        let truth_state = if self.truth.as_ref().is_some_and(|t| t.taken(step.number)) {
+            TruthState::Taken
+        } else if announced {
+            TruthState::NotTaken {
+                why: refused.unwrap_or_else(|| "the truth was not taken".into()),
+            }
+        } else {
+            TruthState::NeverAnnounced
+        };
         let log = self
             .work
             .join(format!("run/agent-backup-{}.log", step.number));
@@ -578,7 +713,39 @@ impl<'a> Runner<'a> {
             number: step.number,
             result,
             stored_after,
+            truth_state,
         })
+    }
+
+    /// How often each fault of the step fired, from the layer that injected it (the
+    /// pipeline's count for its layers, the hooks' for the guest's). A fault nobody
+    /// counted is recorded as uncounted: a harness error, never a silent pass.
+    fn record_fired(
+        &mut self,
+        step: &BackupStep,
+        pipeline: &BTreeMap<usize, Fired>,
+        guest: &BTreeMap<usize, Fired>,
+    ) {
+        for f in &step.faults {
+            let fired = pipeline.get(&f.index).or_else(|| guest.get(&f.index));
+            let label = f.spec.kind().label();
+            let (count, counted_by) = match fired {
+                Some(x) => (x.count, x.counted_by.clone()),
+                None => (None, "nobody counted it".to_string()),
+            };
+            if let Some(n) = count {
+                self.note(format!(
+                    "fault {label} of backup {} fired {n} time(s) ({counted_by})",
+                    step.number
+                ));
+            }
+            self.events.faults.push(FaultFired {
+                backup: step.number,
+                fault: label,
+                fired: count,
+                counted_by,
+            });
+        }
     }
 
     /// After the guest is down: the checks that need the disks, then the recording.
@@ -741,6 +908,7 @@ fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
         | FaultSpec::DropTracking { .. }
         | FaultSpec::CorruptCow { .. }
         | FaultSpec::DelayCow { .. }
+        | FaultSpec::DelayRead { .. }
         | FaultSpec::BitFlip { .. }
         | FaultSpec::Rewrite { .. }
         | FaultSpec::DropFrame { .. }
@@ -772,21 +940,40 @@ enum BackupError {
     Pipeline(#[from] PipelineError),
 }
 
-/// The run's side of a backup: the truth at the instant, guest faults on their triggers.
+/// The run's side of a backup: the check of the instant, the truth, guest faults on
+/// their triggers.
 struct Hooks<'a> {
     hang_armed: bool,
     truth: &'a mut Truth,
     step: &'a BackupStep,
     plan: &'a Plan,
+    /// The volumes the run asked the pipeline to back up.
+    backed: &'a [GuestVolume],
     reset_done: bool,
     notes: Vec<String>,
     instant_at: Option<Duration>,
+    /// The pipeline announced its instant.
+    announced: bool,
+    /// Why the harness did not take its truth at the announced instant.
+    refused: Option<String>,
+    /// Write probes blocked in the frozen filesystems, reaped after the backup.
+    probes: Vec<freeze::Probe>,
+    /// How often each guest-layer fault fired, by fault index.
+    fired: BTreeMap<usize, Fired>,
     reporter: &'a dyn Reporter,
     run_id: &'a str,
 }
 
-impl RunHooks for Hooks<'_> {
-    fn at_instant(&mut self, vm: &mut Vm) -> Result<(), InstantError> {
+impl Hooks<'_> {
+    /// The instant: are these the volumes, are they frozen, then the truth.
+    fn instant(&mut self, vm: &mut Vm, announced: &[AnnouncedVolume]) -> Result<(), InstantError> {
+        freeze::check_volumes(announced, self.backed)?;
+        let probing = Instant::now();
+        freeze::probe_frozen(vm, self.backed, self.step.number, &mut self.probes)?;
+        self.notes.push(format!(
+            "every volume checked frozen (a write blocked) in {:.0} ms",
+            probing.elapsed().as_secs_f64() * 1000.0
+        ));
         if self.hang_armed {
             // Nothing is suspended if no one read the disk since the last arming.
             let _ = vm.machine.hmp(HANG_RELEASE);
@@ -805,17 +992,44 @@ impl RunHooks for Hooks<'_> {
                 let Some(v) = self.plan.volumes.iter().find(|v| v.name == volume) else {
                     continue;
                 };
-                match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
-                    Ok(_) => self.notes.push(format!(
-                        "fault: removed the disk of volume {volume} during the freeze"
-                    )),
-                    Err(e) => self
-                        .notes
-                        .push(format!("fault: device_del of {volume} failed: {e}")),
-                }
+                let removed = match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
+                    Ok(_) => {
+                        self.notes.push(format!(
+                            "fault: removed the disk of volume {volume} during the freeze"
+                        ));
+                        1
+                    }
+                    Err(e) => {
+                        self.notes
+                            .push(format!("fault: device_del of {volume} failed: {e}"));
+                        0
+                    }
+                };
+                self.fired.insert(
+                    f.index,
+                    Fired {
+                        count: Some(removed),
+                        counted_by: "the run's hooks (QMP device_del)".into(),
+                    },
+                );
             }
         }
         Ok(())
+    }
+}
+
+impl RunHooks for Hooks<'_> {
+    fn at_instant(
+        &mut self,
+        vm: &mut Vm,
+        announced: &[AnnouncedVolume],
+    ) -> Result<(), InstantError> {
+        self.announced = true;
+        let result = self.instant(vm, announced);
+        if let Err(e) = &result {
+            self.refused = Some(chain(e));
+        }
+        result
     }
 
     fn tick(&mut self, vm: &mut Vm, progress: Progress) {
@@ -867,6 +1081,13 @@ impl RunHooks for Hooks<'_> {
                 vm.machine.reset().map_err(|e| e.to_string())
             };
             let what = if panic { "kernel panic" } else { "guest reset" };
+            self.fired.insert(
+                f.index,
+                Fired {
+                    count: Some(u64::from(done.is_ok())),
+                    counted_by: "the run's hooks".into(),
+                },
+            );
             self.notes.push(match done {
                 Ok(()) => format!("fault: {what} {when}"),
                 Err(e) => format!("fault: {what} failed: {e}"),

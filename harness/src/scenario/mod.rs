@@ -9,6 +9,7 @@
 //! `crate::plan`'s job.
 
 pub mod error;
+pub mod host;
 pub mod keys;
 pub mod pipeline;
 pub mod raw;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Diagnostic, Location, ScenarioError};
+pub use host::Host;
 pub use pipeline::{Delivery, DmSnapshotSpec, ExternalSpec, LvmSpec, PipelineSpec, SnapshotSteps};
 pub use raw::{FaultAt, Floppy, LvmIncremental, Op, PipelineKind, When, WorkloadKind};
 pub use units::{Rate, SizeOrPercent};
@@ -99,6 +101,24 @@ impl Filesystem {
         }
     }
 
+    /// The guest kernel module that mounts it (ext2 is mounted by the ext4 driver).
+    pub fn kernel_module(self) -> Option<&'static str> {
+        match self {
+            Filesystem::Ext2 { .. } | Filesystem::Ext4 { .. } => Some("ext4"),
+            Filesystem::Xfs => Some("xfs"),
+            Filesystem::None => None,
+        }
+    }
+
+    /// The filesystem's block size in bytes (xfs as made by mkfs.xfs here: 4 KiB).
+    pub fn block_size(self) -> Option<u32> {
+        match self {
+            Filesystem::Ext2 { block_size } | Filesystem::Ext4 { block_size } => Some(block_size),
+            Filesystem::Xfs => Some(4096),
+            Filesystem::None => None,
+        }
+    }
+
     /// Whether e2fsprogs (debugfs, e2fsck) understand it.
     pub fn is_ext(self) -> bool {
         matches!(self, Filesystem::Ext2 { .. } | Filesystem::Ext4 { .. })
@@ -165,6 +185,9 @@ pub enum FaultSpec {
     DelayCow {
         ms: u64,
     },
+    DelayRead {
+        ms: u64,
+    },
     DiskHang {
         volume: String,
         op: Op,
@@ -218,6 +241,7 @@ impl FaultSpec {
             FaultSpec::DropTracking { .. } => FaultKind::DropTracking,
             FaultSpec::CorruptCow { .. } => FaultKind::CorruptCow,
             FaultSpec::DelayCow { .. } => FaultKind::DelayCow,
+            FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
             FaultSpec::BitFlip { .. } => FaultKind::BitFlip,
@@ -247,17 +271,28 @@ pub enum ResetAt {
     AtPercent(u8),
 }
 
-/// Loads and validates one scenario file.
+/// Loads and validates one scenario file against this host (its images, its free space).
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    load_for(path, &Host::probe())
+}
+
+/// Loads and validates one scenario file against `host`.
+pub fn load_for(path: &Path, host: &Host) -> Result<Scenario, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(path, &text)
+    parse_for(path, &text, host)
 }
 
-/// Validates scenario text; `path` is only used to name the file in messages.
+/// Validates scenario text on its own (no host checks); `path` is only used to name the
+/// file in messages.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    parse_for(path, text, &Host::unchecked())
+}
+
+/// Validates scenario text against `host`.
+pub fn parse_for(path: &Path, text: &str, host: &Host) -> Result<Scenario, ScenarioError> {
     let invalid = |diagnostics: Vec<Diagnostic>| ScenarioError::Invalid {
         path: path.to_owned(),
         diagnostics: diagnostics.into_iter().map(|d| d.locate(text)).collect(),
@@ -291,7 +326,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
         invalid(vec![d])
     })?;
-    validate::validate(raw, &tree, path, text).map_err(invalid)
+    validate::validate(raw, &tree, path, text, host).map_err(invalid)
 }
 
 /// The result of `blockwitness check`: each file and whether it is valid.
@@ -362,9 +397,14 @@ impl std::fmt::Display for CheckReport {
     }
 }
 
-/// Validates scenario files without booting anything. A directory means every `*.toml`
-/// in it (sorted); no paths means `scenarios/`.
+/// Validates scenario files without booting anything, against this host. A directory
+/// means every `*.toml` in it (sorted); no paths means `scenarios/`.
 pub fn check(paths: &[PathBuf]) -> CheckReport {
+    check_for(paths, &Host::probe())
+}
+
+/// Validates scenario files against `host`.
+pub fn check_for(paths: &[PathBuf], host: &Host) -> CheckReport {
     let default = [PathBuf::from("scenarios")];
     let paths = if paths.is_empty() {
         &default[..]
@@ -376,7 +416,7 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
         if path.is_dir() {
             match scenario_files(path) {
                 Ok(found) => files.extend(found.into_iter().map(|p| {
-                    let r = load(&p);
+                    let r = load_for(&p, host);
                     (p, r)
                 })),
                 Err(source) => files.push((
@@ -388,7 +428,7 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
                 )),
             }
         } else {
-            files.push((path.clone(), load(path)));
+            files.push((path.clone(), load_for(path, host)));
         }
     }
     CheckReport { files }

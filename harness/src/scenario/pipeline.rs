@@ -21,7 +21,7 @@ pub enum PipelineSpec {
     Reference,
     DmSnapshot(DmSnapshotSpec),
     Lvm(LvmSpec),
-    External(ExternalSpec),
+    External(Box<ExternalSpec>),
 }
 
 impl PipelineSpec {
@@ -396,7 +396,7 @@ fn external(
     };
     let device = required("device", text(&c.device));
     let destroy = required("destroy", text(&c.destroy));
-    PipelineSpec::External(ExternalSpec {
+    PipelineSpec::External(Box::new(ExternalSpec {
         reader,
         dir,
         build: text(&raw.build),
@@ -412,7 +412,7 @@ fn external(
         changed: text(&c.changed),
         transition: text(&c.transition),
         destroy,
-    })
+    }))
 }
 
 impl RawPipeline {

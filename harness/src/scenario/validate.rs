@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use super::error::Diagnostic;
+use super::host::Host;
 use super::pipeline::PipelineSpec;
 use super::raw::*;
 use super::tree::{quoted, KeyPath, Tree};
@@ -113,6 +114,7 @@ pub(super) fn validate(
     tree: &Tree,
     path: &std::path::Path,
     source: &str,
+    host: &Host,
 ) -> Result<Scenario, Vec<Diagnostic>> {
     let mut cx = Ctx {
         tree,
@@ -142,6 +144,16 @@ pub(super) fn validate(
         if !seen.insert(image) {
             cx.err(&path, format!("image \"{image}\" is listed twice"), None);
         }
+        if let Some(known) = &host.images {
+            if !known.contains(image) {
+                let names: Vec<&str> = known.iter().map(String::as_str).collect();
+                cx.err(
+                    &path,
+                    format!("image \"{image}\" is not defined in images/"),
+                    Some(format!("images: {}", quoted(&names))),
+                );
+            }
+        }
     }
 
     let seed = raw.seed.unwrap_or(1);
@@ -154,6 +166,23 @@ pub(super) fn validate(
 
     let guest = validate_guest(&mut cx, raw.guest);
     let volumes = validate_volumes(&mut cx, raw.volumes);
+    if let Some((dir, free)) = &host.free {
+        for (i, v) in volumes.iter().enumerate() {
+            if v.size > *free {
+                let path = root.key("volumes").index(i).key("size");
+                cx.err(
+                    &path,
+                    format!(
+                        "`{path}` is {}, more than this host can hold: {} free in {}, where runs make their disks",
+                        units::format_size(v.size),
+                        units::format_size_approx(*free),
+                        dir.display()
+                    ),
+                    Some("make the volume smaller, or free space there".into()),
+                );
+            }
+        }
+    }
     let short = raw.backup.pipeline;
     let backup = validate_backup(&mut cx, raw.backup);
     let pipeline = super::pipeline::validate(&mut cx, raw.pipeline, short, path);
@@ -904,6 +933,54 @@ fn validate_faults(
                 params_ok = false;
             }
         }
+        // A frame or block count no backup of these volumes reaches: the fault could
+        // never fire, and the run would test nothing.
+        let stream = volumes
+            .iter()
+            .filter(|v| v.backup)
+            .max_by_key(|v| v.size)
+            .map(|v| (v.name.as_str(), v.size, v.size / 4096));
+        if let Some((name, size, blocks)) = stream.filter(|s| s.2 > 0) {
+            let counted: &[(&str, Option<u64>)] = match kind {
+                FaultKind::BitFlip | FaultKind::Rewrite => {
+                    &[("frame", f.frame), ("every", f.every)]
+                }
+                FaultKind::DropFrame => &[("frame", f.frame)],
+                FaultKind::Disconnect => &[("after_frame", f.after_frame)],
+                FaultKind::WrongOffset | FaultKind::SkipBlocks => &[("every", f.every)],
+                // Counted in events no scenario bounds (COW copies, tracking updates),
+                // in time, or a disk block (checked above).
+                FaultKind::CowReadLive
+                | FaultKind::DropTracking
+                | FaultKind::CorruptCow
+                | FaultKind::DelayCow
+                | FaultKind::DelayRead
+                | FaultKind::DiskHang
+                | FaultKind::DiskEio
+                | FaultKind::SkipVerify
+                | FaultKind::CrashBeforeCommit
+                | FaultKind::Reset
+                | FaultKind::Panic
+                | FaultKind::RemoveDisk => &[],
+            };
+            for (key, value) in counted {
+                let Some(n) = value else { continue };
+                // `after_frame` fires after frame n: the stream needs n + 1 frames.
+                let needs = if *key == "after_frame" { n + 1 } else { *n };
+                if needs > blocks {
+                    let path = at.key(key);
+                    cx.err(
+                        &path,
+                        format!(
+                            "`{path}` is {n}, and a backup of volume \"{name}\" ({}) carries at most {blocks} blocks: the fault can never fire",
+                            units::format_size(size)
+                        ),
+                        Some(format!("use a value up to {}", if *key == "after_frame" { blocks - 1 } else { blocks })),
+                    );
+                    params_ok = false;
+                }
+            }
+        }
         if !params_ok {
             continue;
         }
@@ -923,6 +1000,9 @@ fn validate_faults(
             FaultKind::DropTracking => FaultSpec::DropTracking { every },
             FaultKind::CorruptCow => FaultSpec::CorruptCow { every },
             FaultKind::DelayCow => FaultSpec::DelayCow {
+                ms: f.ms.unwrap_or(0),
+            },
+            FaultKind::DelayRead => FaultSpec::DelayRead {
                 ms: f.ms.unwrap_or(0),
             },
             FaultKind::DiskHang => FaultSpec::DiskHang {

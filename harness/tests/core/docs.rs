@@ -190,28 +190,56 @@ fn full_examples_in_the_doc_are_valid_scenarios() {
     assert!(n >= 2, "the doc should hold full examples (found {n})");
 }
 
+/// Every example value of the key table is well formed where it stands, and the
+/// validation does catch a malformed value at that very key: each typed key is tried
+/// with its example and with nonsense.
 #[test]
-fn the_generated_full_example_is_itself_valid_apart_from_cross_checks() {
-    // Documents that the examples of the key table are sensible values: the full example
-    // fails validation only on the cross-field rules it cannot satisfy all at once.
-    let text = full_example(None, None);
-    let err = blockwitness::scenario::parse(Path::new("all-keys.toml"), &text);
-    if let Err(e) = err {
-        for d in e.diagnostics() {
-            let malformed = [
-                "is not a size",
-                "is not a duration",
-                "is not a rate",
-                "is neither",
-                "cannot be",
-                "is not a valid name",
-                "is not a usable",
-            ];
+fn example_values_are_well_formed_and_nonsense_is_caught_at_its_key() {
+    let malformed = [
+        "is not a size",
+        "is not a duration",
+        "is not a rate",
+        "is neither",
+        "cannot be",
+        "is not a valid name",
+        "is not a usable",
+    ];
+    // Diagnostics (path, message) of a scenario text; parse errors count as none.
+    let diagnostics = |text: &str| -> Vec<(String, String)> {
+        match blockwitness::scenario::parse(Path::new("all-keys.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .diagnostics()
+                .iter()
+                .map(|d| (d.path.to_string(), d.message.clone()))
+                .collect(),
+        }
+    };
+    let mut tried = 0;
+    for k in KEYS {
+        let nonsense = match k.ty {
+            KeyType::Size | KeyType::Duration | KeyType::SizeOrPercent | KeyType::Rate => {
+                "\"zz nonsense\""
+            }
+            KeyType::Name => "\"Not A Name\"",
+            _ => continue,
+        };
+        let at = k.path.replace("[]", "[0]");
+        let good = diagnostics(&full_example(None, None));
+        for (path, message) in &good {
             assert!(
-                !malformed.iter().any(|m| d.message.contains(m)),
-                "an example value in keys.rs is malformed: {}",
-                d.message
+                !(path == &at && malformed.iter().any(|m| message.contains(m))),
+                "the example of `{}` is malformed: {message}",
+                k.path
             );
         }
+        let bad = diagnostics(&full_example(None, Some((k.path, nonsense))));
+        assert!(
+            bad.iter().any(|(path, _)| path == &at),
+            "`{} = {nonsense}` was not reported at {at}; got {bad:?}",
+            k.path
+        );
+        tried += 1;
     }
+    assert!(tried >= 12, "only {tried} typed keys tried");
 }

@@ -7,6 +7,7 @@ mod docs;
 mod field_scenarios;
 mod layering;
 mod report;
+mod runs;
 mod scenario_errors;
 
 use std::path::PathBuf;
@@ -21,4 +22,16 @@ pub fn fixtures(sub: &str) -> PathBuf {
 /// Set BW_BLESS=1 to rewrite golden files from the current output.
 pub fn bless() -> bool {
     std::env::var_os("BW_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Whether this is a CI run (CI=true): there a test that needs root, loop devices or
+/// host tools must run, never skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| matches!(v.trim(), "true" | "1"))
+}
+
+/// A test this machine cannot run: under CI a failure, elsewhere a note on stderr.
+pub fn cannot_run(why: &str) {
+    assert!(!under_ci(), "CI=true and this test cannot run here: {why}");
+    eprintln!("skipped: {why}");
 }

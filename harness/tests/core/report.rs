@@ -409,11 +409,32 @@ mod verdicts {
     #[test]
     fn harness_errors_and_unrecorded_checks_are_could_not_run() {
         let events = RunEvents {
-            harness_errors: vec!["qemu did not start".into()],
+            harness_errors: vec!["the workload wrote nothing".into()],
             ..RunEvents::default()
         };
         assert_eq!(
-            verdict(future_at(&[1], &[]), Expectations::clean(), events).exit(),
+            verdict(clean_generation(64), Expectations::clean(), events.clone()).exit(),
+            Exit::HarnessError
+        );
+        // What the harness saw wrong is judged even beside a harness error.
+        let v = verdict(future_at(&[1], &[]), Expectations::clean(), events.clone());
+        let Verdict::Fail { reasons } = v else {
+            panic!("{v:?}")
+        };
+        assert!(reasons[0].contains("data-from-the-future"), "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("also had harness errors: the workload wrote nothing")),
+            "{reasons:?}"
+        );
+        // A failed backup beside a harness error may be the harness's doing: not judged.
+        let mut g = clean_generation(64);
+        g.committed = false;
+        g.agent = Claim::Failure("aborted by the hook".into());
+        g.target_claim = Claim::Silent;
+        assert_eq!(
+            verdict(g, Expectations::clean(), events).exit(),
             Exit::HarnessError
         );
         let expect = Expectations {
@@ -446,6 +467,149 @@ mod verdicts {
     }
 
     #[test]
+    fn a_backup_committed_without_an_announced_instant_is_a_false_success() {
+        // Nothing announced, so no truth: zero blocks to judge, and never a pass.
+        let mut g = GenerationRecord::new(1, BackupKind::Full, Vec::new());
+        g.truth_state = TruthState::NeverAnnounced;
+        g.committed = true;
+        g.agent = Claim::Silent;
+        let v = verdict(g.clone(), Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.starts_with("outcome false-success"))),
+            "{v:?}"
+        );
+        // Claimed success, nothing committed: the same lie.
+        g.committed = false;
+        g.agent = Claim::Success;
+        assert_eq!(
+            verdict(g.clone(), Expectations::clean(), RunEvents::default()).exit(),
+            Exit::ProductFailure
+        );
+        // The harness refused the instant: its own error, not the pipeline's lie.
+        g.truth_state = TruthState::NotTaken {
+            why: "volume data is not frozen".into(),
+        };
+        g.agent = Claim::Failure("the hook aborted the backup".into());
+        let events = RunEvents {
+            harness_errors: vec![
+                "backup 1: the harness did not take its truth: volume data is not frozen".into(),
+            ],
+            ..RunEvents::default()
+        };
+        assert_eq!(
+            verdict(g, Expectations::clean(), events).exit(),
+            Exit::HarnessError
+        );
+    }
+
+    #[test]
+    fn a_target_image_of_the_wrong_length_is_the_targets_finding() {
+        // Shorter: the blocks past its end are missing.
+        let mut g = clean_generation(64);
+        let t = g.target.as_mut().unwrap();
+        t[62] = None;
+        t[63] = None;
+        g.target_bytes = Some(62 * 4096);
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("2 block(s) of missing-block"))),
+            "{v:?}"
+        );
+        // Longer: one target-corruption finding past the volume's end.
+        let mut g = clean_generation(64);
+        g.target_bytes = Some(64 * 4096 + 4096);
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("target-corruption") && r.contains("4096 bytes longer than the volume"))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_fault_that_never_fired_tested_nothing() {
+        let fired = |n: Option<u64>| RunEvents {
+            faults: vec![FaultFired {
+                backup: 1,
+                fault: "transport/bit-flip".into(),
+                fired: n,
+                counted_by: "the transport proxy".into(),
+            }],
+            ..RunEvents::default()
+        };
+        let expect = Expectations {
+            classes: BTreeSet::from([BlockClass::TransportCorruption]),
+            allow_clean: true,
+            ..Expectations::clean()
+        };
+        // Clean, and the fault fired: recovered.
+        assert_eq!(
+            verdict(clean_generation(64), expect.clone(), fired(Some(3))),
+            Verdict::Pass
+        );
+        // Clean because it never fired: not a "recovered" pass.
+        let v = verdict(clean_generation(64), expect.clone(), fired(Some(0)));
+        assert!(
+            matches!(v, Verdict::CouldNotRun { ref errors } if errors.iter().any(|e| e.contains("transport/bit-flip of backup 1 never fired"))),
+            "{v:?}"
+        );
+        let v = verdict(clean_generation(64), expect, fired(None));
+        assert_eq!(v.exit(), Exit::HarnessError);
+    }
+
+    #[test]
+    fn named_writes_exempts_metadata_only_and_unmapped_blocks_are_unchecked() {
+        let expect = Expectations {
+            named_writes: true,
+            ..expect_future(Where::Anywhere)
+        };
+        let owned = |owner: &str| {
+            let mut g = future_at(&[3], &[3]);
+            g.owners.insert(3, owner.into());
+            g
+        };
+        // Only the journal's block leaked, and it names no write: exempt, yet no block
+        // names its write at all.
+        let v = verdict(
+            owned("metadata: journal"),
+            expect.clone(),
+            RunEvents::default(),
+        );
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("no data-from-the-future block names"))),
+            "{v:?}"
+        );
+        for data in ["/data/f1", "free space", "inode 12 (no path)"] {
+            let v = verdict(owned(data), expect.clone(), RunEvents::default());
+            assert!(
+                matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("of files name no stamped write"))),
+                "{data}: {v:?}"
+            );
+        }
+        let v = verdict(
+            owned("not mapped (xfs: the mapper reads ext2/ext4 only)"),
+            expect,
+            RunEvents::default(),
+        );
+        assert!(
+            matches!(v, Verdict::CouldNotRun { ref errors } if errors.iter().any(|e| e.contains("could not be checked"))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_cow_file_the_pipeline_misreports_is_a_finding() {
+        let mut g = clean_generation(64);
+        g.cow_findings.push(
+            "the pipeline reports its COW file at bytes 0+8192, and on the truth image it is at 4096+4096".into(),
+        );
+        let v = verdict(g, Expectations::clean(), RunEvents::default());
+        assert!(
+            matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("volume data generation 1: the pipeline reports its COW file"))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn failed_cleanly_needs_nothing_committed_and_the_previous_generation_intact() {
         let expect = Expectations {
             outcomes: BTreeSet::from([Outcome::FailedCleanly]),
@@ -474,5 +638,52 @@ mod verdicts {
             matches!(v, Verdict::Fail { ref reasons } if reasons.iter().any(|r| r.contains("nothing committed"))),
             "{v:?}"
         );
+    }
+}
+
+/// Two `diff` runs in the same second write two report directories: the one a clock
+/// second names is never reused.
+#[test]
+fn diff_never_writes_into_an_existing_report_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&a, vec![1u8; 16 * 4096]).unwrap();
+    std::fs::write(&b, vec![1u8; 16 * 4096]).unwrap();
+    // Every second the command could start in already has a report directory.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for t in now.saturating_sub(1)..now + 30 {
+        std::fs::create_dir(reports.join(format!("diff-{t}"))).unwrap();
+    }
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockwitness"))
+            .args(["diff"])
+            .arg(&a)
+            .arg(&b)
+            .env("BLOCKWITNESS_REPORTS", &reports)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    run();
+    let with_reports: Vec<String> = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("index.html").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(with_reports.len(), 2, "{with_reports:?}");
+    for name in with_reports {
+        assert!(name.matches('-').count() == 2, "wrote into {name}");
     }
 }

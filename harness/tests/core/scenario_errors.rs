@@ -2,12 +2,21 @@
 //! message it must produce in the `.err` beside it (file, line, column, key path, what
 //! is allowed). BW_BLESS=1 rewrites the `.err` files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use blockwitness::model::Exit;
-use blockwitness::scenario;
+use blockwitness::scenario::{self, Host};
 
 use crate::{bless, fixtures};
+
+/// The host the golden messages are written against: the project's two images and
+/// 64 GiB free in a fixed cache path.
+fn host() -> Host {
+    Host {
+        images: Some(vec!["debian-6.1".into(), "debian-6.12".into()]),
+        free: Some((PathBuf::from("/var/cache/blockwitness"), 64 << 30)),
+    }
+}
 
 #[test]
 fn every_mistake_gives_its_golden_message() {
@@ -24,7 +33,7 @@ fn every_mistake_gives_its_golden_message() {
         let text = std::fs::read_to_string(&file).unwrap();
         // A short, stable path in the message, the way `check` shows a relative path.
         let shown = Path::new("errors").join(file.file_name().unwrap());
-        let err = match scenario::parse(&shown, &text) {
+        let err = match scenario::parse_for(&shown, &text, &host()) {
             Ok(_) => {
                 failures.push(format!("{stem}: was accepted"));
                 continue;
@@ -93,12 +102,13 @@ fn a_missing_file_is_a_read_error_naming_it() {
 
 #[test]
 fn check_reports_each_file_and_exit_codes() {
-    let report = scenario::check(&[fixtures("errors/bad-size-unit.toml"), fixtures("scenarios")]);
+    let library = blockwitness::paths::scenarios_dir();
+    let report = scenario::check(&[fixtures("errors/bad-size-unit.toml"), library.clone()]);
     assert_eq!(report.exit(), Exit::ProductFailure);
     assert!(!report.all_valid());
     let text = report.to_string();
     assert!(text.contains("FAIL") && text.contains("ok    "), "{text}");
-    let good = scenario::check(&[fixtures("scenarios")]);
+    let good = scenario::check(&[library]);
     assert_eq!(good.exit(), Exit::Pass, "{good}");
     let none = scenario::check(&[fixtures("no-such-dir")]);
     assert_eq!(none.exit(), Exit::HarnessError);

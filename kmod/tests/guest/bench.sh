@@ -8,7 +8,8 @@
 # falls on all of them alike. Run by `blockwitness bench cow` (harness/src/bench_cow.rs).
 # Needs $VOL (ext4, the origin; partition 1 of the disk) and $COWDEV (partition 2 of
 # the same disk: dm-snapshot's exception store; bwsnap keeps its COW file on $VOL).
-# Prints "BENCH MODE SETUP MIB/S COPIES" per figure and round.
+# Prints "BENCH MODE SETUP MIB/S COPIES P99_US" per figure and round (P99_US: the
+# 99th percentile of the run's write latencies, microseconds).
 . ./lib.sh
 T=${BENCH_SECS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -22,7 +23,7 @@ bench() { # bench MODE SETUP COPIES-COMMAND: one timed run, one BENCH line
 	# One whole pass however long it takes (at most 10 minutes).
 	case "$1 $2" in seq1m*snap*) secs=600 limit=$FILE_BYTES ;; esac
 	r=$(bwtool wbench /mnt/bench $1 $secs $limit) || die "wbench $1 $2"
-	echo "BENCH $1 $2 $(echo "$r" | cut -d' ' -f2) $($3)"
+	echo "BENCH $1 $2 $(echo "$r" | cut -d' ' -f2) $($3) $(echo "$r" | cut -d' ' -f10)"
 }
 zero() { echo 0; }
 bwsnap_copies() {

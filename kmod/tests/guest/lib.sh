@@ -16,25 +16,28 @@ TEST=${TEST:-$(basename "$0" .sh)}
 
 CTL=bwsnap-ctl
 FAILS=0
+P=/sys/module/bwsnap/parameters
+F=/sys/kernel/debug/bwsnap/faults
 
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 die() { echo "FAIL: $*"; echo "FAILS $((FAILS + 1))"; exit 1; }
 ok() { echo "ok: $*"; }
+# Helpers keep their variables to _-names: a test's own $d or $n stays its own.
 check() { # check DESCRIPTION COMMAND... : the command must succeed
-	d=$1; shift
-	if "$@"; then ok "$d"; else fail "$d"; fi
+	_cd=$1; shift
+	if "$@"; then ok "$_cd"; else fail "$_cd"; fi
 }
 
 # expect_errno N DESCRIPTION COMMAND...: COMMAND must fail with "os error N".
 expect_errno() {
-	n=$1; d=$2; shift 2
-	out=$("$@" 2>&1)
+	_en=$1; _ed=$2; shift 2
+	_eo=$("$@" 2>&1)
 	if [ $? -eq 0 ]; then
-		fail "$d: succeeded, want errno $n"
-	elif echo "$out" | grep -q "os error $n)"; then
-		ok "$d (errno $n)"
+		fail "$_ed: succeeded, want errno $_en"
+	elif echo "$_eo" | grep -q "os error $_en)"; then
+		ok "$_ed (errno $_en)"
 	else
-		fail "$d: want errno $n, got: $out"
+		fail "$_ed: want errno $_en, got: $_eo"
 	fi
 }
 
@@ -45,11 +48,34 @@ info_field() {
 state_of() { $CTL info "$1" | cut -d' ' -f3; }
 
 expect_state() { # expect_state MINOR STATE
-	s=$(state_of "$1")
-	if [ "$s" = "$2" ]; then ok "minor $1 is $2"; else fail "minor $1 is $s, want $2"; fi
+	_ss=$(state_of "$1")
+	if [ "$_ss" = "$2" ]; then ok "minor $1 is $2"; else fail "minor $1 is $_ss, want $2"; fi
 }
 
 load() { insmod /lib/modules/bwsnap.ko "$@" || die "insmod bwsnap"; }
+
+# wait_for SECONDS COMMAND...: retry COMMAND every 0.1 s until it succeeds; false
+# when the time runs out. Every wait in these tests has such a deadline.
+wait_for() {
+	_wn=$(($1 * 10)); shift
+	until "$@" 2>/dev/null; do
+		_wn=$((_wn - 1))
+		[ $_wn -le 0 ] && return 1
+		sleep 0.1
+	done
+}
+# A background process has ended.
+gone() { ! kill -0 "$1" 2>/dev/null; }
+# A fault knob of this kind has fired (the fault log names it).
+fired() { grep -q "^$1 minor=" $F; }
+
+# snap_start MINOR [MOUNTPOINT]: START with the filesystem frozen, as the agent does.
+snap_start() {
+	sync; fsfreeze --freeze "${2:-/mnt}"
+	$CTL start "$1"; rc=$?
+	fsfreeze --unfreeze "${2:-/mnt}"
+	return $rc
+}
 
 # The kernel log since this test last began.
 test_dmesg() {
@@ -79,10 +105,15 @@ prefill() {
 # After a failed test: take down whatever it left (best effort), so the next test in
 # the same guest starts clean.
 reset_all() {
+	# Knobs off first: a held read or copy would keep a destroy waiting.
+	for k in fault_delay_read_ms fault_delay_start_ms fault_delay_extents_ms fault_delay_cow_ms; do
+		echo 0 > $P/$k 2>/dev/null
+	done
 	fsfreeze --unfreeze /mnt 2>/dev/null
+	fsfreeze --unfreeze /mnt2 2>/dev/null
 	m=0
 	while [ $m -lt 32 ]; do bwsnap-ctl destroy $m 2>/dev/null; m=$((m + 1)); done
-	for d in /mnt2 /mnt; do umount $d 2>/dev/null; done
+	for d in /mnt2 /mnt /helper; do umount $d 2>/dev/null; done
 	rmmod bwsnap 2>/dev/null
 	rm -f /tmp/stop
 	true

@@ -22,7 +22,8 @@
  *                              O_DIRECT overwrites inside the existing FILE
  *                              (random 4 KiB or sequential 1 MiB from the
  *                              start, wrapping) for SECONDS or until BYTES are
- *                              written; print "MODE MiB/s N writes"
+ *                              written; print "MODE MiB/s N writes p50 US
+ *                              p99 US" (write latencies, microseconds)
  *   bwtool hash DEV            read DEV to the end (1 MiB O_DIRECT reads) and
  *                              print one 16-hex-digit hash per 4 KiB block,
  *                              then "blocks N"; exit 1 on a read error. The
@@ -36,9 +37,21 @@
  *   bwtool dm status NAME      print the target's status line
  *                              (dmsetup is not in busybox: these talk to
  *                              /dev/mapper/control directly)
+ *   bwtool extents FILE        print FILE's extents as bwsnap-ctl extents
+ *                              does ("physical length" in bytes, physically
+ *                              adjacent ones merged)
+ *   bwtool extents-attack DEV COW SIZE
+ *                              SETUP minor 0 of DEV with the COW file COW of
+ *                              SIZE bytes while a second thread waits for the
+ *                              module's fault_delay_extents_ms pause, finds
+ *                              the mapping the module made in this process
+ *                              for the extent report and points every extent
+ *                              at byte 0 of the device; prints "rewrote N
+ *                              extents" and "setup: ok" or "setup: errno N"
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/dm-ioctl.h>
 #include <linux/fiemap.h>
@@ -333,18 +346,25 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
 static int cmd_wbench(const char *path, const char *mode, double secs,
 		      uint64_t max_bytes)
 {
 	int fd = open_or_die(path, O_WRONLY | O_DIRECT);
 	int rnd = !strcmp(mode, "rand4k");
-	size_t bs = rnd ? 4096 : CHUNK;
+	size_t bs = rnd ? 4096 : CHUNK, cap = 4096;
 	uint64_t n = 0, x = 88172645463325252ULL, off = 0, size, next = 0;
+	double t0, t, w0, *lat = malloc(cap * sizeof(*lat));
 	struct stat st;
-	double t0, t;
 	char *buf;
 
-	if (fstat(fd, &st) || st.st_size < (off_t)CHUNK)
+	if (!lat || fstat(fd, &st) || st.st_size < (off_t)CHUNK)
 		return 2;
 	size = st.st_size / bs * bs;
 	if (posix_memalign((void **)&buf, 4096, bs))
@@ -362,15 +382,25 @@ static int cmd_wbench(const char *path, const char *mode, double secs,
 			next = (next + bs) % size;
 		}
 		buf[0] = (char)n;
+		w0 = now();
 		if (pwrite(fd, buf, bs, off) != (ssize_t)bs) {
 			perror("pwrite");
 			return 2;
 		}
-		n++;
-		t = now() - t0;
+		t = now();
+		if (n == cap) {
+			cap *= 2;
+			lat = realloc(lat, cap * sizeof(*lat));
+			if (!lat)
+				return 2;
+		}
+		lat[n++] = (t - w0) * 1e6;
+		t -= t0;
 	} while (t < secs && (!max_bytes || n * bs < max_bytes));
-	printf("%s %.2f MiB/s %llu writes\n", mode, n * bs / t / (1 << 20),
-	       (unsigned long long)n);
+	qsort(lat, n, sizeof(*lat), cmp_double);
+	printf("%s %.2f MiB/s %llu writes p50 %.0f us p99 %.0f us\n", mode,
+	       n * bs / t / (1 << 20), (unsigned long long)n, lat[n / 2],
+	       lat[n * 99 / 100]);
 	return 0;
 }
 
@@ -417,6 +447,132 @@ static int cmd_hash(const char *path)
 			break;
 	}
 	printf("blocks %llu\n", (unsigned long long)blocks);
+	return 0;
+}
+
+/* FILE's extents, physically adjacent ones merged, as "physical length". */
+static int cmd_extents(const char *path)
+{
+	struct fiemap *fm = get_fiemap(path);
+	uint64_t phys = 0, len = 0;
+	unsigned int i;
+
+	for (i = 0; i < fm->fm_mapped_extents; i++) {
+		struct fiemap_extent *e = &fm->fm_extents[i];
+
+		if (len && phys + len == e->fe_physical) {
+			len += e->fe_length;
+			continue;
+		}
+		if (len)
+			printf("%llu %llu\n", (unsigned long long)phys,
+			       (unsigned long long)len);
+		phys = e->fe_physical;
+		len = e->fe_length;
+	}
+	if (len)
+		printf("%llu %llu\n", (unsigned long long)phys,
+		       (unsigned long long)len);
+	return 0;
+}
+
+/* ---- extents-attack ---- */
+
+#define MAPS_BUF (1 << 16)
+static char maps_before[MAPS_BUF], maps_now[MAPS_BUF];
+static int attack_rewrote = -1;
+
+/* /proc/self/maps into @buf, without malloc (a new arena would be a mapping). */
+static void read_maps(char *buf)
+{
+	int fd = open("/proc/self/maps", O_RDONLY);
+	ssize_t n = fd < 0 ? -1 : read_full(fd, buf, MAPS_BUF - 1);
+
+	buf[n > 0 ? n : 0] = '\0';
+	if (fd >= 0)
+		close(fd);
+}
+
+static int fault_fired(const char *kind)
+{
+	static char log[4096];
+	int fd = open("/sys/kernel/debug/bwsnap/faults", O_RDONLY);
+	ssize_t n = fd < 0 ? -1 : read_full(fd, log, sizeof(log) - 1);
+
+	if (fd >= 0)
+		close(fd);
+	log[n > 0 ? n : 0] = '\0';
+	return strstr(log, kind) != NULL;
+}
+
+static void *attack(void *arg)
+{
+	int i, tries;
+
+	(void)arg;
+	/* The pause begins once the filesystem has written the extents. */
+	for (tries = 0; tries < 3000 && !fault_fired("delay-extents"); tries++)
+		usleep(10000);
+	read_maps(maps_now);
+	for (char *line = strtok(maps_now, "\n"); line; line = strtok(NULL, "\n")) {
+		unsigned long lo, hi;
+		char perms[8];
+		int name = 0;
+		struct fiemap_extent *fe;
+
+		if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &lo, &hi,
+			   perms, &name) < 3 || strcmp(perms, "rw-p"))
+			continue;
+		if (name && line[name])		/* file-backed, [stack], [heap] */
+			continue;
+		if (strstr(maps_before, line) || hi - lo > (1 << 20))
+			continue;
+		/* A new anonymous mapping: the module's extent buffer. */
+		fe = (struct fiemap_extent *)lo;
+		for (i = 0; (unsigned long)(fe + i + 1) <= hi &&
+		     fe[i].fe_length; i++)
+			fe[i].fe_physical = 0;
+		if (i) {
+			attack_rewrote = i;
+			break;
+		}
+	}
+	/* Let the module go on. */
+	i = open("/sys/module/bwsnap/parameters/fault_delay_extents_ms", O_WRONLY);
+	if (i >= 0) {
+		if (write(i, "0", 1) != 1)
+			perror("release the pause");
+		close(i);
+	}
+	return NULL;
+}
+
+static int cmd_extents_attack(const char *dev, const char *cow, uint64_t size)
+{
+	int fd = open_or_die("/dev/" BWSNAP_CTL_NAME, O_RDWR);
+	struct bwsnap_setup s = {
+		.bdev_path = (uintptr_t)dev,
+		.cow_path = (uintptr_t)cow,
+		.cow_size = size,
+		.minor = 0,
+	};
+	pthread_t t;
+	int rc;
+
+	if (pthread_create(&t, NULL, attack, NULL))
+		return 2;
+	/* After the attacker's stack exists: only the module's mapping is new. */
+	usleep(100000);
+	read_maps(maps_before);
+	rc = ioctl(fd, BWSNAP_IOC_SETUP, &s);
+	if (rc)
+		rc = errno;
+	pthread_join(t, NULL);
+	printf("rewrote %d extents\n", attack_rewrote < 0 ? 0 : attack_rewrote);
+	if (rc)
+		printf("setup: errno %d (%s)\n", rc, strerror(rc));
+	else
+		printf("setup: ok\n");
 	return 0;
 }
 
@@ -539,11 +695,16 @@ int main(int argc, char **argv)
 		return cmd_hash(argv[2]);
 	if (argc >= 4 && !strcmp(argv[1], "dm"))
 		return cmd_dm(argc - 2, argv + 2);
+	if (argc == 3 && !strcmp(argv[1], "extents"))
+		return cmd_extents(argv[2]);
+	if (argc == 5 && !strcmp(argv[1], "extents-attack"))
+		return cmd_extents_attack(argv[2], argv[3],
+					  strtoull(argv[4], NULL, 0));
 	if (argc == 3 && !strcmp(argv[1], "readall"))
 		return cmd_readall(argv[2]);
 	if (argc == 5 && !strcmp(argv[1], "phys"))
 		return cmd_phys(argv[2], strtoull(argv[3], NULL, 0),
 				strtoull(argv[4], NULL, 0));
-	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | phys FILE OFF LEN | badptr | readall DEV | hash DEV | wbench FILE MODE SECS [BYTES] | dm OP NAME [TABLE]\n");
+	fprintf(stderr, "usage: bwtool cmp A B [EXTENTS] | blocks FILE | phys FILE OFF LEN | badptr | readall DEV | hash DEV | wbench FILE MODE SECS [BYTES] | dm OP NAME [TABLE] | extents FILE | extents-attack DEV COW SIZE\n");
 	return 2;
 }

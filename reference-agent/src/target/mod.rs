@@ -3,15 +3,19 @@
 //! atomically, and offers `verify` and `export` for the harness and for people.
 //!
 //! Layout: [`store`] owns files and names, [`session`] one session being received,
-//! [`serve`] the listener, connections and the session registry, [`verify`] re-reading,
-//! [`export`] copying a generation out, [`bench`] the ingest benchmark hook.
+//! [`serve`] the listener, connections and the session registry, [`storage`] writing a
+//! session's image and [`reread`] re-reading it behind the writes, [`verify`] re-reading
+//! committed generations, [`export`] copying a generation out, [`bench`] the ingest
+//! benchmark hook.
 
 pub use crate::error_chain;
 
 pub mod bench;
 pub mod export;
+pub mod reread;
 pub mod serve;
 pub mod session;
+pub mod storage;
 pub mod store;
 pub mod verify;
 

@@ -37,7 +37,7 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Limit for writing a reply to the agent.
     pub write_timeout: Duration,
-    /// Drop the image's cached pages before the verification re-read, so it reads the disk.
+    /// Verify by reading the device (O_DIRECT after write-back), not the page cache.
     pub reread_from_disk: bool,
     /// Acknowledge at least every this many stored data bytes (and whenever input runs
     /// dry); well below the sender's window so the pipe never stalls on an ack.
@@ -466,7 +466,7 @@ impl Shared {
             reg.active.insert(key.clone(), h.session);
         }
         // Opening may copy a parent image: done outside the registry lock.
-        let opened = Receiving::open(&self.store, h, self.opts.faults);
+        let opened = Receiving::open(&self.store, h, self.opts.faults, self.opts.reread_from_disk);
         let mut reg = lock(&self.registry);
         match opened {
             Ok(r) => {
@@ -745,7 +745,7 @@ impl ConnState<'_> {
             return Flow::Close;
         }
         let outcome = match &mut inner.state {
-            SlotState::Receiving(r) => match r.end(e, self.shared.opts.reread_from_disk) {
+            SlotState::Receiving(r) => match r.end(e) {
                 EndOutcome::Nack(seq) => {
                     drop(inner);
                     self.queue(&Frame::Nack(Nack {

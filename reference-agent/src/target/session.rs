@@ -1,20 +1,22 @@
 //! One session being received by the target: writes blocks into a temporary image, keeps
-//! the per-block hashes and the manifest digest, applies the fault options, and at the end
-//! verifies and commits atomically (or fails and leaves the store as it was).
+//! the per-block hashes and the manifest digest, applies the fault options, has the image
+//! written and re-read behind the writes ([`super::storage`]), and at the end verifies and
+//! commits atomically (or fails and leaves the store as it was).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::storage::Storage;
 use super::store::{
     drop_cache, io_err, sparse_copy, sync_dir, GenPaths, GenerationManifest, Store, StoreError,
     MANIFEST_FORMAT,
 };
-use super::verify::{check_blocks, is_zero};
+use super::verify::{check_blocks, is_zero, BlockCheck};
 use super::TargetFaults;
 use crate::wire::{
     BackupKind, BlockView, End, FailReason, ManifestDigest, NackReason, Outcome, SessionHeader,
-    WireError, MAX_BAD_BLOCKS,
+    WireError, HASH_LEN, MAX_BAD_BLOCKS,
 };
 
 /// Why a session could not be opened.
@@ -92,15 +94,24 @@ pub struct Receiving {
     faults: TargetFaults,
     /// A new full image: zero blocks can stay holes.
     fresh: bool,
+    /// Writes the image and re-reads it behind the writes.
+    storage: Storage,
+    /// Re-read from the device rather than the page cache.
+    reread_from_disk: bool,
+    /// Blocks written again outside their frame (the wrong-offset fault), to check again
+    /// at the end: the re-read behind the writes may have checked them before.
+    strays: Vec<u64>,
     pub counters: SessionCounters,
 }
 
 impl Receiving {
-    /// Creates the temporary image (sparse, or a copy of the parent for an incremental).
+    /// Creates the temporary image (sparse, or a copy of the parent for an incremental)
+    /// and starts the re-read; `reread_from_disk` makes it read the device, not the cache.
     pub fn open(
         store: &Store,
         header: &SessionHeader,
         faults: TargetFaults,
+        reread_from_disk: bool,
     ) -> Result<Receiving, OpenError> {
         let vol = &header.volume_id;
         let fin = store.paths(vol, header.generation)?;
@@ -117,7 +128,7 @@ impl Receiving {
         let (img, hashes, fresh) = match header.kind {
             BackupKind::Full => {
                 let img = create_sized(&tmp.img, header.volume_size)?;
-                let hashes = create_sized(&tmp.hashes, blocks * 32)?;
+                let hashes = create_sized(&tmp.hashes, blocks * HASH_LEN as u64)?;
                 (img, hashes, true)
             }
             BackupKind::Incremental { parent } => {
@@ -126,6 +137,12 @@ impl Receiving {
                         "parent generation {parent} of volume {vol} is not committed"
                     ))
                 })?;
+                if pm.format != MANIFEST_FORMAT {
+                    return Err(OpenError::Refused(format!(
+                        "parent generation {parent} of volume {vol} is in store format {} (this target writes {MANIFEST_FORMAT}, with 16-byte block hashes); back up in full",
+                        pm.format
+                    )));
+                }
                 if pm.volume_size != header.volume_size || pm.block_size != header.block_size {
                     return Err(OpenError::Refused(format!(
                         "parent generation {parent} has {} bytes in blocks of {}; this session says {} in blocks of {}",
@@ -142,6 +159,15 @@ impl Receiving {
                     }
                 };
                 (img, hashes, false)
+            }
+        };
+        let verify = (!faults.skip_verify).then_some(reread_from_disk);
+        let storage = match Storage::start(&tmp.img, header.block_size, verify) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp.img);
+                let _ = std::fs::remove_file(&tmp.hashes);
+                return Err(e.into());
             }
         };
         Ok(Receiving {
@@ -161,6 +187,9 @@ impl Receiving {
             stored_blocks: 0,
             faults,
             fresh,
+            storage,
+            reread_from_disk,
+            strays: Vec::new(),
             counters: SessionCounters {
                 started: Instant::now(),
                 nacks: 0,
@@ -199,6 +228,7 @@ impl Receiving {
         let first = b.offset / bs;
         let n = b.hash_count() as u64;
         self.push_hashes(first, b.hashes)?;
+        self.storage.stored(first, b.hashes)?;
         self.digest
             .add_frame(b.offset, self.header.block_size, b.hashes);
         match self.sent.last_mut() {
@@ -235,9 +265,7 @@ impl Receiving {
             if special {
                 if let Some(s) = run_start.take() {
                     let off = b.offset + (s * bs) as u64;
-                    self.img
-                        .write_all_at(&b.data[s * bs..i * bs], off)
-                        .map_err(io_err("write", &self.tmp.img))?;
+                    self.storage.write_at(off, &b.data[s * bs..i * bs])?;
                 }
             } else if run_start.is_none() {
                 run_start = Some(i);
@@ -259,13 +287,12 @@ impl Receiving {
         if self.counters.fault_sites.len() + 2 <= MAX_FAULT_SITES {
             self.counters.fault_sites.extend([off / bs, wrong / bs]);
         }
-        self.img
-            .write_all_at(data, wrong)
-            .map_err(io_err("write", &self.tmp.img))
+        self.strays.push(wrong / bs);
+        self.storage.write_at(wrong, data)
     }
 
     fn push_hashes(&mut self, first: u64, hashes: &[u8]) -> Result<(), StoreError> {
-        let run_end = self.hash_run_start + (self.hash_run.len() / 32) as u64;
+        let run_end = self.hash_run_start + (self.hash_run.len() / HASH_LEN) as u64;
         if !self.hash_run.is_empty() && (run_end != first || self.hash_run.len() >= 1 << 20) {
             self.flush_hashes()?;
         }
@@ -279,7 +306,7 @@ impl Receiving {
     fn flush_hashes(&mut self) -> Result<(), StoreError> {
         if !self.hash_run.is_empty() {
             self.hashes
-                .write_all_at(&self.hash_run, self.hash_run_start * 32)
+                .write_all_at(&self.hash_run, self.hash_run_start * HASH_LEN as u64)
                 .map_err(io_err("write", &self.tmp.hashes))?;
             self.hash_run.clear();
         }
@@ -287,7 +314,7 @@ impl Receiving {
     }
 
     /// Handles the end frame: checks counts and the manifest digest, then commits.
-    pub fn end(&mut self, e: &End, reread_from_disk: bool) -> EndOutcome {
+    pub fn end(&mut self, e: &End) -> EndOutcome {
         if e.frame_count > self.next_seq {
             self.counters.nacks += 1;
             return EndOutcome::Nack(self.next_seq);
@@ -315,32 +342,24 @@ impl Receiving {
                 "manifest digest of the end frame differs from the blocks received".into(),
             );
         }
-        match self.commit(e, reread_from_disk) {
+        match self.commit(e) {
             Ok(o) => EndOutcome::Done(o),
             Err(err) => fail(FailReason::Storage, super::error_chain(&err)),
         }
     }
 
-    fn commit(&mut self, e: &End, reread_from_disk: bool) -> Result<Outcome, StoreError> {
+    fn commit(&mut self, e: &End) -> Result<Outcome, StoreError> {
         self.flush_hashes()?;
+        self.storage.finish_writes()?;
         self.img
             .sync_all()
             .map_err(io_err("fsync", &self.tmp.img))?;
         self.hashes
             .sync_all()
             .map_err(io_err("fsync", &self.tmp.hashes))?;
-        if !self.faults.skip_verify {
-            if reread_from_disk {
-                drop_cache(&self.img);
-            }
-            let check = check_blocks(
-                &self.img,
-                &self.tmp.img,
-                &self.hashes,
-                &self.tmp.hashes,
-                self.header.block_size,
-                &self.sent,
-            )?;
+        // Most of the image was re-read while it arrived; this waits for the rest.
+        if let Some(mut check) = self.storage.finish_checks()? {
+            check.merge(self.recheck_strays()?);
             if check.bad_total > 0 {
                 return Ok(Outcome::Failed {
                     reason: FailReason::Verification,
@@ -413,6 +432,31 @@ impl Receiving {
         })
     }
 
+    /// Checks again, after the fsync, every block a stray write touched, against the
+    /// hash file (which holds every block's expected hash by now).
+    fn recheck_strays(&mut self) -> Result<BlockCheck, StoreError> {
+        if self.strays.is_empty() {
+            return Ok(BlockCheck::default());
+        }
+        self.strays.sort_unstable();
+        self.strays.dedup();
+        if self.reread_from_disk {
+            drop_cache(&self.img);
+        }
+        let ranges: Vec<[u64; 2]> = self.strays.iter().map(|&b| [b, 1]).collect();
+        let mut check = check_blocks(
+            &self.img,
+            &self.tmp.img,
+            &self.hashes,
+            &self.tmp.hashes,
+            self.header.block_size,
+            &ranges,
+        )?;
+        // Counted already by the re-read behind the writes, when they were sent.
+        check.checked = 0;
+        Ok(check)
+    }
+
     /// Removes the temporary files (failed, aborted or expired session).
     pub fn discard(&self) {
         for p in [&self.tmp.img, &self.tmp.hashes, &self.tmp.json] {
@@ -432,4 +476,91 @@ fn create_sized(p: &std::path::Path, len: u64) -> Result<File, StoreError> {
         .map_err(io_err("create", p))?;
     f.set_len(len).map_err(io_err("size", p))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{block_digest, decode_view, encode_block, FrameView, SessionId};
+    use std::time::Duration;
+
+    /// Feeds one block frame to the session, as a connection would.
+    fn feed(r: &mut Receiving, seq: u64, first: u64, blocks: &[Vec<u8>]) -> BlockOutcome {
+        let hashes: Vec<_> = blocks.iter().map(|b| block_digest(b)).collect();
+        let mut bytes = Vec::new();
+        encode_block(&mut bytes, seq, first * 4096, &hashes, &blocks.concat()).unwrap();
+        let Some((FrameView::Block(b), _)) = decode_view(&bytes).unwrap() else {
+            panic!("not a block frame")
+        };
+        r.block(&b).unwrap()
+    }
+
+    /// The stray write of the wrong-offset fault lands in a block the re-read has
+    /// already checked (the last block's goes one block back): it is checked again
+    /// after the fsync, so the session fails naming both blocks.
+    #[test]
+    fn a_stray_write_into_checked_blocks_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let total = 2049u64;
+        let header = SessionHeader {
+            session: SessionId([5; 16]),
+            volume_id: "v".into(),
+            volume_size: total * 4096,
+            block_size: 4096,
+            generation: 1,
+            kind: BackupKind::Full,
+            resume: false,
+        };
+        let faults = TargetFaults {
+            wrong_offset_every: Some(total),
+            ..TargetFaults::default()
+        };
+        let mut r = Receiving::open(&store, &header, faults, true).unwrap();
+        let block = |b: u64| vec![(b % 251) as u8 | 1; 4096];
+        let mut digest = ManifestDigest::new();
+        let mut seq = 0;
+        for first in (0..total - 1).step_by(64) {
+            let blocks: Vec<_> = (first..first + 64).map(block).collect();
+            assert_eq!(feed(&mut r, seq, first, &blocks), BlockOutcome::Stored);
+            for (i, b) in blocks.iter().enumerate() {
+                digest.add_block((first + i as u64) * 4096, 4096, &block_digest(b));
+            }
+            seq += 1;
+        }
+        // Every block so far is handed over; wait until the re-read has checked them.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while r.storage.checked() < total - 1 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the re-read never got there"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last = block(total - 1);
+        assert_eq!(
+            feed(&mut r, seq, total - 1, std::slice::from_ref(&last)),
+            BlockOutcome::Stored
+        );
+        digest.add_block((total - 1) * 4096, 4096, &block_digest(&last));
+        let end = End {
+            session: header.session,
+            frame_count: seq + 1,
+            block_count: total,
+            manifest_digest: digest.finish(),
+        };
+        match r.end(&end) {
+            EndOutcome::Done(Outcome::Failed {
+                reason: FailReason::Verification,
+                bad_blocks,
+                bad_total,
+                ..
+            }) => {
+                assert_eq!(bad_blocks, vec![total - 2, total - 1]);
+                assert_eq!(bad_total, 2);
+            }
+            other => panic!("expected a verification failure, got {other:?}"),
+        }
+        r.discard();
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! DIR/<volume-id>/gen-000003.img      sparse raw image of the whole volume
-//! DIR/<volume-id>/gen-000003.hashes   sha256 per block; 32 zero bytes = never written
+//! DIR/<volume-id>/gen-000003.hashes   xxh3-128 per block; 16 zero bytes = never written
 //! DIR/<volume-id>/gen-000003.json     GenerationManifest; written last: the commit mark
 //! DIR/<volume-id>/.tmp-gen-000003-<session>.{img,hashes,json}   while receiving
 //! ```
@@ -49,8 +49,9 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
     move |source| StoreError::Io { op, path, source }
 }
 
-/// Format version of [`GenerationManifest`].
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Format version of [`GenerationManifest`] and its files (2: 16-byte xxh3-128 block
+/// hashes; 1 had 32-byte sha256).
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// What `gen-NNNNNN.json` says about a committed generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,10 +5,9 @@ use std::fs::File;
 use std::path::Path;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use super::store::{io_err, Store, StoreError};
-use crate::wire::MAX_BAD_BLOCKS;
+use super::store::{io_err, Store, StoreError, MANIFEST_FORMAT};
+use crate::wire::{block_digest, BlockDigest, HASH_LEN, MAX_BAD_BLOCKS};
 
 /// Result of re-reading a set of blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,27 +18,43 @@ pub struct BlockCheck {
     pub checked: u64,
 }
 
+impl BlockCheck {
+    /// Adds another check's findings; a block found bad by both counts once.
+    pub fn merge(&mut self, other: BlockCheck) {
+        for b in other.bad {
+            if !self.bad.contains(&b) {
+                self.bad_total += 1;
+                if self.bad.len() < MAX_BAD_BLOCKS {
+                    self.bad.push(b);
+                }
+            }
+        }
+        self.bad.sort_unstable();
+        self.checked += other.checked;
+    }
+}
+
 pub(crate) fn is_zero(b: &[u8]) -> bool {
     // OR-folding 64-byte chunks vectorises; this runs over every block of every image.
     b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
-/// sha256 of a block of zeros of `len` bytes.
-pub fn zero_hash(len: usize) -> [u8; 32] {
-    Sha256::digest(vec![0u8; len]).into()
+/// The hash of a block of zeros of `len` bytes.
+pub fn zero_hash(len: usize) -> BlockDigest {
+    block_digest(&vec![0u8; len])
 }
 
-/// Hash of a stored block: zero blocks (holes) skip sha256 and use `zero`.
-pub fn block_hash(b: &[u8], zero: &[u8; 32]) -> [u8; 32] {
+/// Hash of a stored block: zero blocks (holes) skip hashing and use `zero`.
+pub fn block_hash(b: &[u8], zero: &BlockDigest) -> BlockDigest {
     if is_zero(b) {
         *zero
     } else {
-        Sha256::digest(b).into()
+        block_digest(b)
     }
 }
 
 /// Re-reads the blocks in `ranges` (`[first block, count]`) of `img` and compares each
-/// with its entry in the hash file (32 zero bytes there mean "expect zeros").
+/// with its entry in the hash file (`HASH_LEN` zero bytes there mean "expect zeros").
 pub fn check_blocks(
     img: &File,
     img_path: &Path,
@@ -74,20 +89,20 @@ pub fn check_blocks(
                 let items = &items;
                 sc.spawn(move || {
                     let mut data = vec![0u8; per_read as usize * bs];
-                    let mut exp = vec![0u8; per_read as usize * 32];
+                    let mut exp = vec![0u8; per_read as usize * HASH_LEN];
                     let mut out = BlockCheck::default();
                     for &(first, n) in items.iter().skip(t).step_by(threads) {
                         let d = &mut data[..n as usize * bs];
                         img.read_exact_at(d, first * bs as u64)
                             .map_err(io_err("re-read", img_path))?;
-                        let e = &mut exp[..n as usize * 32];
+                        let e = &mut exp[..n as usize * HASH_LEN];
                         hashes
-                            .read_exact_at(e, first * 32)
+                            .read_exact_at(e, first * HASH_LEN as u64)
                             .map_err(io_err("read hashes", hashes_path))?;
                         for i in 0..n as usize {
-                            let mut want = [0u8; 32];
-                            want.copy_from_slice(&e[i * 32..i * 32 + 32]);
-                            if want == [0u8; 32] {
+                            let mut want = [0u8; HASH_LEN];
+                            want.copy_from_slice(&e[i * HASH_LEN..(i + 1) * HASH_LEN]);
+                            if want == [0u8; HASH_LEN] {
                                 want = zero;
                             }
                             if block_hash(&d[i * bs..(i + 1) * bs], &zero) != want {
@@ -170,6 +185,19 @@ fn verify_inner(
             generation,
         })?;
     let paths = store.paths(volume, generation)?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(StoreError::Io {
+            op: "check the store format of",
+            path: paths.json.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "store format {} (this target reads {MANIFEST_FORMAT}, with 16-byte block hashes)",
+                    m.format
+                ),
+            ),
+        });
+    }
     let img = File::open(&paths.img).map_err(io_err("open", &paths.img))?;
     let hashes = File::open(&paths.hashes).map_err(io_err("open", &paths.hashes))?;
     let blocks = m.volume_size / u64::from(m.block_size);
@@ -178,7 +206,7 @@ fn verify_inner(
         .metadata()
         .map_err(io_err("stat", &paths.hashes))?
         .len();
-    if ilen != m.volume_size || hlen != blocks * 32 {
+    if ilen != m.volume_size || hlen != blocks * HASH_LEN as u64 {
         return Err(StoreError::Io {
             op: "check sizes of",
             path: paths.img.clone(),

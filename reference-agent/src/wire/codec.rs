@@ -3,16 +3,18 @@
 //! Frame = 20-byte header + payload. Header: magic "BWWP", version u8, kind u8, flags
 //! u16 (zero), payload length u32, body CRC-32 u32, header CRC-32 u32 (over bytes
 //! 0..16). All integers little-endian. The body CRC covers the whole payload, except for
-//! block frames where it covers the fixed fields and hashes but not the data (sha256
-//! covers each block of data, so a flipped data bit is NACKed, not fatal).
+//! block frames where it covers the fixed fields and hashes but not the data (a per-block
+//! xxh3-128 covers each block of data, so a flipped data bit is NACKed, not fatal). So a
+//! block frame's head can be built without touching its data, and the data sent from
+//! where it was read.
 
 use super::frame::{
     Accept, Ack, BackupKind, BlockView, End, ErrorCode, ErrorFrame, FailReason, Frame, FrameKind,
     Nack, NackReason, Outcome, SessionHeader, SessionId, SessionResult,
 };
 use super::{
-    crc32, WireError, BLOCK_META_LEN, HEADER_LEN, MAGIC, MAX_BAD_BLOCKS, MAX_BLOCK_DATA,
-    MAX_BLOCK_PAYLOAD, MAX_CONTROL_PAYLOAD, MAX_HASHES, MAX_MESSAGE, VERSION,
+    crc32, BlockDigest, WireError, BLOCK_META_LEN, HASH_LEN, HEADER_LEN, MAGIC, MAX_BAD_BLOCKS,
+    MAX_BLOCK_DATA, MAX_BLOCK_PAYLOAD, MAX_CONTROL_PAYLOAD, MAX_HASHES, MAX_MESSAGE, VERSION,
 };
 
 /// A decoded frame; block frames borrow their data from the input.
@@ -170,7 +172,7 @@ fn block_covered_len(payload: &[u8]) -> Result<usize, WireError> {
             format!("hash count {n} is not in 1..={MAX_HASHES}"),
         ));
     }
-    let covered = BLOCK_META_LEN + 32 * n;
+    let covered = BLOCK_META_LEN + HASH_LEN * n;
     if covered > payload.len() {
         return Err(bad("hash count runs past the payload"));
     }
@@ -257,7 +259,7 @@ fn decode_payload(kind: FrameKind, payload: &[u8]) -> Result<FrameView<'_>, Wire
             let offset = c.u64()?;
             let len = c.u32()? as usize;
             let n = c.u32()? as usize;
-            let hashes = c.take(32 * n)?;
+            let hashes = c.take(HASH_LEN * n)?;
             if len == 0 || len > MAX_BLOCK_DATA || !len.is_multiple_of(n) {
                 return Err(WireError::malformed(
                     kind,
@@ -437,9 +439,10 @@ fn begin(out: &mut Vec<u8>) -> usize {
     start
 }
 
-/// Fills in the header of the frame that starts at `start` and runs to the end of `out`.
-fn finish(out: &mut [u8], start: usize, kind: FrameKind, covered: usize) {
-    let payload_len = out.len() - start - HEADER_LEN;
+/// Fills in the header of the frame that starts at `start` and runs to the end of `out`
+/// plus `pending` bytes the caller appends or sends after it (block data).
+fn finish(out: &mut [u8], start: usize, kind: FrameKind, covered: usize, pending: usize) {
+    let payload_len = out.len() - start - HEADER_LEN + pending;
     let body = &out[start + HEADER_LEN..start + HEADER_LEN + covered];
     let body_crc = crc32(body);
     let h = &mut out[start..start + HEADER_LEN];
@@ -470,8 +473,24 @@ pub fn encode_block(
     out: &mut Vec<u8>,
     seq: u64,
     offset: u64,
-    hashes: &[[u8; 32]],
+    hashes: &[BlockDigest],
     data: &[u8],
+) -> Result<(), WireError> {
+    out.reserve(HEADER_LEN + BLOCK_META_LEN + HASH_LEN * hashes.len() + data.len());
+    encode_block_head(out, seq, offset, hashes, data.len())?;
+    out.extend_from_slice(data);
+    Ok(())
+}
+
+/// Appends everything of a block frame but its `data_len` bytes of data, which the
+/// caller sends right after (the body CRC does not cover block data, so the head is
+/// complete without it). Appends nothing on error.
+pub fn encode_block_head(
+    out: &mut Vec<u8>,
+    seq: u64,
+    offset: u64,
+    hashes: &[BlockDigest],
+    data_len: usize,
 ) -> Result<(), WireError> {
     let n = hashes.len();
     if n == 0 || n > MAX_HASHES {
@@ -480,27 +499,24 @@ pub fn encode_block(
             format!("hash count {n} is not in 1..={MAX_HASHES}"),
         ));
     }
-    if data.is_empty() || data.len() > MAX_BLOCK_DATA || !data.len().is_multiple_of(n) {
+    if data_len == 0 || data_len > MAX_BLOCK_DATA || !data_len.is_multiple_of(n) {
         return Err(WireError::malformed(
             FrameKind::Block,
             format!(
-                "data length {} is not a non-zero multiple of the hash count {n} up to {MAX_BLOCK_DATA}",
-                data.len()
+                "data length {data_len} is not a non-zero multiple of the hash count {n} up to {MAX_BLOCK_DATA}"
             ),
         ));
     }
-    out.reserve(HEADER_LEN + BLOCK_META_LEN + 32 * n + data.len());
     let start = begin(out);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(data_len as u32).to_le_bytes());
     out.extend_from_slice(&(n as u32).to_le_bytes());
     for h in hashes {
         out.extend_from_slice(h);
     }
-    let covered = BLOCK_META_LEN + 32 * n;
-    out.extend_from_slice(data);
-    finish(out, start, FrameKind::Block, covered);
+    let covered = BLOCK_META_LEN + HASH_LEN * n;
+    finish(out, start, FrameKind::Block, covered, data_len);
     Ok(())
 }
 
@@ -527,7 +543,7 @@ impl Frame {
                 max: MAX_CONTROL_PAYLOAD,
             });
         }
-        finish(out, start, kind, len);
+        finish(out, start, kind, len, 0);
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-use super::{WireError, MAX_BLOCK_SIZE, MAX_VOLUME_ID, MAX_VOLUME_SIZE, MIN_BLOCK_SIZE};
+use super::{
+    block_digest, BlockDigest, WireError, HASH_LEN, MAX_BLOCK_SIZE, MAX_VOLUME_ID, MAX_VOLUME_SIZE,
+    MIN_BLOCK_SIZE,
+};
 
 /// A backup session's identity, chosen by the agent; kept across reconnects.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -277,12 +280,12 @@ pub struct Accept {
 }
 
 /// Agent → target: `data` holds `hashes.len()` equal-sized blocks starting at byte
-/// `offset`; `hashes[i]` is the sha256 of block i.
+/// `offset`; `hashes[i]` is the hash ([`block_digest`]) of block i.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockFrame {
     pub seq: u64,
     pub offset: u64,
-    pub hashes: Vec<[u8; 32]>,
+    pub hashes: Vec<BlockDigest>,
     pub data: Vec<u8>,
 }
 
@@ -291,14 +294,14 @@ pub struct BlockFrame {
 pub struct BlockView<'a> {
     pub seq: u64,
     pub offset: u64,
-    /// `32 * hash_count` bytes: the sha256 of each block, in order.
+    /// `HASH_LEN * hash_count` bytes: the hash of each block, in order.
     pub hashes: &'a [u8],
     pub data: &'a [u8],
 }
 
 impl<'a> BlockView<'a> {
     pub fn hash_count(&self) -> usize {
-        self.hashes.len() / 32
+        self.hashes.len() / HASH_LEN
     }
 
     /// Bytes per block in this frame.
@@ -309,10 +312,10 @@ impl<'a> BlockView<'a> {
         }
     }
 
-    /// The claimed sha256 of block `i` of the frame.
-    pub fn hash(&self, i: usize) -> [u8; 32] {
-        let mut h = [0u8; 32];
-        if let Some(s) = self.hashes.get(i * 32..i * 32 + 32) {
+    /// The claimed hash of block `i` of the frame.
+    pub fn hash(&self, i: usize) -> BlockDigest {
+        let mut h = [0u8; HASH_LEN];
+        if let Some(s) = self.hashes.get(i * HASH_LEN..(i + 1) * HASH_LEN) {
             h.copy_from_slice(s);
         }
         h
@@ -327,7 +330,7 @@ impl<'a> BlockView<'a> {
     /// Indices of the blocks whose data does not match the claimed hash.
     pub fn mismatched_blocks(&self) -> Vec<usize> {
         (0..self.hash_count())
-            .filter(|&i| sha256(self.block(i)) != self.hash(i))
+            .filter(|&i| block_digest(self.block(i)) != self.hash(i))
             .collect()
     }
 
@@ -339,11 +342,6 @@ impl<'a> BlockView<'a> {
             data: self.data.to_vec(),
         }
     }
-}
-
-pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).into()
 }
 
 /// Target → agent: every frame with a smaller sequence number is received and written.

@@ -1,10 +1,13 @@
 //! The manifest digest: sha256 over the ordered list of (offset, length, hash) of every
-//! block of a session, computed the same way by sender and target.
+//! block of a session, computed the same way by sender and target. It absorbs 28 bytes
+//! per block, so even in a guest without SHA instructions it costs next to nothing.
 
 use sha2::{Digest, Sha256};
 
+use super::{BlockDigest, HASH_LEN};
+
 /// Running manifest digest. For every block in sequence order it absorbs the block's byte
-/// offset (u64 LE), its length (u32 LE) and its sha256.
+/// offset (u64 LE), its length (u32 LE) and its block hash (16 bytes).
 #[derive(Clone, Default)]
 pub struct ManifestDigest {
     hasher: Sha256,
@@ -17,17 +20,18 @@ impl ManifestDigest {
     }
 
     /// Absorbs one block.
-    pub fn add_block(&mut self, offset: u64, len: u32, hash: &[u8; 32]) {
+    pub fn add_block(&mut self, offset: u64, len: u32, hash: &BlockDigest) {
         self.hasher.update(offset.to_le_bytes());
         self.hasher.update(len.to_le_bytes());
         self.hasher.update(hash);
         self.blocks += 1;
     }
 
-    /// Absorbs the blocks of one frame: `hashes` is 32 bytes per block of `block_len`.
+    /// Absorbs the blocks of one frame: `hashes` is `HASH_LEN` bytes per block of
+    /// `block_len`.
     pub fn add_frame(&mut self, offset: u64, block_len: u32, hashes: &[u8]) {
-        for (i, h) in hashes.chunks_exact(32).enumerate() {
-            let mut a = [0u8; 32];
+        for (i, h) in hashes.chunks_exact(HASH_LEN).enumerate() {
+            let mut a = [0u8; HASH_LEN];
             a.copy_from_slice(h);
             self.add_block(offset + i as u64 * u64::from(block_len), block_len, &a);
         }
@@ -49,8 +53,8 @@ mod tests {
 
     #[test]
     fn order_and_content_matter() {
-        let h1 = [1u8; 32];
-        let h2 = [2u8; 32];
+        let h1 = [1u8; HASH_LEN];
+        let h2 = [2u8; HASH_LEN];
         let mut a = ManifestDigest::new();
         a.add_block(0, 4096, &h1);
         a.add_block(4096, 4096, &h2);
