@@ -221,6 +221,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// The same clean scenario under each built-in pipeline: each driven pipeline's copy
+    /// throughput against dd of the same snapshot device, and the recording overhead
+    /// (the harness's reader on against off).
+    Pipelines {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+    },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -574,6 +583,7 @@ fn main() -> ExitCode {
                     blockwitness::bench::disk::bench_disk(img, accel, dir).map(|r| r.to_string())
                 })
             }
+            BenchCommand::Pipelines { image, accel } => bench_pipelines(&image, accel),
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }
@@ -747,6 +757,13 @@ fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> an
         )
         .map(|r| r.to_string())
     })
+}
+
+fn bench_pipelines(image: &str, accel: AccelChoice) -> anyhow::Result<Exit> {
+    doctor::require(doctor::FOR_RUN)?;
+    let report = blockwitness::bench::pipelines::pipelines(image, &RunOptions::standard(accel))?;
+    println!("{report}");
+    Ok(Exit::Pass)
 }
 
 fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Benchmarks that print figures and ratios against a baseline measured in the same run.
 //! Targets are reported, never asserted: a noisy machine must not fail a build.
 //!
-//! One file per bench: [`boot`], [`hash`], [`agent`], [`scenario`], [`cow`]. What they
+//! One file per bench: [`boot`], [`hash`], [`agent`], [`scenario`], [`cow`], [`pipelines`]. What they
 //! share (the error, the median, running a command on the host or in the guest) is here.
 
 pub mod agent;
@@ -10,6 +10,7 @@ pub mod cow;
 pub mod disk;
 pub mod hash;
 pub mod oracle;
+pub mod pipelines;
 pub mod scenario;
 
 use std::path::PathBuf;

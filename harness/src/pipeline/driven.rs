@@ -256,6 +256,41 @@ pub trait Provider {
     }
 }
 
+/// A figure a driven backup puts in its notes, for `bench pipelines`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// The product's copy (stream or copy step), with the reader beside it when on.
+    Copy,
+    /// `dd` of the same snapshot device alone, after the copy.
+    Dd,
+}
+
+impl Figure {
+    fn label(self) -> &'static str {
+        match self {
+            Figure::Copy => "copy",
+            Figure::Dd => "dd of the snapshot device",
+        }
+    }
+
+    /// `volume V backup G: <label> read N bytes in S s`.
+    pub fn note(self, volume: &str, g: u32, bytes: u64, took: Duration) -> String {
+        format!(
+            "volume {volume} backup {g}: {} read {bytes} bytes in {:.3} s",
+            self.label(),
+            took.as_secs_f64()
+        )
+    }
+
+    /// (bytes, seconds) from a note of this figure.
+    pub fn parse(self, note: &str) -> Option<(u64, f64)> {
+        let rest = note.split_once(&format!(": {} read ", self.label()))?.1;
+        let (bytes, rest) = rest.split_once(" bytes in ")?;
+        let secs = rest.strip_suffix(" s")?;
+        Some((bytes.parse().ok()?, secs.parse().ok()?))
+    }
+}
+
 /// The volumes a driven backup froze, as the run checks them: the harness itself asked
 /// for exactly these (the run still proves each is frozen with a write probe).
 fn announced(volumes: &[GuestVolume]) -> Vec<AnnouncedVolume> {
@@ -311,6 +346,7 @@ pub struct Driven {
     instant: Option<InstantPort>,
     volume_sizes: BTreeMap<String, u64>,
     notes: Vec<String>,
+    measure_dd: bool,
 }
 
 impl Driven {
@@ -319,6 +355,7 @@ impl Driven {
         plan: &Plan,
         work: &Path,
         reader: bool,
+        measure_dd: bool,
     ) -> Result<Driven, PipelineError> {
         let dir = work.join("store");
         std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
@@ -338,6 +375,7 @@ impl Driven {
                 .map(|v| (v.name.clone(), v.size_bytes))
                 .collect(),
             notes: Vec::new(),
+            measure_dd,
         })
     }
 
@@ -605,6 +643,8 @@ impl Driven {
                 return Err(e.into());
             }
         };
+        let copy_started = Instant::now();
+        let mut copy_took: Option<Duration> = None;
         let expected = changed
             .as_ref()
             .map(|c| c.iter().map(|(_, l)| l / BLOCK as u64).sum::<u64>())
@@ -619,6 +659,9 @@ impl Driven {
                     Ok(Some(d)) => copied = Some(Ok(d)),
                     Ok(None) => {}
                     Err(e) => copied = Some(Err(e)),
+                }
+                if copied.is_some() {
+                    copy_took = Some(copy_started.elapsed());
                 }
             }
             if let (Some(rd), None) = (reader.as_mut(), &read_done) {
@@ -705,6 +748,20 @@ impl Driven {
             None => Some(self.channel.as_ref().expect("started").finish(GRACE)),
             Some(_) => None,
         };
+        if let Some(took) = copy_took {
+            notes.push(Figure::Copy.note(&v.name, g, expected * BLOCK as u64, took));
+        }
+        if self.measure_dd && claim == Claim::Success {
+            // The baseline of `bench pipelines`: the same device read by dd alone.
+            let bytes = size - size % (1 << 20);
+            let script = format!(
+                "dd if={device} of=/dev/null bs=1M count={} iflag=direct 2>&1",
+                bytes >> 20
+            );
+            let at = Instant::now();
+            r.sh("dd", &script, deadline.saturating_sub(started.elapsed()))?;
+            notes.push(Figure::Dd.note(&v.name, g, bytes, at.elapsed()));
+        }
         let own = self.provider.after_copy(r, v, g)?;
         let claim = match (claim, own) {
             (Claim::Success, Some(reason)) => Claim::Failure(reason),
@@ -946,5 +1003,23 @@ impl Pipeline for Driven {
         let mut notes = std::mem::take(&mut self.notes);
         notes.extend(self.provider.notes());
         notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_note_reads_back_and_only_as_its_own_figure() {
+        let note = Figure::Copy.note("data", 1, 134_217_728, Duration::from_millis(2500));
+        assert_eq!(
+            note,
+            "volume data backup 1: copy read 134217728 bytes in 2.500 s"
+        );
+        assert_eq!(Figure::Copy.parse(&note), Some((134_217_728, 2.5)));
+        assert_eq!(Figure::Dd.parse(&note), None);
+        let dd = Figure::Dd.note("data", 2, 1 << 20, Duration::from_secs(1));
+        assert_eq!(Figure::Dd.parse(&dd), Some((1 << 20, 1.0)));
     }
 }

@@ -262,11 +262,13 @@ pub trait Pipeline {
 }
 
 /// The pipeline a plan names, ready to boot with. `work` is the run's work directory
-/// (stores, built products, extra disks).
+/// (stores, built products, extra disks); `measure_dd` times a `dd` of each snapshot
+/// device after a driven pipeline's copy (`bench pipelines`).
 pub fn for_plan(
     plan: &Plan,
     image: &BuiltImage,
     work: &std::path::Path,
+    measure_dd: bool,
 ) -> Result<Box<dyn Pipeline>, PipelineError> {
     Ok(match &plan.pipeline {
         PipelineSpec::Reference => Box::new(reference::Reference::new(image, work)?),
@@ -275,12 +277,14 @@ pub fn for_plan(
             plan,
             work,
             spec.reader,
+            measure_dd,
         )?),
         PipelineSpec::Lvm(spec) => Box::new(driven::Driven::new(
             Box::new(lvm::Lvm::new(*spec, plan, work)?),
             plan,
             work,
             spec.reader,
+            measure_dd,
         )?),
         PipelineSpec::External(spec) => Box::new(driven::Driven::new(
             Box::new(external::External::new(
@@ -292,6 +296,7 @@ pub fn for_plan(
             plan,
             work,
             spec.reader,
+            measure_dd,
         )?),
     })
 }

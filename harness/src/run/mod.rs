@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// of these uses it as it is, never rebuilding or re-resolving it, so every run of a
     /// nightly runs the same kernel.
     pub prebuilt: Vec<BuiltImage>,
+    /// For `bench pipelines`: a driven pipeline also times a `dd` of each snapshot
+    /// device after its copy (the baseline its throughput is measured against).
+    pub measure_dd: bool,
 }
 
 impl RunOptions {
@@ -59,6 +62,7 @@ impl RunOptions {
             project_root: crate::paths::project_root(),
             keep_work: false,
             prebuilt: Vec::new(),
+            measure_dd: false,
         }
     }
 }
@@ -410,7 +414,12 @@ impl<'a> Runner<'a> {
             self.plan.pipeline.kind().name()
         ));
         let made = self.timed("pipeline", |r| {
-            crate::pipeline::for_plan(r.plan, r.image.as_ref().expect("set above"), &r.work)
+            crate::pipeline::for_plan(
+                r.plan,
+                r.image.as_ref().expect("set above"),
+                &r.work,
+                r.opts.measure_dd,
+            )
         });
         match made {
             Ok(p) => self.pipeline = Some(p),
