@@ -26,6 +26,21 @@ pub enum Event {
     },
     /// A fact worth a line (the accelerator chosen, a fault injected, ...).
     Note { run_id: String, text: String },
+    /// Where a shrink session stands (`blockwitness shrink`): sent before each run,
+    /// after each kept cut, and about once a second while a run goes on. Its runs send
+    /// their own events, under their own run ids.
+    Shrink {
+        session: String,
+        runs: u32,
+        cuts_kept: usize,
+        /// The run going on ("candidate 4 (volume data size 512MiB -> 64MiB), run 1 of
+        /// 2"), or None between runs.
+        trying: Option<String>,
+        /// The smallest draft that has failed the same way so far, in a line.
+        best: String,
+        elapsed: Duration,
+        budget: Duration,
+    },
     /// The run ended.
     RunFinished {
         run_id: String,

@@ -89,6 +89,15 @@ enum Command {
         /// Keep the work directory (disks, truth layers, target store) for inspection.
         #[arg(long)]
         keep_work: bool,
+        /// Run QEMU at 1/N of the wall clock (a stop/continue duty cycle the harness
+        /// applies itself; the scenario's timeout grows N-fold): what a slow machine does
+        /// to the scenario.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+        slow: Option<u32>,
+        /// Serve the volumes with this instead of the scenario's `guest.disk` (the repro
+        /// line says so).
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         /// Plain progress lines even on a terminal.
         #[arg(long)]
         plain: bool,
@@ -109,6 +118,14 @@ enum Command {
         filter: Option<String>,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+        /// Run QEMU at 1/N of the wall clock (a stop/continue duty cycle the harness
+        /// applies itself; the scenario's timeout grows N-fold): what a slow machine does
+        /// to the scenario.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+        slow: Option<u32>,
+        /// Serve every scenario's volumes with this instead of its `guest.disk`.
+        #[arg(long, value_enum)]
+        disk: Option<DiskBackend>,
         #[arg(long)]
         plain: bool,
     },
@@ -130,6 +147,9 @@ enum Command {
         /// The nightly's report directory, e.g. reports/nightly-1795900000.
         dir: PathBuf,
     },
+    /// Cut a failing run down: rerun its scenario (same seed and image) with smaller
+    /// plans and write the smallest that still fails the same way (docs/shrink.md).
+    Shrink(ShrinkArgs),
     /// Print a performance figure as a ratio against its baseline.
     Bench {
         #[command(subcommand)]
@@ -137,11 +157,49 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ShrinkArgs {
+    /// The run's report directory (reports/<run-id>).
+    report: PathBuf,
+    /// Time for the whole session (a run in flight at the end is stopped).
+    #[arg(long, default_value = "30m", value_parser = parse_budget)]
+    budget: Duration,
+    /// Where to write the shrunk scenario (default: shrunk.toml in the session's
+    /// directory, reports/shrink-...).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Runs beyond the first that a cut must also fail the same way in before it
+    /// is kept, and reruns of the original first (TCG runs are noisy).
+    #[arg(long, default_value_t = 1)]
+    confirm: u32,
+    /// Keep these findings (a class or outcome name) instead of the failing
+    /// verdict; for a scenario that expects what it finds. Repeatable.
+    #[arg(long = "keep-finding")]
+    keep_finding: Vec<String>,
+    /// Keep every finding of the run instead of its failing verdict.
+    #[arg(long, conflicts_with = "keep_finding")]
+    keep_findings: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
 /// Who serves a guest's disks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum DiskBackend {
     Qemu,
     Witness,
+}
+
+impl DiskBackend {
+    fn scenario(self) -> blockwitness::scenario::DiskBackend {
+        match self {
+            DiskBackend::Qemu => blockwitness::scenario::DiskBackend::Qemu,
+            DiskBackend::Witness => blockwitness::scenario::DiskBackend::Witness,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -176,7 +234,8 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
     },
-    /// The wall time of a scenario against a bare boot with the same workload.
+    /// The harness's share of a scenario's wall time, against a bare boot with the same
+    /// fill and a `dd` of each volume; and the nightly's scenario-runs per hour.
     Scenario {
         #[arg(default_value = "scenarios/future-clean.toml")]
         file: PathBuf,
@@ -184,6 +243,26 @@ enum BenchCommand {
         image: String,
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
+        /// The nightly report whose runs per hour to quote (default: the newest
+        /// reports/nightly-*).
+        #[arg(long)]
+        nightly: Option<PathBuf>,
+    },
+    /// The nightly's clean scenarios at full speed and slowed down: per workload the
+    /// ratio of bytes written (goal 1.00 ± 0.02), and whether the verdicts matched.
+    Slow {
+        /// Scenario files or directories (default: scenarios/); only the clean ones run.
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// The slow-down factor.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=20))]
+        factor: u32,
+        /// Only scenarios whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// The history oracle on a seeded synthetic history (512 MiB, 100k writes) against
     /// hashing the same image with xxh3-128 and sha256.
@@ -507,16 +586,42 @@ fn main() -> ExitCode {
             seed,
             accel,
             keep_work,
+            slow,
+            disk,
             plain,
-        } => run_cmd(files, image, seed, accel, keep_work, plain),
+        } => run_cmd(
+            files,
+            image,
+            seed,
+            keep_work,
+            RunKnobs {
+                accel,
+                slow,
+                disk,
+                plain,
+            },
+        ),
         Command::Nightly {
             paths,
             images,
             max_seeds,
             filter,
             accel,
+            slow,
+            disk,
             plain,
-        } => nightly_cmd(paths, images, max_seeds, filter, accel, plain),
+        } => nightly_cmd(
+            paths,
+            images,
+            max_seeds,
+            filter,
+            RunKnobs {
+                accel,
+                slow,
+                disk,
+                plain,
+            },
+        ),
         Command::Check { paths } => {
             let report = blockwitness::scenario::check(&paths);
             println!("{report}");
@@ -547,13 +652,26 @@ fn main() -> ExitCode {
                 outcome.verdict.exit()
             })
             .map_err(Into::into),
+        Command::Shrink(args) => shrink_cmd(args),
         Command::Bench { bench } => match bench {
             BenchCommand::Agent { image, accel } => {
                 bench_vm(&image, accel, "bench-agent", |img, accel, dir| {
                     blockwitness::bench::agent(img, accel, dir).map(|r| r.to_string())
                 })
             }
-            BenchCommand::Scenario { file, image, accel } => bench_scenario(&file, &image, accel),
+            BenchCommand::Scenario {
+                file,
+                image,
+                accel,
+                nightly,
+            } => bench_scenario(&file, &image, accel, nightly.as_deref()),
+            BenchCommand::Slow {
+                paths,
+                image,
+                accel,
+                factor,
+                filter,
+            } => bench_slow(paths, &image, accel, factor, filter.as_deref()),
             BenchCommand::Hash => blockwitness::bench::hash::bench_hash(&Default::default())
                 .map(|r| {
                     println!("{r}");
@@ -625,14 +743,28 @@ fn diff_cmd(
     Ok(outcome.exit())
 }
 
+/// How `run` and `nightly` run each scenario: the accelerator, the slow-down, who
+/// serves the volumes, and the progress display.
+struct RunKnobs {
+    accel: AccelChoice,
+    slow: Option<u32>,
+    disk: Option<DiskBackend>,
+    plain: bool,
+}
+
 fn nightly_cmd(
     paths: Vec<PathBuf>,
     images: Vec<String>,
     max_seeds: Option<u32>,
     filter: Option<String>,
-    accel: AccelChoice,
-    plain: bool,
+    knobs: RunKnobs,
 ) -> anyhow::Result<Exit> {
+    let RunKnobs {
+        accel,
+        slow,
+        disk,
+        plain,
+    } = knobs;
     // The main job sets up the host itself (as root), so a fresh machine needs nothing else.
     if doctor::require(doctor::FOR_RUN).is_err() {
         for ran in doctor::setup()? {
@@ -649,7 +781,11 @@ fn nightly_cmd(
         images: (!images.is_empty()).then_some(images),
         max_seeds,
         filter,
-        run: RunOptions::standard(accel),
+        disk: disk.map(DiskBackend::scenario),
+        run: RunOptions {
+            slow,
+            ..RunOptions::standard(accel)
+        },
     };
     let report = blockwitness::nightly::nightly(&opts, &reporter);
     println!("{}", blockwitness::nightly::matrix_markdown(&report));
@@ -680,13 +816,19 @@ fn run_cmd(
     files: Vec<PathBuf>,
     image: Option<String>,
     seed: Option<u64>,
-    accel: AccelChoice,
     keep_work: bool,
-    plain: bool,
+    knobs: RunKnobs,
 ) -> anyhow::Result<Exit> {
+    let RunKnobs {
+        accel,
+        slow,
+        disk,
+        plain,
+    } = knobs;
     let reporter = blockwitness::ui::Terminal::new(plain);
     let mut opts = RunOptions::standard(accel);
     opts.keep_work = keep_work;
+    opts.slow = slow;
     let mut worst = Exit::Pass;
     for file in files {
         let scenario = match blockwitness::scenario::load(&file) {
@@ -700,7 +842,10 @@ fn run_cmd(
         let image = image
             .clone()
             .unwrap_or_else(|| scenario.images.first().cloned().unwrap_or_default());
-        let plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        let mut plan = Plan::resolve(&scenario, seed.unwrap_or(scenario.seed), &image);
+        if let Some(d) = disk {
+            plan = plan.with_disk(d.scenario());
+        }
         let result = blockwitness::run::run_plan(&plan, &scenario.source, &opts, &reporter);
         println!(
             "{} {} on {} seed {}: {}{}\n  report: {}\n  repro: {}",
@@ -724,6 +869,62 @@ fn run_cmd(
     Ok(worst)
 }
 
+fn parse_budget(text: &str) -> Result<Duration, String> {
+    blockwitness::scenario::units::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "\"{text}\" is not a budget: {}",
+                blockwitness::scenario::units::DURATION_HELP
+            )
+        })
+}
+
+fn shrink_cmd(args: ShrinkArgs) -> anyhow::Result<Exit> {
+    use blockwitness::shrink::{Finding, Keep, ShrinkOptions};
+    let ShrinkArgs {
+        report,
+        budget,
+        out,
+        confirm,
+        keep_finding,
+        keep_findings,
+        accel,
+        plain,
+    } = args;
+    let keep = if keep_findings {
+        Keep::AllFindings
+    } else if keep_finding.is_empty() {
+        Keep::Verdict
+    } else {
+        Keep::These(
+            keep_finding
+                .iter()
+                .map(|n| Finding::parse(n))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let reporter = blockwitness::ui::Terminal::new(plain);
+    let shrunk = blockwitness::shrink::shrink(
+        &ShrinkOptions {
+            report,
+            budget,
+            out,
+            confirm,
+            keep,
+            run: RunOptions::standard(accel),
+        },
+        &reporter,
+    )?;
+    println!("{shrunk}");
+    // 0 when a scenario was written; 2 when the failure did not reproduce.
+    Ok(if shrunk.out.is_some() {
+        Exit::Pass
+    } else {
+        Exit::HarnessError
+    })
+}
+
 /// Builds the image, decides the accelerator and runs a VM benchmark in a scratch dir.
 fn bench_vm(
     image: &str,
@@ -744,7 +945,12 @@ fn bench_vm(
     Ok(Exit::Pass)
 }
 
-fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> anyhow::Result<Exit> {
+fn bench_scenario(
+    file: &std::path::Path,
+    image: &str,
+    accel: AccelChoice,
+    nightly: Option<&std::path::Path>,
+) -> anyhow::Result<Exit> {
     let scenario = blockwitness::scenario::load(file)?;
     let plan = Plan::resolve(&scenario, scenario.seed, image);
     bench_vm(image, accel, "bench-scenario", |img, _, dir| {
@@ -754,6 +960,7 @@ fn bench_scenario(file: &std::path::Path, image: &str, accel: AccelChoice) -> an
             &RunOptions::standard(accel),
             img,
             dir,
+            nightly,
         )
         .map(|r| r.to_string())
     })
@@ -776,6 +983,44 @@ fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyh
     let report = blockwitness::bench::cow::bench_cow_with(&img, decision.accel, dir.path(), &opts)?;
     println!("{report}");
     Ok(())
+}
+
+fn bench_slow(
+    paths: Vec<PathBuf>,
+    image: &str,
+    accel: AccelChoice,
+    factor: u32,
+    filter: Option<&str>,
+) -> anyhow::Result<Exit> {
+    doctor::require(doctor::FOR_RUN)?;
+    let paths = if paths.is_empty() {
+        vec![paths::scenarios_dir()]
+    } else {
+        paths
+    };
+    let report = blockwitness::scenario::check(&paths);
+    if !report.all_valid() {
+        anyhow::bail!("invalid scenarios:\n{report}");
+    }
+    let scenarios: Vec<_> = report
+        .files
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .collect();
+    let bench = blockwitness::bench::slow::bench_slow(
+        &scenarios,
+        image,
+        &RunOptions::standard(accel),
+        factor,
+        &|what| eprintln!("==> {what}"),
+    );
+    println!("{bench}");
+    Ok(if bench.pairs.is_empty() || !bench.errors.is_empty() {
+        Exit::HarnessError
+    } else {
+        Exit::Pass
+    })
 }
 
 fn bench_boot(image: &str, accel: AccelChoice, runs: u32) -> anyhow::Result<()> {

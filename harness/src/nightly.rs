@@ -21,7 +21,7 @@ use crate::plan::Plan;
 use crate::report::junit;
 use crate::report::{escape, write_file, ReportError};
 use crate::run::{run_plan, RunOptions, RunResult};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, DiskBackend, Scenario};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -33,6 +33,8 @@ pub struct NightlyOptions {
     pub max_seeds: Option<u32>,
     /// Only scenarios whose name contains this.
     pub filter: Option<String>,
+    /// Serve every scenario's volumes with this instead of its `guest.disk`.
+    pub disk: Option<DiskBackend>,
     pub run: RunOptions,
 }
 
@@ -56,7 +58,13 @@ pub struct NightlyRun {
     pub fired: Vec<(String, Option<u64>)>,
     pub expected_classes: Vec<BlockClass>,
     pub expected_outcomes: Vec<Outcome>,
+    /// Whether the history oracle agreed with the truth at the announced instant on
+    /// every block (None: not judged, no witness disk).
+    pub oracle_agrees: Option<bool>,
 }
+
+/// The matrix row of the oracle's own check.
+pub const ORACLE_ROW: &str = "oracle vs the truth at the announced instant";
 
 impl NightlyRun {
     /// The classes and outcomes the run found, by name.
@@ -90,6 +98,7 @@ impl Serialize for NightlyRun {
             /// `layer/kind` and how often it fired (null: not counted).
             fired: Vec<(&'a str, Option<u64>)>,
             expected: Vec<&'static str>,
+            oracle_agrees: Option<bool>,
         }
         let expected = self.expected_classes.iter().map(|c| c.name());
         Row {
@@ -110,6 +119,7 @@ impl Serialize for NightlyRun {
             expected: expected
                 .chain(self.expected_outcomes.iter().map(|o| o.name()))
                 .collect(),
+            oracle_agrees: self.oracle_agrees,
         }
         .serialize(s)
     }
@@ -262,18 +272,25 @@ pub struct NightlyReport {
     /// Every block class and run-level outcome, and the scenarios that produced it.
     pub coverage: BTreeMap<String, Vec<String>>,
     pub dir: String,
+    /// `--slow N`: every run had QEMU at 1/N of the wall clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<u32>,
 }
 
 impl NightlyReport {
-    /// Pass when every run passed; a harness error when a scenario is invalid or
-    /// nothing ran; else the worst run's.
+    /// Pass when every run passed and the oracle agreed with the announced-instant
+    /// truth wherever it judged (a disagreement fails the nightly); a harness error
+    /// when a scenario is invalid or nothing ran; else the worst run's.
     pub fn exit(&self) -> Exit {
-        let worst = self
+        let mut worst = self
             .runs
             .iter()
             .map(|r| r.verdict.exit())
             .max()
             .unwrap_or(Exit::HarnessError);
+        if self.runs.iter().any(|r| r.oracle_agrees == Some(false)) {
+            worst = worst.worst(Exit::ProductFailure);
+        }
         if self.invalid_scenarios.is_empty() {
             worst
         } else {
@@ -333,7 +350,10 @@ pub fn nightly(opts: &NightlyOptions, reporter: &dyn Reporter) -> NightlyReport 
                 let run = match image_errors.get(image) {
                     Some(e) => not_run(s, image, seed, e),
                     None => {
-                        let plan = Plan::resolve(s, seed, image);
+                        let mut plan = Plan::resolve(s, seed, image);
+                        if let Some(d) = opts.disk {
+                            plan = plan.with_disk(d);
+                        }
                         nightly_run(s, &run_plan(&plan, &s.source, &run_opts, reporter))
                     }
                 };
@@ -351,6 +371,7 @@ pub fn nightly(opts: &NightlyOptions, reporter: &dyn Reporter) -> NightlyReport 
         runs,
         invalid_scenarios: invalid,
         dir: dir.display().to_string(),
+        slow: opts.run.slow.filter(|n| *n > 1),
     };
     if let Err(e) = write(&dir, &report) {
         report.invalid_scenarios.push(format!(
@@ -421,6 +442,7 @@ fn not_run(s: &Scenario, image: &str, seed: u64, error: &str) -> NightlyRun {
         fired: Vec::new(),
         expected_classes: s.expect.classes.iter().copied().collect(),
         expected_outcomes: s.expect.outcomes.iter().copied().collect(),
+        oracle_agrees: None,
     }
 }
 
@@ -444,6 +466,7 @@ fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
             .collect(),
         expected_classes: s.expect.classes.iter().copied().collect(),
         expected_outcomes: s.expect.outcomes.iter().copied().collect(),
+        oracle_agrees: r.oracle_agrees,
     }
 }
 
@@ -512,7 +535,35 @@ fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
             }
         }
     }
-    rows.into_values().collect()
+    let mut rows: Vec<MatrixRow> = rows.into_values().collect();
+    rows.push(oracle_row(runs));
+    rows
+}
+
+/// The oracle's own check as a row: every run the oracle judged (the witness-disk
+/// runs) must agree with the truth taken at the announced instant on every block.
+fn oracle_row(runs: &[NightlyRun]) -> MatrixRow {
+    let judged: Vec<&NightlyRun> = runs.iter().filter(|r| r.oracle_agrees.is_some()).collect();
+    let mut scenarios: Vec<String> = judged.iter().map(|r| r.scenario.clone()).collect();
+    scenarios.dedup();
+    MatrixRow {
+        fault: ORACLE_ROW.into(),
+        pipeline: "any (witness disks)".into(),
+        must_produce: vec!["agreement on every block".into()],
+        scenarios,
+        runs: judged.len() as u32,
+        passed: judged
+            .iter()
+            .filter(|r| r.oracle_agrees == Some(true))
+            .count() as u32,
+        harness_errors: 0,
+        failed: judged
+            .iter()
+            .filter(|r| r.oracle_agrees == Some(false))
+            .map(|r| format!("{} {} seed {}", r.scenario, r.image, r.seed))
+            .collect(),
+        fired: None,
+    }
 }
 
 /// Which passing runs produced each class and outcome.
@@ -742,9 +793,13 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
     );
     let _ = write!(
         h,
-        "<h1>Blockwitness nightly</h1><p>{passed} of {} runs passed in {:.0} min.</p>",
+        "<h1>Blockwitness nightly</h1><p>{passed} of {} runs passed in {:.0} min{}.</p>",
         report.runs.len(),
-        report.seconds / 60.0
+        report.seconds / 60.0,
+        report
+            .slow
+            .map(|n| format!(", QEMU slowed down {n}x (--slow {n})"))
+            .unwrap_or_default()
     );
     h.push_str("<h2>Kernels</h2><p>Every run used these images, built once at the start.</p><ul>");
     for k in &report.kernels {
@@ -865,6 +920,7 @@ mod tests {
             fired: vec![],
             expected_classes: vec![],
             expected_outcomes: vec![],
+            oracle_agrees: None,
         }
     }
 
@@ -878,6 +934,33 @@ mod tests {
         assert!(cov["corrupt-snapshot"].is_empty());
         assert!(cov.contains_key("false-success"));
         assert!(!cov.contains_key("harness-error"));
+    }
+
+    #[test]
+    fn an_oracle_disagreement_fails_the_nightly() {
+        let mut a = run("a", Exit::Pass, &[]);
+        a.oracle_agrees = Some(true);
+        let mut b = run("b", Exit::Pass, &[]);
+        b.oracle_agrees = Some(false);
+        let c = run("c", Exit::Pass, &[]);
+        let row = oracle_row(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!((row.runs, row.passed), (2, 1));
+        assert_eq!(row.status(), RowStatus::No);
+        let mut rep = NightlyReport {
+            started_unix: 0,
+            seconds: 1.0,
+            kernels: vec![],
+            image_errors: BTreeMap::new(),
+            slow: None,
+            runs: vec![a, c],
+            invalid_scenarios: vec![],
+            matrix: vec![],
+            coverage: BTreeMap::new(),
+            dir: String::new(),
+        };
+        assert_eq!(rep.exit(), Exit::Pass);
+        rep.runs.push(b);
+        assert_eq!(rep.exit(), Exit::ProductFailure);
     }
 
     #[test]
@@ -928,6 +1011,7 @@ mod tests {
             matrix: vec![],
             coverage: BTreeMap::new(),
             dir: String::new(),
+            slow: None,
         };
         let x = junit(&rep);
         assert!(x.contains("failures=\"1\" errors=\"1\""));
@@ -963,6 +1047,7 @@ mod tests {
             matrix: vec![],
             coverage: BTreeMap::new(),
             dir: dir.display().to_string(),
+            slow: None,
         };
         write(&dir, &rep).unwrap();
         let summary: serde_json::Value =

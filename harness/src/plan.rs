@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{BackupKind, Expectations};
 use crate::scenario::units::format_size;
 use crate::scenario::{
-    FaultSpec, Filesystem, Floppy, PipelineSpec, Rate, Scenario, When, WorkloadSpec,
+    DiskBackend, FaultSpec, Filesystem, Floppy, PipelineSpec, Rate, Scenario, When, WorkloadSpec,
 };
 
 /// The module's COW default is a share of the volume, capped here.
@@ -51,6 +51,19 @@ pub struct GuestPlan {
     pub floppy: Floppy,
     /// Size of the never-answering disk, when the scenario asks for one.
     pub hang_disk: Option<u64>,
+    /// Who serves the volumes.
+    pub disk: DiskBackend,
+    /// The witness disk's seeded completion schedule, if on.
+    pub io_schedule: Option<IoSchedulePlan>,
+}
+
+/// The seeded schedule of every witness disk of a run (bw-disk's `--schedule-seed` and
+/// `--schedule-max-delay-us`). The seed follows the run's seed, so the repro line
+/// replays it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoSchedulePlan {
+    pub seed: u64,
+    pub max_delay_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,6 +163,7 @@ pub fn derive_seed(seed: u64, purpose: u64, index: u64, backup: u64) -> u64 {
 const PURPOSE_FILL: u64 = 1;
 const PURPOSE_WORKLOAD: u64 = 2;
 const PURPOSE_FAULT: u64 = 3;
+const PURPOSE_SCHEDULE: u64 = 4;
 
 impl Scenario {
     /// The seeds the nightly runs: `seed`, `seed + 1`, ...
@@ -307,6 +321,11 @@ impl Plan {
                 modules,
                 floppy: s.guest.floppy,
                 hang_disk: s.guest.hang_disk.then_some(HANG_DISK_SIZE),
+                disk: s.guest.disk,
+                io_schedule: s.guest.io_max_delay.map(|d| IoSchedulePlan {
+                    seed: derive_seed(seed, PURPOSE_SCHEDULE, 0, 0),
+                    max_delay_us: d.as_micros().max(1) as u64,
+                }),
             },
             volumes,
             before,
@@ -316,6 +335,17 @@ impl Plan {
             expect: s.expect.clone(),
             repro: repro_line(&s.path, image, seed),
         }
+    }
+
+    /// The plan with its volumes served by `disk` instead of the scenario's choice
+    /// (`run --disk`, `nightly --disk`); the repro line says so. Disk faults and the
+    /// seeded schedule stay in the plan: on `qemu` the run refuses them.
+    pub fn with_disk(mut self, disk: DiskBackend) -> Plan {
+        if disk != self.guest.disk {
+            self.guest.disk = disk;
+            self.repro.push_str(&format!(" --disk {}", disk.name()));
+        }
+        self
     }
 
     /// The volumes that are backed up.
@@ -357,6 +387,12 @@ fn describe_workload(run: &WorkloadRun) -> String {
             Rate::OpsPerSec(o) => format!("{o} ops/s"),
         });
     }
+    if let Some(p) = w.pace {
+        parts.push(format!("paced {p}"));
+    }
+    if let Some(why) = &w.wall_clock_reason {
+        parts.push(format!("wall clock: {why}"));
+    }
     if let Some(a) = w.amount {
         parts.push(format_size(a));
     }
@@ -381,7 +417,7 @@ impl fmt::Display for Plan {
         writeln!(f, "  pipeline: {}", self.pipeline.kind().name())?;
         writeln!(
             f,
-            "  guest: {} memory, {} cpu(s), modules [{}], floppy {:?}{}",
+            "  guest: {} memory, {} cpu(s), modules [{}], floppy {:?}{}, {} disk{}",
             format_size(self.guest.memory_bytes),
             self.guest.cpus,
             self.guest.modules.join(", "),
@@ -390,6 +426,14 @@ impl fmt::Display for Plan {
                 ", hang disk"
             } else {
                 ""
+            },
+            self.guest.disk.name(),
+            match self.guest.io_schedule {
+                Some(s) => format!(
+                    ", seeded I/O schedule (seed {:#x}, at most {} us)",
+                    s.seed, s.max_delay_us
+                ),
+                None => String::new(),
             }
         )?;
         for v in &self.volumes {
@@ -456,6 +500,7 @@ fill = "25%"
 [[workloads]]
 kind = "overwrite"
 stamped = true
+rate = "1MiB per 10%"
 [[workloads]]
 kind = "append"
 when = "between"
@@ -555,6 +600,48 @@ backup = 3
     }
 
     #[test]
+    fn a_disk_override_is_in_the_repro_line() {
+        let plan = Plan::resolve(&scenario(), 10, "debian-6.1");
+        assert_eq!(plan.guest.disk, DiskBackend::Witness);
+        assert_eq!(plan.clone().with_disk(DiskBackend::Witness), plan);
+        let q = plan.with_disk(DiskBackend::Qemu);
+        assert_eq!(q.guest.disk, DiskBackend::Qemu);
+        assert!(q.repro.ends_with("--seed 10 --disk qemu"), "{}", q.repro);
+    }
+
+    #[test]
+    fn the_seeded_schedule_follows_the_run_seed() {
+        let text = TEXT.replace(
+            "[guest]\nfloppy = \"empty\"",
+            "[guest]\nfloppy = \"empty\"\nio_schedule = \"seeded\"\nio_max_delay = \"3ms\"",
+        );
+        let s = crate::scenario::parse(Path::new("s.toml"), &text).unwrap();
+        let a = Plan::resolve(&s, 10, "debian-6.1")
+            .guest
+            .io_schedule
+            .unwrap();
+        let b = Plan::resolve(&s, 11, "debian-6.1")
+            .guest
+            .io_schedule
+            .unwrap();
+        assert_eq!(a.max_delay_us, 3000);
+        assert_ne!(a.seed, b.seed);
+        assert_eq!(
+            a,
+            Plan::resolve(&s, 10, "debian-6.1")
+                .guest
+                .io_schedule
+                .unwrap()
+        );
+        assert_eq!(
+            Plan::resolve(&scenario(), 10, "debian-6.1")
+                .guest
+                .io_schedule,
+            None
+        );
+    }
+
+    #[test]
     fn repro_quotes_odd_paths() {
         assert_eq!(
             repro_line(Path::new("my dir/x.toml"), "debian-6.1", 1),
@@ -581,5 +668,6 @@ backup = 3
         let text = Plan::resolve(&scenario(), 10, "debian-6.1").to_string();
         assert!(text.contains("backup 3 (Incremental)"), "{text}");
         assert!(text.contains("fault: module drop-tracking"), "{text}");
+        assert!(text.contains("paced 1MiB per 10%"), "{text}");
     }
 }

@@ -5,7 +5,12 @@
 //! the transport faults the caller asks for, deterministically from a seed.
 //!
 //! One thread, non-blocking sockets and `poll(2)` with a short interval: nothing blocks
-//! forever, and [`ProxyHandle::shutdown`] stops it within one interval. A disconnect
+//! forever, and [`ProxyHandle::shutdown`] stops it within one interval.
+//!
+//! With a pacing [`Gate`] set, the proxy is where the reference pipeline's progress is
+//! held: a block frame that would take the backup past the gate's opening waits in the
+//! proxy, and the proxy stops reading from QEMU, so the agent's writes (and its reads of
+//! the snapshot) stall until the run opens the gate further. A disconnect
 //! (injected, or either side closing) closes both sides; the proxy then reconnects to
 //! QEMU after a pause, so the guest sees the host side go away and come back, and
 //! connects to the target again when the agent next sends.
@@ -30,6 +35,7 @@ use reference_agent::wire::{
 };
 
 use crate::error_chain;
+use crate::gate::Gate;
 use crate::model::{BlockHash, FrameSel, BLOCK};
 
 /// Why the proxy closed both sides of the link.
@@ -178,9 +184,13 @@ pub struct ProxyHandle {
     events: Receiver<ProxyEvent>,
     shutdown: Arc<AtomicBool>,
     faults: Arc<Mutex<Vec<TransportFault>>>,
+    gate: SharedGate,
     disconnect: Arc<AtomicBool>,
     thread: Option<JoinHandle<ProxyStats>>,
 }
+
+/// The pacing gate of the backup under way, if any.
+type SharedGate = Arc<Mutex<Option<Arc<Gate>>>>;
 
 impl ProxyHandle {
     /// Starts the proxy thread.
@@ -189,11 +199,14 @@ impl ProxyHandle {
         let shutdown = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Mutex::new(cfg.faults.clone()));
         let disconnect = Arc::new(AtomicBool::new(false));
+        let gate: SharedGate = Arc::default();
         let mut p = Proxy {
             cfg,
             tx,
             shutdown: shutdown.clone(),
             faults: faults.clone(),
+            gate: gate.clone(),
+            held: None,
             disconnect: disconnect.clone(),
             up: None,
             target: None,
@@ -218,6 +231,7 @@ impl ProxyHandle {
             events: rx,
             shutdown,
             faults,
+            gate,
             disconnect,
             thread,
         }
@@ -231,6 +245,12 @@ impl ProxyHandle {
     /// Replaces the faults (e.g. before the next backup). Frame counts are per session.
     pub fn set_faults(&self, faults: Vec<TransportFault>) {
         *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// Holds block frames at the gate's opening (None: forwards freely). Positions are
+    /// the frames' ends in the session's volume, in 4 KiB blocks.
+    pub fn set_gate(&self, gate: Option<Arc<Gate>>) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = gate;
     }
 
     /// Closes both sides now (a disconnect at a moment the caller chooses).
@@ -275,12 +295,18 @@ struct SessionState {
 
 /// Buffered bytes above which the proxy stops reading the side that feeds them.
 const BACKLOG: usize = 8 << 20;
+/// How often a frame held by the gate is looked at again.
+const HELD_POLL: Duration = Duration::from_millis(5);
 
 struct Proxy {
     cfg: ProxyConfig,
     tx: Sender<ProxyEvent>,
     shutdown: Arc<AtomicBool>,
     faults: Arc<Mutex<Vec<TransportFault>>>,
+    gate: SharedGate,
+    /// A block frame the gate holds, with its raw bytes: nothing more is read from QEMU
+    /// until it may go on.
+    held: Option<(OwnedBlock, Vec<u8>)>,
     disconnect: Arc<AtomicBool>,
     up: Option<Conn>,
     target: Option<Conn>,
@@ -375,6 +401,7 @@ impl Proxy {
         }
         self.to_target.clear();
         self.to_up.clear();
+        self.held = None;
         self.up_in.clear();
         self.down_in.clear();
         self.current = None;
@@ -389,9 +416,10 @@ impl Proxy {
         let Some(up) = self.up.as_ref() else {
             return Ok(());
         };
+        let reading = self.to_target.len() < BACKLOG && self.held.is_none();
         let mut fds = vec![libc::pollfd {
             fd: up.as_raw_fd(),
-            events: poll_events(self.to_target.len() < BACKLOG, !self.to_up.is_empty()),
+            events: poll_events(reading, !self.to_up.is_empty()),
             revents: 0,
         }];
         if let Some(t) = self.target.as_ref() {
@@ -401,7 +429,12 @@ impl Proxy {
                 revents: 0,
             });
         }
-        let ms = self.cfg.poll_interval.as_millis().min(i32::MAX as u128) as i32;
+        // A held frame is looked at again soon: the gate opens without telling us.
+        let interval = match self.held {
+            Some(_) => self.cfg.poll_interval.min(HELD_POLL),
+            None => self.cfg.poll_interval,
+        };
+        let ms = interval.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if r < 0 {
@@ -418,6 +451,9 @@ impl Proxy {
         }
         if target_ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             self.read_target()?;
+        }
+        if self.held.is_some() {
+            self.parse_upstream();
         }
         self.write_pending()?;
         if let Some(reason) = &self.pending_disconnect {
@@ -443,7 +479,27 @@ impl Proxy {
         Ok(())
     }
 
+    /// Whether the pacing gate lets this block frame of the current session go on.
+    fn gate_allows(&self, b: &OwnedBlock) -> bool {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(gate) = gate else {
+            return true;
+        };
+        let Some(st) = self.current.and_then(|sid| self.sessions.get(&sid)) else {
+            return true;
+        };
+        let end = (b.offset + b.data_len as u64).div_ceil(BLOCK as u64);
+        gate.may_pass(&st.header.volume_id, end)
+    }
+
     fn parse_upstream(&mut self) {
+        if let Some((b, raw)) = self.held.take() {
+            if !self.gate_allows(&b) {
+                self.held = Some((b, raw));
+                return;
+            }
+            self.on_block(b, raw);
+        }
         // After an injected disconnect, nothing more is forwarded on this connection.
         while self.pending_disconnect.is_none() {
             let item = match self.up_in.next_item() {
@@ -474,6 +530,10 @@ impl Proxy {
                     match view {
                         FrameView::Block(b) => {
                             let b = OwnedBlock::from(&b);
+                            if !self.gate_allows(&b) {
+                                self.held = Some((b, raw));
+                                break;
+                            }
                             self.on_block(b, raw);
                         }
                         FrameView::Other(f) => {
@@ -925,6 +985,51 @@ mod tests {
             let want = BlockHash::of(&src.0[s..s + 4096]);
             assert_eq!(last[&b], want, "block {b}");
         }
+    }
+
+    #[test]
+    fn a_gate_holds_frames_at_its_opening_until_the_run_opens_it() {
+        let mut rig = rig(vec![]);
+        let gate = Arc::new(Gate::new(&[("v0".to_string(), BLOCKS)]));
+        gate.open(100);
+        rig.proxy.set_gate(Some(gate.clone()));
+        let src = image(5);
+        let qemu = rig.qemu.take().unwrap();
+        let sending = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                let spec = SessionSpec::full(SessionId([7; 16]), "v0", BLOCKS * 4096, BS, 1);
+                Sender::new(qemu, opts()).send(&spec, &mut src.clone())
+            })
+        };
+        let mut events = Vec::new();
+        let delivered = |events: &[ProxyEvent]| {
+            blocks(events)
+                .iter()
+                .filter(|r| r.delivered)
+                .map(|r| r.offset / 4096 + r.block_hashes.len() as u64)
+                .max()
+                .unwrap_or(0)
+        };
+        for step in [100, 228, 356, 484] {
+            // The backup asks for more than is open, and gets no further.
+            let t = Instant::now();
+            while gate.requested() <= step {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "no request past {step}"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            events.extend(rig.proxy.events().try_iter());
+            assert_eq!(delivered(&events), step, "frames passed the gate at {step}");
+            gate.open(step + 128);
+        }
+        gate.release();
+        sending.join().unwrap().unwrap();
+        events.extend(rig.finish());
+        assert_transport_column_exact(&blocks(&events), &src);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Terminal {
 struct State {
     bars: HashMap<(String, String), ProgressBar>,
     last_line: HashMap<(String, String), (Instant, u64)>,
+    /// Per shrink session: the run and the cut count last printed (plain lines).
+    shrink_said: HashMap<String, (Option<String>, usize)>,
 }
 
 impl Terminal {
@@ -55,6 +57,16 @@ impl Terminal {
 
 fn short(run_id: &str) -> &str {
     run_id.rsplit('/').next().unwrap_or(run_id)
+}
+
+/// "12m05s", "45s": budgets and elapsed times of a shrink.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn amount(n: u64, unit: Unit) -> String {
@@ -134,6 +146,58 @@ impl Reporter for Terminal {
                 }
             }
             Event::Note { run_id, text } => self.line(&format!("[{}]   {text}", short(run_id))),
+            Event::Shrink {
+                session,
+                runs,
+                cuts_kept,
+                trying,
+                best,
+                elapsed,
+                budget,
+            } => {
+                let time = format!(
+                    "{} of {} ({} left), {runs} runs, {cuts_kept} cuts kept",
+                    clock(*elapsed),
+                    clock(*budget),
+                    clock(budget.saturating_sub(*elapsed))
+                );
+                let mut st = self.state.lock().unwrap();
+                if let Some(m) = &self.bars {
+                    let bar = st
+                        .bars
+                        .entry((session.clone(), "shrink".into()))
+                        .or_insert_with(|| {
+                            let bar = m.add(ProgressBar::new(budget.as_secs().max(1)));
+                            bar.set_style(
+                                ProgressStyle::with_template("  shrink [{bar:30}] {msg}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                                    .progress_chars("=> "),
+                            );
+                            bar
+                        });
+                    bar.set_position(elapsed.as_secs().min(budget.as_secs()));
+                    bar.set_message(format!(
+                        "{time}\n  trying: {}\n  best:   {best}",
+                        trying.as_deref().unwrap_or("-")
+                    ));
+                    return;
+                }
+                // Plain: a line when a run starts or a cut is kept, not for the time.
+                let said = st.shrink_said.entry(session.clone()).or_default();
+                let text = match trying {
+                    Some(t) if said.0.as_ref() != Some(t) => {
+                        said.0 = Some(t.clone());
+                        format!("{time}; trying {t}")
+                    }
+                    None if said.1 != *cuts_kept => {
+                        said.1 = *cuts_kept;
+                        format!("{time}; best so far: {best}")
+                    }
+                    Some(_) | None => return,
+                };
+                drop(st);
+                self.line(&format!("[{}] {text}", short(session)));
+            }
             Event::RunFinished {
                 run_id,
                 verdict,

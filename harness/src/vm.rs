@@ -28,8 +28,11 @@ pub struct BootOptions {
     /// `image::userland`); the image stays as it was built.
     pub initrd_extra: Vec<PathBuf>,
     pub run_dir: PathBuf,
-    /// How long the guest may take to report ready.
+    /// How long the guest may take to report ready (multiplied by `slow`).
     pub ready_timeout: Duration,
+    /// `--slow N`: QEMU runs at 1/N of the wall clock from its launch on (see
+    /// `qemu::throttle`). None or 1: full speed.
+    pub slow: Option<u32>,
 }
 
 impl BootOptions {
@@ -47,6 +50,7 @@ impl BootOptions {
             initrd_extra: vec![],
             run_dir,
             ready_timeout: Duration::from_secs(120),
+            slow: None,
         }
     }
 }
@@ -126,7 +130,11 @@ impl Vm {
             ports,
             run_dir: opts.run_dir.clone(),
         };
-        let machine = Machine::launch(&spec)?;
+        let mut machine = Machine::launch(&spec)?;
+        let slow = opts.slow.unwrap_or(1).max(1);
+        if slow > 1 {
+            machine.slow_down(slow);
+        }
         let not_ready = |machine: &Machine, cause: String| VmError::NotReady {
             cause,
             console: machine.console_tail(25),
@@ -134,7 +142,8 @@ impl Vm {
         };
         let stream = machine.connect_port(bw_guest::control::PORT_NAME)?;
         let guest = Guest::attach(stream)?;
-        let ready = match guest.wait_ready(opts.ready_timeout, || machine.exited().is_none()) {
+        let ready = match guest.wait_ready(opts.ready_timeout * slow, || machine.exited().is_none())
+        {
             Ok(r) => r,
             Err(e) => {
                 let cause = match machine.exited() {

@@ -94,9 +94,29 @@ pub struct WitnessEnd {
     /// True when it exited by itself or on request (its history is finished); false when
     /// it had to be killed (its history reads as cut short).
     pub clean: bool,
+    /// Its exit status, when it was reaped.
+    pub status: Option<std::process::ExitStatus>,
     pub history: PathBuf,
     pub state_dir: PathBuf,
     pub log_tail: String,
+}
+
+impl WitnessEnd {
+    /// Why the backend's recording cannot be trusted, if it cannot: it was killed, or
+    /// it exited with an error.
+    pub fn problem(&self) -> Option<String> {
+        match (self.clean, self.status) {
+            (false, _) => Some(format!(
+                "witness disk {} did not end by itself and was killed; its history is cut short. Log: {}",
+                self.id, self.log_tail
+            )),
+            (true, Some(s)) if !s.success() => Some(format!(
+                "witness disk {} exited with {s}. Log: {}",
+                self.id, self.log_tail
+            )),
+            (true, _) => None,
+        }
+    }
 }
 
 /// Running backends, one per disk; killed when dropped.
@@ -157,16 +177,29 @@ impl WitnessDisks {
             .map(|(_, b, _)| b)
     }
 
+    /// Backends that have exited, with their status and the tail of their log. While
+    /// QEMU runs, none should have.
+    pub fn exited(&mut self) -> Vec<(String, std::process::ExitStatus, String)> {
+        self.backends
+            .iter_mut()
+            .filter_map(|(id, b, _)| match b.try_wait() {
+                Ok(Some(status)) => Some((id.clone(), status, b.log_tail(5))),
+                Ok(None) | Err(_) => None,
+            })
+            .collect()
+    }
+
     /// Ends every backend (after QEMU has gone they exit by themselves; else they are
     /// asked to, and killed at the deadline).
     pub fn finish(mut self, timeout: Duration) -> Vec<WitnessEnd> {
         self.backends
             .iter_mut()
             .map(|(id, b, _)| {
-                let (_, clean) = b.finish(Duration::from_secs(2), timeout);
+                let (status, clean) = b.finish(Duration::from_secs(2), timeout);
                 WitnessEnd {
                     id: id.clone(),
                     clean,
+                    status,
                     history: b.config().history.clone(),
                     state_dir: b.config().state_dir.clone(),
                     log_tail: b.log_tail(5),

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use blockwitness::qemu::Floppy;
 use blockwitness::vm::{BootOptions, Vm};
+use blockwitness::witness::{WitnessDiskSpec, WitnessDisks};
+use witness_disk::faults::{FaultSpec, OpFilter, Times};
 
 /// Boot options with `n` 32 MiB ext4 disks d0, d1, ... in a scratch directory.
 fn with_ext4_disks(
@@ -32,15 +34,35 @@ fn with_ext4_disks(
 #[test]
 fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
     let (img, dir, mut opts) = with_ext4_disks("agent-discovery", 1);
-    let mut dead = common::raw_disk(dir.path(), "dead", 16, &[]);
-    dead.blkdebug = true;
-    opts.disks.push(dead);
+    // The dead disk: a witness disk whose reads are held, once the guest is up.
+    let dead = common::raw_disk(dir.path(), "dead", 16, &[]);
+    let (mut witness, vhost) = WitnessDisks::start(
+        &[WitnessDiskSpec {
+            id: "dead".into(),
+            image: dead.path.clone(),
+            serial: "bw-dead".into(),
+        }],
+        dir.path(),
+        1,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{}", common::error_chain(&e)));
+    opts.vhost_disks = vhost;
     opts.floppy = Floppy::Empty;
     opts.extra_modules = vec!["floppy".into()];
     let mut vm = Vm::boot(img, opts).unwrap_or_else(|e| panic!("{}", common::error_chain(&e)));
-    // From now on the dead disk's next read never completes.
-    vm.machine
-        .hmp(r#"qemu-io dead "break read_aio stuck""#)
+    // From now on no read of the dead disk completes.
+    witness
+        .backend("dead")
+        .unwrap()
+        .control(Duration::from_secs(10))
+        .unwrap()
+        .arm(FaultSpec::Hang {
+            ops: OpFilter::Read,
+            blocks: None,
+            times: Times::Always,
+            after: 0,
+        })
         .unwrap();
     let t = Duration::from_secs(60);
     let dead_dev = vm
@@ -55,7 +77,7 @@ fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
         .spawn(&[
             "/bin/sh",
             "-c",
-            &format!("dd if=/dev/{dead_dev} of=/dev/null bs=4k count=1"),
+            &format!("dd if=/dev/{dead_dev} of=/dev/null bs=4k count=1 iflag=direct"),
         ])
         .unwrap();
 
@@ -90,10 +112,10 @@ fn vm_discovery_skips_a_floppy_and_a_dead_disk_in_time() {
         "{}",
         done.stdout
     );
-
-    // Release the stuck read so QEMU can drain and exit.
-    let _ = vm.machine.hmp(r#"qemu-io dead "resume stuck""#);
+    // The held reads are dropped when QEMU stops the device.
     vm.shutdown(Duration::from_secs(60)).unwrap();
+    let ends = witness.finish(Duration::from_secs(20));
+    assert!(ends[0].problem().is_none(), "{:?}", ends[0].problem());
 }
 
 /// Runs a backup of /mnt/v0 and /mnt/v1 to a target that is not there (the freeze

@@ -69,7 +69,7 @@ fill = "50%"
 [[workloads]]
 kind = "overwrite"
 stamped = true
-rate = "1MiB/s"
+rate = "1MiB per 4%"
 "#,
         dir.display()
     )

@@ -5,6 +5,9 @@
 //! shows, never silently skipped) and runs with `--run-ignored all` (nextest) or
 //! `--include-ignored` (libtest): that is the whole matrix, shardable with
 //! `cargo nextest run --test scenarios --run-ignored all --partition hash:K/N`.
+//!
+//! `BW_SLOW=N` runs every scenario with QEMU slowed to 1/N of the wall clock (the
+//! `--slow N` of `run` and `nightly`).
 
 use std::path::PathBuf;
 
@@ -96,7 +99,7 @@ impl Reporter for Lines {
                 report_dir,
                 ..
             } => eprintln!("== {verdict}: {report_dir}"),
-            Event::RunStarted { .. } | Event::Progress { .. } => {}
+            Event::RunStarted { .. } | Event::Progress { .. } | Event::Shrink { .. } => {}
         }
     }
 }
@@ -106,6 +109,18 @@ fn accel() -> AccelChoice {
         Ok("kvm") => AccelChoice::Kvm,
         Ok("tcg") => AccelChoice::Tcg,
         _ => AccelChoice::Auto,
+    }
+}
+
+/// `BW_SLOW=N`: the slow-down factor (unset: full speed). A value that is not a whole
+/// number from 1 to 20 fails every test, rather than silently running at full speed.
+fn slow() -> Result<Option<u32>, String> {
+    match std::env::var("BW_SLOW") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n @ 1..=20) => Ok(Some(n)),
+            _ => Err(format!("BW_SLOW={v:?} is not a whole number from 1 to 20")),
+        },
     }
 }
 
@@ -143,7 +158,11 @@ fn main() {
             trials.push(
                 Trial::test(test_name, move || {
                     let plan = Plan::resolve(&s, s.seed, &image);
-                    let result = run_plan(&plan, &s.source, &RunOptions::standard(accel()), &Lines);
+                    let opts = RunOptions {
+                        slow: slow().map_err(Failed::from)?,
+                        ..RunOptions::standard(accel())
+                    };
+                    let result = run_plan(&plan, &s.source, &opts, &Lines);
                     match result.exit() {
                         Exit::Pass => Ok(()),
                         exit @ (Exit::ProductFailure | Exit::HarnessError) => {

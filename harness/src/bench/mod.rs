@@ -1,8 +1,9 @@
 //! Benchmarks that print figures and ratios against a baseline measured in the same run.
 //! Targets are reported, never asserted: a noisy machine must not fail a build.
 //!
-//! One file per bench: [`boot`], [`hash`], [`agent`], [`scenario`], [`cow`], [`pipelines`]. What they
-//! share (the error, the median, running a command on the host or in the guest) is here.
+//! One file per bench: [`boot`], [`hash`], [`agent`], [`scenario`], [`cow`], [`disk`],
+//! [`oracle`], [`slow`], [`pipelines`]. What they share (the error, the median, running a
+//! command on the host or in the guest) is here.
 
 pub mod agent;
 pub mod boot;
@@ -12,6 +13,7 @@ pub mod hash;
 pub mod oracle;
 pub mod pipelines;
 pub mod scenario;
+pub mod slow;
 
 use std::path::PathBuf;
 use std::process::Command;

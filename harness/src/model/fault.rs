@@ -58,6 +58,8 @@ pub enum FaultKind {
     DelayRead,
     DiskHang,
     DiskEio,
+    DiskLatency,
+    DiskTorn,
     BitFlip,
     Rewrite,
     DropFrame,
@@ -68,6 +70,7 @@ pub enum FaultKind {
     Reset,
     Panic,
     RemoveDisk,
+    EndSnapshot,
     SkipBlocks,
 }
 
@@ -75,14 +78,16 @@ use Need::{Either, Optional, Required};
 
 impl FaultKind {
     /// Every kind, in the order of the docs' table.
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::CowReadLive,
         FaultKind::DropTracking,
         FaultKind::CorruptCow,
         FaultKind::DelayCow,
         FaultKind::DelayRead,
-        FaultKind::DiskHang,
         FaultKind::DiskEio,
+        FaultKind::DiskHang,
+        FaultKind::DiskLatency,
+        FaultKind::DiskTorn,
         FaultKind::BitFlip,
         FaultKind::Rewrite,
         FaultKind::DropFrame,
@@ -93,6 +98,7 @@ impl FaultKind {
         FaultKind::Reset,
         FaultKind::Panic,
         FaultKind::RemoveDisk,
+        FaultKind::EndSnapshot,
         FaultKind::SkipBlocks,
     ];
 
@@ -106,6 +112,8 @@ impl FaultKind {
             FaultKind::DelayRead => "delay-read",
             FaultKind::DiskHang => "hang",
             FaultKind::DiskEio => "eio",
+            FaultKind::DiskLatency => "latency",
+            FaultKind::DiskTorn => "torn",
             FaultKind::BitFlip => "bit-flip",
             FaultKind::Rewrite => "rewrite",
             FaultKind::DropFrame => "drop-frame",
@@ -116,6 +124,7 @@ impl FaultKind {
             FaultKind::Reset => "reset",
             FaultKind::Panic => "panic",
             FaultKind::RemoveDisk => "remove-disk",
+            FaultKind::EndSnapshot => "end-snapshot",
             FaultKind::SkipBlocks => "skip-blocks",
         }
     }
@@ -131,7 +140,10 @@ impl FaultKind {
             | FaultKind::CorruptCow
             | FaultKind::DelayCow
             | FaultKind::DelayRead => Layer::Module,
-            FaultKind::DiskHang | FaultKind::DiskEio => Layer::Disk,
+            FaultKind::DiskHang
+            | FaultKind::DiskEio
+            | FaultKind::DiskLatency
+            | FaultKind::DiskTorn => Layer::Disk,
             FaultKind::BitFlip
             | FaultKind::Rewrite
             | FaultKind::DropFrame
@@ -139,7 +151,10 @@ impl FaultKind {
             FaultKind::WrongOffset | FaultKind::SkipVerify | FaultKind::CrashBeforeCommit => {
                 Layer::Target
             }
-            FaultKind::Reset | FaultKind::Panic | FaultKind::RemoveDisk => Layer::Guest,
+            FaultKind::Reset
+            | FaultKind::Panic
+            | FaultKind::RemoveDisk
+            | FaultKind::EndSnapshot => Layer::Guest,
             FaultKind::SkipBlocks => Layer::Agent,
         }
     }
@@ -153,19 +168,29 @@ impl FaultKind {
             | FaultKind::WrongOffset
             | FaultKind::SkipBlocks => &[("every", Required)],
             FaultKind::DelayCow | FaultKind::DelayRead => &[("ms", Required)],
-            FaultKind::DiskHang => &[("volume", Required), ("op", Optional)],
-            FaultKind::DiskEio => &[
+            FaultKind::DiskEio | FaultKind::DiskHang => &[
                 ("volume", Required),
                 ("op", Optional),
                 ("block", Optional),
+                ("blocks", Optional),
                 ("once", Optional),
+                ("after_requests", Optional),
             ],
+            FaultKind::DiskLatency => &[
+                ("volume", Required),
+                ("max_ms", Required),
+                ("op", Optional),
+                ("block", Optional),
+                ("blocks", Optional),
+            ],
+            FaultKind::DiskTorn => &[("volume", Required), ("land", Optional)],
             FaultKind::BitFlip | FaultKind::Rewrite => &[("frame", Either), ("every", Either)],
             FaultKind::DropFrame => &[("frame", Required)],
             FaultKind::Disconnect => &[("after_frame", Required)],
             FaultKind::SkipVerify | FaultKind::CrashBeforeCommit => &[],
             FaultKind::Reset | FaultKind::Panic => &[("after_ms", Either), ("at_percent", Either)],
             FaultKind::RemoveDisk => &[("volume", Required), ("at", Optional)],
+            FaultKind::EndSnapshot => &[("volume", Required), ("how", Optional)],
         }
     }
 
@@ -177,8 +202,10 @@ impl FaultKind {
             FaultKind::CorruptCow => "the module corrupts 1 COW copy in `every`",
             FaultKind::DelayCow => "the module delays every COW copy by `ms` milliseconds",
             FaultKind::DelayRead => "the module holds every snapshot read `ms` milliseconds before its I/O",
-            FaultKind::DiskHang => "from this backup on, `op` requests to the volume's disk never complete (QEMU blkdebug)",
-            FaultKind::DiskEio => "`op` requests to the volume's disk fail with EIO (at 4 KiB block `block` if given; only the first time if `once`)",
+            FaultKind::DiskEio => "from the backup's start until its end, the witness disk answers `op` requests to the volume (touching `blocks` 4 KiB blocks from `block`, if given) with an I/O error: every time, or only once with `once`; the first `after_requests` matching requests pass",
+            FaultKind::DiskHang => "from the backup's start, the witness disk holds `op` requests to the volume (touching `blocks` blocks from `block`, if given; after `after_requests`; only the first with `once`) and never completes them until the run releases them at the backup's end",
+            FaultKind::DiskLatency => "from the backup's start until its end, the witness disk holds each `op` request to the volume (touching `blocks` blocks from `block`, if given) for a delay in [0, `max_ms`] ms drawn from the run's seed (the same request gets the same delay in a replay)",
+            FaultKind::DiskTorn => "after the snapshot instant, the next write to the volume covering more than `land` 4 KiB blocks (default 1) lands only its first `land` blocks and never completes; the run then resets the guest",
             FaultKind::BitFlip => "the proxy flips one bit in the data of block frame number `frame`, or of 1 frame in `every`",
             FaultKind::Rewrite => "the proxy flips one bit in the data of block frame number `frame` (or 1 frame in `every`) and rewrites the frame's hashes and the session's end digest to match: corruption the protocol cannot see",
             FaultKind::DropFrame => "the proxy drops block frame number `frame`",
@@ -189,6 +216,7 @@ impl FaultKind {
             FaultKind::Reset => "the harness resets the guest `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
             FaultKind::Panic => "the harness crashes the guest kernel (sysrq c) `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
             FaultKind::RemoveDisk => "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
+            FaultKind::EndSnapshot => "while this backup's `latency` or `hang` disk fault holds a read of the volume's `block`s, the harness ends the volume's bwsnap snapshot (`how`: `to-incremental`, the default, or `destroy`), waits until the snapshot device is gone and overwrites those blocks through the live device; a read the module let through then returns data from the future (the teardown race)",
             FaultKind::SkipBlocks => "the agent leaves 1 block in `every` out of a full backup: it never crosses the transport; `backup` must be the full backup",
         }
     }

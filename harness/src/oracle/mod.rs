@@ -13,8 +13,11 @@
 //! ([`truth`]), and, where the pipeline announced its instant, checks that instant and
 //! the verdicts against the truth taken then ([`announced`]).
 //!
-//! docs/architecture.md ("The history oracle") has a worked example.
+//! The input comes from a witness disk's history through [`adapter`];
+//! [`Oracle::truth_at_cut`] is the truth for a pipeline that cannot announce its
+//! instant. docs/architecture.md ("The history oracle") has a worked example.
 
+pub mod adapter;
 pub mod announced;
 pub mod input;
 pub mod judge;
@@ -32,5 +35,5 @@ pub use input::{
 };
 pub use judge::{BlockVerdict, Judgement, Leak, OracleClass, Stale, Verdict};
 pub use time::{Moment, Span};
-pub use truth::{Expected, Truth};
+pub use truth::{CutTruth, Expected, Truth};
 pub use versions::{Oracle, WriteRef};

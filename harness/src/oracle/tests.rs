@@ -446,6 +446,32 @@ fn worked_example() {
     );
 }
 
+/// The worked example's backup, as a pipeline without an announced instant sees it: the
+/// truth at the cut keeps the backup's own content where a write was in flight, and the
+/// one possible version elsewhere.
+#[test]
+fn truth_at_the_cut_serves_a_pipeline_without_an_instant() {
+    let (a, b, c, d, e) = (0, 1, 2, 3, 4);
+    let hist = history(
+        &[10, 11, 12, 13, 14, 15],
+        vec![
+            w(1, 5, Some(8), &[(e, 24)]),
+            w(2, 10, Some(14), &[(a, 20)]),
+            w(3, 12, Some(30), &[(b, 21)]),
+            w(4, 20, Some(22), &[(c, 22), (d, 23)]),
+            w(5, 25, Some(27), &[(a, 30)]),
+            w(6, 40, Some(42), &[(d, 33)]),
+        ],
+    );
+    let oracle = Oracle::new(&hist).unwrap();
+    let t = oracle
+        .truth_at_cut(&backup(&[20, 11, 22, 33, 14, 99], vec![]))
+        .unwrap();
+    assert_eq!(t.judgement.cut, at(20));
+    assert_eq!(t.hashes, [h(20), h(11), h(22), h(13), h(24), h(15)]);
+    assert!(oracle.truth_at_cut(&backup(&[1], vec![])).is_err());
+}
+
 #[test]
 fn reasons_name_the_rule() {
     let hist = history(

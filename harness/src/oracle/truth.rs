@@ -8,7 +8,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::input::ContentHash;
+use super::input::{Backup, BackupError, ContentHash};
+use super::judge::Judgement;
 use super::time::Moment;
 use super::versions::{Oracle, Version};
 
@@ -84,5 +85,40 @@ impl Oracle<'_> {
             })
             .collect();
         Truth { at: t, blocks }
+    }
+}
+
+/// The truth of a backup at the oracle's cut: for a pipeline that cannot announce its
+/// snapshot instant (a product that freezes and snapshots on its own), the history is
+/// the truth. See [`Oracle::truth_at_cut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutTruth {
+    /// The backup judged: the cut, its span, every block's verdict.
+    pub judgement: Judgement,
+    /// Per block, the content a snapshot taken at the cut holds: the one version possible
+    /// then, or, while a write to the block was in flight, the backup's own content when
+    /// it is one of the possible versions (else the oldest of them).
+    pub hashes: Vec<ContentHash>,
+}
+
+impl Oracle<'_> {
+    /// Judges `backup` and gives the truth at the cut it finds: what a truth image taken
+    /// at that instant would hash to, block by block (xxh3-128, as the history). A
+    /// recording built on these hashes classifies the backup as if the pipeline had
+    /// announced the cut as its instant.
+    pub fn truth_at_cut(&self, backup: &Backup) -> Result<CutTruth, BackupError> {
+        let judgement = self.judge(backup)?;
+        let hashes = judgement
+            .truth
+            .blocks
+            .iter()
+            .zip(&backup.hashes)
+            .map(|(expected, held)| match expected {
+                Expected::One(h) => *h,
+                Expected::Either(hs) if hs.contains(held) => *held,
+                Expected::Either(hs) => hs.first().copied().unwrap_or(*held),
+            })
+            .collect();
+        Ok(CutTruth { judgement, hashes })
     }
 }

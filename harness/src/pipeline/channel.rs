@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 
 use bw_guest::pipe::wire::{ChannelDecoder, ChannelEvent};
 
+use crate::gate::Gate;
 use crate::model::{BlockHash, BLOCK};
+
+/// The most the reading thread takes in one read, in blocks: the gate is asked this far
+/// ahead of what has arrived.
+const READ_BLOCKS: u64 = 256;
 
 /// How a stream arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +116,15 @@ impl Session {
         }
     }
 
+    /// Where the stream has got to in the volume, in blocks: the end of what arrived.
+    fn position(&self) -> u64 {
+        match self.format {
+            Format::Nothing => 0,
+            Format::Raw => self.bytes / BLOCK as u64,
+            Format::Extents => (self.pending_at + self.pending.len() as u64).div_ceil(BLOCK as u64),
+        }
+    }
+
     fn complete(&self) -> bool {
         self.problems.is_empty()
             && match self.format {
@@ -124,6 +138,9 @@ impl Session {
 #[derive(Default)]
 struct State {
     session: Option<Session>,
+    /// The backup's pacing gate and the session's volume: the reading thread holds
+    /// (reads nothing, so the guest's writer blocks) until the gate lets the stream on.
+    gate: Option<(Arc<Gate>, String)>,
     /// Bytes that arrived with no session open.
     stray: u64,
     closed: bool,
@@ -142,8 +159,30 @@ impl Channel {
         std::thread::Builder::new()
             .name("bw-channel".into())
             .spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = vec![0u8; READ_BLOCKS as usize * BLOCK];
                 loop {
+                    // Held at the gate while the run grants paced workloads their steps.
+                    loop {
+                        let ask = {
+                            let s = st.lock().unwrap_or_else(|p| p.into_inner());
+                            match (&s.gate, &s.session) {
+                                (Some((gate, volume)), Some(sess)) => Some((
+                                    gate.clone(),
+                                    volume.clone(),
+                                    sess.position() + READ_BLOCKS,
+                                )),
+                                _ => None,
+                            }
+                        };
+                        match ask {
+                            Some((gate, volume, end)) => {
+                                if gate.wait_pass(&volume, end, Duration::from_millis(50)) {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
+                    }
                     match stream.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
@@ -175,10 +214,17 @@ impl Channel {
     }
 
     /// Opens a session that writes into `partial` (the store made it: sparse, or a copy
-    /// of the previous generation), for a volume of `size` bytes.
-    pub fn begin(&self, partial: &Path, size: u64) -> std::io::Result<()> {
+    /// of the previous generation), for a volume of `size` bytes; with `gate`, the stream
+    /// of `volume` is held at the backup's pacing gate.
+    pub fn begin(
+        &self,
+        partial: &Path,
+        size: u64,
+        gate: Option<(Arc<Gate>, String)>,
+    ) -> std::io::Result<()> {
         let file = OpenOptions::new().write(true).open(partial)?;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.gate = gate;
         s.session = Some(Session {
             size,
             file,
@@ -211,6 +257,7 @@ impl Channel {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let done = s.session.as_ref().is_none_or(Session::complete) || s.closed;
                 if done || started.elapsed() >= grace {
+                    s.gate = None;
                     let stray = std::mem::take(&mut s.stray);
                     let Some(sess) = s.session.take() else {
                         return SessionEnd {
@@ -273,7 +320,7 @@ mod tests {
         let partial = dir.path().join("p");
         File::create(&partial).unwrap().set_len(3 * 4096).unwrap();
         let (mut guest, ch) = pair();
-        ch.begin(&partial, 3 * 4096).unwrap();
+        ch.begin(&partial, 3 * 4096, None).unwrap();
         let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(1000) {
             guest.write_all(piece).unwrap();
@@ -287,12 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_is_held_at_the_gate_until_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("p");
+        let blocks = 2 * READ_BLOCKS;
+        File::create(&partial)
+            .unwrap()
+            .set_len(blocks * 4096)
+            .unwrap();
+        let (mut guest, ch) = pair();
+        let gate = Arc::new(Gate::new(&[("data".to_string(), blocks)]));
+        ch.begin(&partial, blocks * 4096, Some((gate.clone(), "data".into())))
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            guest
+                .write_all(&vec![7u8; (blocks * 4096) as usize])
+                .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Closed at 0: nothing may be read, so nothing has crossed.
+        assert_eq!(ch.blocks_crossed(), 0);
+        assert!(gate.requested() > 0, "the stream asked the gate");
+        gate.release();
+        writer.join().unwrap();
+        let end = ch.finish(Duration::from_secs(5));
+        assert!(end.complete, "{:?}", end.problems);
+        assert_eq!(end.blocks.len() as u64, blocks);
+    }
+
+    #[test]
     fn a_short_raw_stream_is_not_complete() {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("p");
         File::create(&partial).unwrap().set_len(2 * 4096).unwrap();
         let (mut guest, ch) = pair();
-        ch.begin(&partial, 2 * 4096).unwrap();
+        ch.begin(&partial, 2 * 4096, None).unwrap();
         guest.write_all(&[1u8; 4096]).unwrap();
         let end = ch.finish(Duration::from_millis(300));
         assert!(!end.complete);
@@ -311,7 +387,7 @@ mod tests {
         let partial = dir.path().join("p");
         std::fs::write(&partial, vec![9u8; 4 * 4096]).unwrap();
         let (mut guest, ch) = pair();
-        ch.begin(&partial, 4 * 4096).unwrap();
+        ch.begin(&partial, 4 * 4096, None).unwrap();
         guest
             .write_all(b"BWX1 extents\nEXTENT 8192 4096\n")
             .unwrap();

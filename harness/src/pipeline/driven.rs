@@ -585,7 +585,7 @@ impl Driven {
             self.channel
                 .as_ref()
                 .expect("started")
-                .begin(&partial, size)
+                .begin(&partial, size, hooks.gate().map(|g| (g, v.name.clone())))
                 .map_err(|source| PipelineError::Io {
                     path: partial.clone(),
                     source,

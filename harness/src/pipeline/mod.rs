@@ -24,8 +24,10 @@ pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gate::Gate;
 use crate::image::BuiltImage;
 use crate::model::{BlockHash, Layer};
 use crate::plan::{BackupStep, Plan, VolumePlan};
@@ -119,8 +121,19 @@ pub trait RunHooks {
         announced: &[AnnouncedVolume],
     ) -> Result<(), InstantError>;
     /// Called regularly while the backup runs, with what the pipeline knows of its
-    /// progress; the run injects time- or progress-triggered guest faults here.
+    /// progress; the run injects time- or progress-triggered guest faults here, and
+    /// grants paced workloads their next allowance (which may take a moment: the
+    /// workload writes it before the gate opens).
     fn tick(&mut self, vm: &mut Vm, progress: Progress);
+    /// The pacing gate of this backup, when it has paced `during` workloads. A pipeline
+    /// asks it before its progress passes a block ([`Gate::may_pass`]: "I am about to
+    /// reach block N of volume V") and holds there while the answer is no, where it
+    /// measures its progress: the reference pipeline in its transport proxy, another
+    /// pipeline in its own reader. `tick` must keep being called while it holds. A
+    /// pipeline that never asks makes paced workloads a harness error.
+    fn gate(&self) -> Option<Arc<Gate>> {
+        None
+    }
 }
 
 /// How far a backup has got.

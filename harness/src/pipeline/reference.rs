@@ -516,9 +516,12 @@ impl Pipeline for Reference {
                 // The run's layers (disk, guest).
                 FaultSpec::DiskHang { .. }
                 | FaultSpec::DiskEio { .. }
+                | FaultSpec::DiskLatency { .. }
+                | FaultSpec::DiskTorn { .. }
                 | FaultSpec::Reset { .. }
                 | FaultSpec::Panic { .. }
-                | FaultSpec::RemoveDisk { .. } => {}
+                | FaultSpec::RemoveDisk { .. }
+                | FaultSpec::EndSnapshot { .. } => {}
             }
         }
         for (knob, value) in &knobs {
@@ -538,6 +541,10 @@ impl Pipeline for Reference {
                     .push(format!("transport faults: {transport:?}"));
             }
             p.set_faults(transport);
+        }
+        if let Some(p) = &self.proxy {
+            // Paced workloads: the backup's progress is held where it crosses the proxy.
+            p.set_gate(hooks.gate());
         }
         if flags != TargetFlags::default() {
             result
@@ -684,6 +691,10 @@ impl Pipeline for Reference {
                 let _ = vm.guest.kill(handle, libc::SIGKILL);
                 break;
             }
+        }
+
+        if let Some(p) = &self.proxy {
+            p.set_gate(None);
         }
 
         // The agent's word.
@@ -950,6 +961,9 @@ impl Pipeline for Reference {
                 // The run's faults (disk, guest): it counts them itself.
                 FaultKind::DiskHang
                 | FaultKind::DiskEio
+                | FaultKind::DiskLatency
+                | FaultKind::DiskTorn
+                | FaultKind::EndSnapshot
                 | FaultKind::Reset
                 | FaultKind::Panic
                 | FaultKind::RemoveDisk => continue,

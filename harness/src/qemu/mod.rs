@@ -12,6 +12,7 @@
 //! serial (how the guest finds it) `bw-<id>`, and volume `i`'s id is `d<i>`.
 
 mod qmp;
+pub mod throttle;
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -60,7 +61,8 @@ pub struct Disk {
     pub serial: String,
     pub read_only: bool,
     /// Put a blkdebug layer under the format node so requests can be suspended on
-    /// demand (`qemu-io <id> "break read_aio <tag>"`): a device that never answers.
+    /// demand (`qemu-io <id> "break write_aio <tag>"`). Runs hold requests on the
+    /// witness disk; the kmod tests still use this on QEMU-served disks.
     pub blkdebug: bool,
 }
 
@@ -512,6 +514,8 @@ pub struct Machine {
     started: Instant,
     watchdog_fired: Arc<AtomicBool>,
     watchdog_stop: Option<mpsc::Sender<()>>,
+    /// `--slow N`: the duty cycle that holds QEMU to 1/N of the wall clock.
+    throttle: Option<throttle::Throttle>,
 }
 
 impl Machine {
@@ -587,7 +591,28 @@ impl Machine {
             started: Instant::now(),
             watchdog_fired: Arc::default(),
             watchdog_stop: None,
+            throttle: None,
         })
+    }
+
+    /// Slows QEMU down to 1/`factor` of the wall clock for the rest of its life (see
+    /// [`throttle`]). False when it could not be throttled (QEMU has already exited).
+    pub fn slow_down(&mut self, factor: u32) -> bool {
+        let guard = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+        // Pinned under the guard's lock, so the child cannot be reaped meanwhile.
+        if guard.exited.is_some() {
+            return false;
+        }
+        let t = throttle::Throttle::start(guard.pid(), factor);
+        let active = t.active();
+        drop(guard);
+        self.throttle = Some(t);
+        active
+    }
+
+    /// What the throttle measured so far (None: not slowed down).
+    pub fn throttle_stats(&self) -> Option<throttle::ThrottleStats> {
+        self.throttle.as_ref().map(throttle::Throttle::stats)
     }
 
     /// Connects to the host end of a virtio-serial port.
@@ -744,6 +769,9 @@ impl Drop for Machine {
         // Disarm: dropping the sender ends the watchdog thread's wait early.
         self.watchdog_stop.take();
         self.kill();
+        if let Some(mut t) = self.throttle.take() {
+            t.finish();
+        }
     }
 }
 

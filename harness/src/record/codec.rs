@@ -10,8 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, PartialBlock, RecordError,
-    Recording, RunEvents, RunInfo, Source, StampEvidence, TruthState, VolumeRecord, MAGIC,
+    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, OracleRecord, PartialBlock,
+    RecordError, Recording, RunEvents, RunInfo, Source, StampEvidence, TruthState, VolumeRecord,
+    MAGIC,
 };
 use crate::model::{BackupKind, BlockHash, Expectations, HASH_LEN};
 
@@ -59,6 +60,8 @@ struct GenMeta {
     target_bytes: Option<u64>,
     #[serde(default)]
     cow_findings: Vec<String>,
+    #[serde(default)]
+    oracle: Option<OracleRecord>,
 }
 
 pub fn encode(rec: &Recording) -> Vec<u8> {
@@ -105,6 +108,7 @@ pub fn encode(rec: &Recording) -> Vec<u8> {
                 partial: g.partial.clone(),
                 target_bytes: g.target_bytes,
                 cow_findings: g.cow_findings.clone(),
+                oracle: g.oracle.clone(),
             };
             put_json(&mut out, &gm);
             // Truth relative to the previous generation's truth, when lengths agree.
@@ -486,6 +490,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Recording, RecordError> {
                 partial: gm.partial,
                 target_bytes: gm.target_bytes,
                 cow_findings: gm.cow_findings,
+                oracle: gm.oracle,
             });
         }
         volumes.push(VolumeRecord {

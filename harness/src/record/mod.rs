@@ -176,6 +176,79 @@ pub struct GenerationRecord {
     /// Where the pipeline's word on its COW file disagrees with what the harness found
     /// on the truth image (a product finding).
     pub cow_findings: Vec<String>,
+    /// The history oracle's judgement of this generation (witness disks only).
+    pub oracle: Option<OracleRecord>,
+}
+
+/// The history oracle on one generation: the truth image at the announced instant and
+/// the committed backup, each judged against the volume's write history and checked
+/// against that truth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OracleRecord {
+    /// The announced instant on the history's clock (ns from the backend's origin).
+    pub instant_ns: u64,
+    /// Writes whose submit time the history's adapter moved up to a write they
+    /// overtook (the seeded schedule).
+    pub moved_submits: u64,
+    pub truth: OracleJudgement,
+    /// None: nothing was committed to judge.
+    pub backup: Option<OracleJudgement>,
+}
+
+impl OracleRecord {
+    /// The oracle and the truth at the announced instant agree on every block of both.
+    pub fn agrees(&self) -> bool {
+        self.truth.agrees && self.backup.as_ref().is_none_or(|b| b.agrees)
+    }
+}
+
+/// One image judged by the oracle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OracleJudgement {
+    /// The cut T, ns on the history's clock; None when it is before every write.
+    pub cut_ns: Option<u64>,
+    /// The span of equally good cuts, as text ("[a ns, b ns)").
+    pub span: String,
+    /// Blocks consistent at the cut, and blocks judged (not excluded).
+    pub explained: u64,
+    pub judged: u64,
+    /// Blocks per oracle class (only classes with blocks).
+    pub counts: BTreeMap<String, u64>,
+    /// Where the announced instant lies against the cut: in-span, in-other-best-span,
+    /// outside.
+    pub place: String,
+    /// The instant is one of the best cuts and every block's verdict agrees with a
+    /// plain comparison against the truth at the instant.
+    pub agrees: bool,
+    pub disagreements: u64,
+    /// The first disagreements and problem blocks, one line each.
+    pub examples: Vec<String>,
+}
+
+/// A witness disk of the run and what its history holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// The volume it served ("" for the never-answering extra disk).
+    pub volume: String,
+    pub id: String,
+    /// The history's file, in the report directory.
+    pub history_file: String,
+    pub history_bytes: u64,
+    /// Whether the backend finished the history (its end record is there).
+    pub complete: bool,
+    /// Why it stopped recording (disconnected, shutdown, ...).
+    pub end: String,
+    pub records: u64,
+    /// Requests by op, and by outcome.
+    pub requests: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub instants: u32,
+    /// Every fault armed on it: `kind spec` and how often it fired.
+    pub faults: Vec<(String, u64)>,
+    /// The seeded schedule, if on: "seed S, at most D us".
+    pub schedule: Option<String>,
 }
 
 impl GenerationRecord {
@@ -206,6 +279,7 @@ impl GenerationRecord {
             partial: BTreeMap::new(),
             target_bytes: None,
             cow_findings: Vec::new(),
+            oracle: None,
         }
     }
 
@@ -275,6 +349,12 @@ pub struct RunEvents {
     /// Every injected fault and how often it fired, as its injecting layer counted.
     #[serde(default)]
     pub faults: Vec<FaultFired>,
+    /// What each `during` workload wrote in each backup, step by step when paced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRecord>,
+    /// How fast each backup went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speeds: Vec<BackupSpeed>,
 }
 
 /// One injected fault of one backup, and how often it fired.
@@ -321,6 +401,15 @@ pub struct RunInfo {
     /// One command line that reproduces the run.
     pub repro: String,
     pub blockwitness_version: String,
+    /// Set when QEMU was slowed down (`--slow N`), with what the throttle measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowRecord>,
+    /// Who served the volumes: "witness" or "qemu".
+    #[serde(default)]
+    pub disk: String,
+    /// The witness disks and their histories.
+    #[serde(default)]
+    pub witness_disks: Vec<DiskRecord>,
 }
 
 /// Everything recorded in one run.
@@ -450,6 +539,9 @@ impl Recording {
 }
 
 mod codec;
+mod pace;
+
+pub use pace::{BackupSpeed, PaceStep, SlowRecord, WorkloadRecord};
 
 #[cfg(test)]
 mod tests {
@@ -504,6 +596,25 @@ mod tests {
             reason: "COW file".into(),
         });
         g.owners.insert(5, "/data/f1".into());
+        let judged = OracleJudgement {
+            cut_ns: Some(120),
+            span: "[120 ns, 140 ns)".into(),
+            explained: 999,
+            judged: 1000,
+            counts: [("consistent".to_string(), 999), ("corrupt".to_string(), 1)]
+                .into_iter()
+                .collect(),
+            place: "in-span".into(),
+            agrees: true,
+            disagreements: 0,
+            examples: vec!["block 5: corrupt".into()],
+        };
+        g.oracle = Some(OracleRecord {
+            instant_ns: 125,
+            moved_submits: 2,
+            truth: judged.clone(),
+            backup: Some(judged),
+        });
         let mut g2 = GenerationRecord::new(2, BackupKind::Incremental, {
             let mut t = truth.clone();
             t[1] = h(777);
@@ -521,6 +632,16 @@ mod tests {
                 run_id: "r1".into(),
                 scenario: "s".into(),
                 seed: 3,
+                disk: "witness".into(),
+                witness_disks: vec![DiskRecord {
+                    volume: "data".into(),
+                    id: "d0".into(),
+                    history_file: "history-data.bwhist".into(),
+                    history_bytes: 4096,
+                    complete: true,
+                    faults: vec![("{\"kind\":\"torn\",\"land\":1}".into(), 1)],
+                    ..DiskRecord::default()
+                }],
                 ..RunInfo::default()
             },
             expect: Expectations::clean(),
@@ -536,6 +657,27 @@ mod tests {
                     fault: "module/cow-read-live".into(),
                     fired: Some(12),
                     counted_by: "the module's fault log".into(),
+                }],
+                workloads: vec![WorkloadRecord {
+                    backup: 1,
+                    index: 0,
+                    writer: 1,
+                    kind: "overwrite".into(),
+                    volume: "data".into(),
+                    pacing: "1MiB per 50%".into(),
+                    steps: vec![PaceStep {
+                        step: 0,
+                        position: 0,
+                        allowance: 1 << 20,
+                        done: (1 << 20) + 4096,
+                        bytes: (1 << 20) + 4096,
+                        ops: 17,
+                    }],
+                    bytes: Some(2 << 20),
+                    ops: Some(33),
+                    writes: Some(600),
+                    stopped_by: Some("allowance-used".into()),
+                    failure: None,
                 }],
                 ..RunEvents::default()
             },

@@ -152,6 +152,14 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
         ("packages", packages.join(", ")),
         ("accelerator", run.accelerator.clone()),
         ("pipeline", run.pipeline.clone()),
+        (
+            "disks",
+            if run.disk.is_empty() {
+                "qemu".into()
+            } else {
+                run.disk.clone()
+            },
+        ),
         ("timings", timings.join(", ")),
         ("expected", {
             let mut e = s.expected_classes.clone();
@@ -206,13 +214,14 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
              <div class=\"bar\">zoom <button data-map=\"{i}\" data-cell=\"1\">1×</button><button data-map=\"{i}\" data-cell=\"2\">2×</button>\
              <button data-map=\"{i}\" data-cell=\"4\">4×</button><button data-map=\"{i}\" data-cell=\"8\">8×</button>\
              <span class=\"hover\" id=\"hover{i}\">hover a block</span></div>\
-             <div class=\"scroll\"><canvas id=\"map{i}\"></canvas></div>{}</section>",
+             <div class=\"scroll\"><canvas id=\"map{i}\"></canvas></div>{}{}</section>",
             escape(&g.volume),
             g.generation,
             g.kind,
             g.blocks,
             generation_note(g),
-            excluded_note(record)
+            excluded_note(record),
+            oracle_note(record)
         );
         maps.push(format!(
             "{{\"blocks\":{},\"data\":{},\"details\":{}}}",
@@ -301,6 +310,97 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
         }
         h.push_str("</ul>\n");
     }
+    if !rec.events.workloads.is_empty() || rec.run.slow.is_some() {
+        h.push_str("<h2>Workloads during the backups</h2>");
+        if let Some(s) = &rec.run.slow {
+            let _ = write!(
+                h,
+                "<p>Slowed down {}x ({}): QEMU could run {:.1}% of the wall time{}.</p>",
+                s.factor,
+                escape(&s.method),
+                s.duty * 100.0,
+                s.qemu_cpu_per_second
+                    .map(|c| format!(" and used {c:.2} CPU seconds per second"))
+                    .unwrap_or_default()
+            );
+        }
+        h.push_str("<table><tr><th>backup</th><th>workload</th><th>pacing</th><th>steps</th><th>bytes</th><th>ops</th><th>ended</th></tr>");
+        for w in &rec.events.workloads {
+            let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>#{} {} on {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+                w.backup,
+                w.index,
+                escape(&w.kind),
+                escape(&w.volume),
+                escape(&w.pacing),
+                w.steps.len(),
+                n(w.bytes),
+                n(w.ops),
+                escape(w.stopped_by.as_deref().unwrap_or("-")),
+                w.failure
+                    .as_ref()
+                    .map(|f| format!(" ({})", escape(f)))
+                    .unwrap_or_default()
+            );
+        }
+        h.push_str("</table>\n");
+        for s in &rec.events.speeds {
+            let _ = write!(
+                h,
+                "<p>Backup {}: {} blocks in {:.1} s ({:.0} blocks/s).</p>",
+                s.backup,
+                s.blocks,
+                s.millis as f64 / 1000.0,
+                s.blocks_per_second()
+            );
+        }
+    }
+    if !run.witness_disks.is_empty() {
+        h.push_str("<h2>Witness disks</h2><ul class=\"notes\">");
+        for d in &run.witness_disks {
+            let faults: Vec<String> = d
+                .faults
+                .iter()
+                .map(|(spec, fired)| format!("{spec} fired {fired}×"))
+                .collect();
+            let _ = write!(
+                h,
+                "<li>{} ({}): <a href=\"{}\">{}</a>, {} bytes, {} records{}; requests {}; {} read, {} written{}{}</li>",
+                escape(if d.volume.is_empty() { "extra disk" } else { &d.volume }),
+                escape(&d.id),
+                escape(&d.history_file),
+                escape(&d.history_file),
+                d.history_bytes,
+                d.records,
+                if d.complete {
+                    format!(", ended ({})", escape(&d.end))
+                } else {
+                    ", CUT SHORT".into()
+                },
+                escape(
+                    &d.requests
+                        .iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                d.bytes_read,
+                d.bytes_written,
+                d.schedule
+                    .as_ref()
+                    .map(|sc| format!("; seeded schedule: {}", escape(sc)))
+                    .unwrap_or_default(),
+                if faults.is_empty() {
+                    String::new()
+                } else {
+                    format!("; faults: {}", escape(&faults.join("; ")))
+                }
+            );
+        }
+        h.push_str("</ul>\n");
+    }
     if !rec.events.notes.is_empty() {
         h.push_str("<h2>Run log</h2><ul class=\"notes\">");
         for n in &rec.events.notes {
@@ -349,6 +449,50 @@ fn generation_note(g: &GenerationResult) -> String {
     }
     parts.push(format!("stages: {}", g.stages.join(", ")));
     format!(" · {}", escape(&parts.join(" · ")))
+}
+
+/// The history oracle's word on a generation: the truth image and the backup judged.
+fn oracle_note(g: &GenerationRecord) -> String {
+    let Some(o) = &g.oracle else {
+        return String::new();
+    };
+    let one = |what: &str, j: &crate::record::OracleJudgement| -> String {
+        let counts: Vec<String> = j.counts.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let mut line = format!(
+            "{what}: cut {} (span {}, {} of {} blocks explained; {}), announced instant {}; {}",
+            j.cut_ns.map_or("-inf".to_string(), |n| format!("{n} ns")),
+            j.span,
+            j.explained,
+            j.judged,
+            counts.join(", "),
+            j.place,
+            if j.agrees {
+                "agrees with the truth at the instant".to_string()
+            } else {
+                format!("DISAGREES on {} block(s)", j.disagreements)
+            }
+        );
+        if !j.examples.is_empty() {
+            line.push_str(": ");
+            line.push_str(&j.examples.join("; "));
+        }
+        format!("<li>{}</li>", escape(&line))
+    };
+    let mut out = format!(
+        "<p class=\"excluded\">History oracle (instant {} ns on the history's clock{}):</p><ul class=\"excluded\">",
+        o.instant_ns,
+        if o.moved_submits > 0 {
+            format!(", {} submit times moved by the schedule", o.moved_submits)
+        } else {
+            String::new()
+        }
+    );
+    out.push_str(&one("truth", &o.truth));
+    if let Some(b) = &o.backup {
+        out.push_str(&one("backup", b));
+    }
+    out.push_str("</ul>");
+    out
 }
 
 fn excluded_note(g: &GenerationRecord) -> String {

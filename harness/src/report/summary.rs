@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Classification;
 use crate::model::{BackupKind, BlockClass, Verdict};
-use crate::record::{Claim, FaultFired, Recording, RunInfo, TruthState};
+use crate::record::{
+    BackupSpeed, Claim, FaultFired, OracleRecord, Recording, RunInfo, TruthState, WorkloadRecord,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -33,6 +35,12 @@ pub struct Summary {
     /// Every injected fault and how often it fired, as its layer counted.
     #[serde(default)]
     pub faults: Vec<FaultFired>,
+    /// What each `during` workload wrote, step by step when paced by the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRecord>,
+    /// How fast each backup went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speeds: Vec<BackupSpeed>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +68,9 @@ pub struct GenerationSummary {
     /// Where the pipeline's word on its COW file disagreed with the harness's.
     #[serde(default)]
     pub cow_findings: Vec<String>,
+    /// The history oracle's judgement (witness disks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<OracleRecord>,
 }
 
 fn all_counts(counts: &BTreeMap<BlockClass, u64>) -> BTreeMap<String, u64> {
@@ -118,6 +129,7 @@ impl Summary {
                                 .collect(),
                             truth: g.truth_state.clone(),
                             cow_findings: g.cow_findings.clone(),
+                            oracle: g.oracle.clone(),
                         }
                     })
                     .collect(),
@@ -167,6 +179,8 @@ impl Summary {
                 .collect(),
             notes: rec.events.notes.clone(),
             faults: rec.events.faults.clone(),
+            workloads: rec.events.workloads.clone(),
+            speeds: rec.events.speeds.clone(),
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Turning what a run saw into the recording classification works on: per volume and
 //! backup, the truth image hashed, the pipeline's recordings laid out per block, the
-//! harness's own re-read of what the target stored, owners and stamps of problem blocks.
+//! harness's own re-read of what the target stored, owners and stamps of problem blocks,
+//! and on witness disks the history oracle's judgement.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::hash::HashError;
 use crate::model::{BackupKind, BlockHash, Layer};
+use crate::oracle::adapter::Adapted;
+use crate::oracle::Oracle;
 use crate::pipeline::{BackupResult, Pipeline, VolumeBackup};
 use crate::plan::{Plan, VolumePlan};
 use crate::record::{Claim, GenerationRecord, IncrementalRecord, Live, TruthState, VolumeRecord};
@@ -41,6 +44,7 @@ pub(super) fn volumes(
     truth: &Truth,
     pipeline: &dyn Pipeline,
     backups: &[BackupRecord],
+    histories: &BTreeMap<String, Adapted>,
     work: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> (Vec<VolumeRecord>, Vec<String>) {
@@ -52,6 +56,19 @@ pub(super) fn volumes(
     let scratch = work.join("truth-scratch.raw");
     for v in plan.backed_up() {
         let mut gens = Vec::new();
+        let history = histories.get(&v.name);
+        let oracle = match history.map(|h| Oracle::new(&h.history)) {
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => {
+                errors.push(format!(
+                    "the history oracle refused the history of volume {}: {}",
+                    v.name,
+                    chain(&e)
+                ));
+                None
+            }
+            None => None,
+        };
         // The last committed generation and its target hashes now (one per block of
         // the volume; None past the end of a short image).
         let mut previous: Option<(u32, Vec<Option<BlockHash>>)> = None;
@@ -244,6 +261,23 @@ pub(super) fn volumes(
                     v.name,
                     chain(&e)
                 ));
+            }
+            let instant = truth.witness().and_then(|w| w.instant(&v.name, br.number));
+            if let (Some(o), Some(h), Some(i)) = (&oracle, history, instant) {
+                match super::oracle::judge(
+                    o,
+                    h.moved_submits,
+                    i.t_ns,
+                    &image,
+                    stored.as_deref().filter(|_| g.committed),
+                    &g.excluded,
+                ) {
+                    Ok(rec) => g.oracle = Some(rec),
+                    Err(e) => errors.push(format!(
+                        "the history oracle on volume {} generation {generation}: {e}",
+                        v.name
+                    )),
+                }
             }
             if is_scratch {
                 let _ = std::fs::remove_file(&image);

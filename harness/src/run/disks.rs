@@ -1,13 +1,14 @@
 //! Disks made on the host: a run's (one raw file per volume with its filesystem, mkfs
 //! from e2fsprogs/xfsprogs with a UUID derived from the seed so a repro makes the same
-//! filesystem; the never-answering extra disk; the floppy image), and the scratch disks
-//! of `blockwitness exec` and the benches, made the same way.
+//! filesystem; the never-answering extra disk, which a witness disk serves; the floppy
+//! image), and the scratch disks of `blockwitness exec` and the benches, made the same
+//! way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::plan::{derive_seed, Plan, VolumePlan};
-use crate::qemu::{Disk, DiskFormat, Floppy as QFloppy};
+use crate::qemu::{Disk, DiskFormat, Floppy as QFloppy, VhostUserDisk};
 use crate::scenario::{Filesystem, Floppy};
 
 /// Why a disk could not be made.
@@ -34,8 +35,12 @@ pub enum DiskError {
 
 /// The disks a run made: volume disks and extra devices.
 pub(super) struct RunDisks {
+    /// Volume disks QEMU serves (none when witness disks serve them).
     pub volumes: Vec<Disk>,
+    /// The never-answering disk's image (a witness disk serves it).
     pub hang: Option<Disk>,
+    /// Disks served by witness disks, for QEMU.
+    pub vhost: Vec<VhostUserDisk>,
     pub floppy: QFloppy,
 }
 
@@ -201,16 +206,14 @@ pub(super) fn create(plan: &Plan, work: &Path) -> Result<RunDisks, DiskError> {
         Some(bytes) => {
             let path = work.join("hang.raw");
             make_raw(&path, bytes)?;
-            Some(Disk {
-                blkdebug: true,
-                ..Disk::new(HANG_ID, path, DiskFormat::Raw)
-            })
+            Some(Disk::new(HANG_ID, path, DiskFormat::Raw))
         }
         None => None,
     };
     Ok(RunDisks {
         volumes,
         hang,
+        vhost: Vec::new(),
         floppy: floppy_for(plan, work)?,
     })
 }

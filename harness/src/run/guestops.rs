@@ -17,7 +17,7 @@ use crate::model::Skipped;
 use crate::pipeline::{GuestVolume, Pipeline};
 use crate::plan::{Plan, WorkloadRun};
 use crate::qemu::{Disk, DiskFormat};
-use crate::record::{CheckKind, CheckResult};
+use crate::record::{CheckKind, CheckResult, WorkloadRecord};
 use crate::scenario::{Filesystem, Rate};
 use crate::truth::Truth;
 use crate::vm::Vm;
@@ -200,7 +200,10 @@ pub fn workload_argv(run: &WorkloadRun, vol: &GuestVolume) -> Vec<String> {
     argv
 }
 
-fn volume<'v>(volumes: &'v [GuestVolume], name: &str) -> Result<&'v GuestVolume, GuestOpError> {
+pub(super) fn volume<'v>(
+    volumes: &'v [GuestVolume],
+    name: &str,
+) -> Result<&'v GuestVolume, GuestOpError> {
     volumes
         .iter()
         .find(|v| v.name == name)
@@ -266,12 +269,24 @@ pub(super) fn run_workloads(
     Ok(())
 }
 
+/// A `during` workload running in the background.
+pub(super) struct Running {
+    handle: u64,
+    run: WorkloadRun,
+}
+
+impl Running {
+    fn what(&self) -> String {
+        format!("{} on {}", self.run.spec.kind.name(), self.run.spec.volume)
+    }
+}
+
 /// Starts the `during` workloads in the background.
 pub(super) fn start_workloads(
     vm: &mut Vm,
     runs: &[WorkloadRun],
     volumes: &[GuestVolume],
-) -> Result<Vec<(u64, String)>, GuestOpError> {
+) -> Result<Vec<Running>, GuestOpError> {
     let mut handles = Vec::new();
     for w in runs {
         let argv = workload_argv(w, volume(volumes, &w.spec.volume)?);
@@ -283,42 +298,80 @@ pub(super) fn start_workloads(
                 command: argv.join(" "),
                 source,
             })?;
-        handles.push((h, format!("{} on {}", w.spec.kind.name(), w.spec.volume)));
+        handles.push(Running {
+            handle: h,
+            run: w.clone(),
+        });
     }
     Ok(handles)
 }
 
-/// What stopping the background workloads found: notes for the report, and the
-/// workloads that failed (a harness error: the run did not do what the scenario asked).
+/// What stopping the background workloads found: notes for the report, the workloads
+/// that failed (a harness error: the run did not do what the scenario asked), and a
+/// record of each.
 #[derive(Debug, Default)]
 pub(super) struct Stopped {
     pub notes: Vec<String>,
     pub failures: Vec<String>,
+    pub records: Vec<WorkloadRecord>,
 }
 
-/// Stops background workloads (SIGTERM, then waits) and summarises what they did.
-pub(super) fn stop_workloads(vm: &mut Vm, handles: Vec<(u64, String)>) -> Stopped {
+/// Stops background workloads (SIGTERM, then waits) and summarises what they did in
+/// backup `backup`.
+pub(super) fn stop_workloads(vm: &mut Vm, running: Vec<Running>, backup: u32) -> Stopped {
     let mut out = Stopped::default();
-    for (h, what) in handles {
+    for r in running {
+        let what = r.what();
+        let h = r.handle;
+        let mut summary = None;
         if vm.machine.exited().is_some() {
             out.notes
                 .push(format!("workload {what}: the guest is gone"));
-            continue;
-        }
-        let _ = vm.guest.kill(h, libc::SIGTERM);
-        match vm.guest.wait(h, Duration::from_secs(20)) {
-            Ok(Some(done)) => match judge_workload(&what, &done) {
-                Ok(note) => out.notes.push(note),
-                Err(failure) => out.failures.push(failure),
-            },
-            Ok(None) => {
-                let _ = vm.guest.kill(h, libc::SIGKILL);
-                out.failures
-                    .push(format!("workload {what}: did not stop on SIGTERM; killed"));
+        } else {
+            let _ = vm.guest.kill(h, libc::SIGTERM);
+            match vm.guest.wait(h, Duration::from_secs(20)) {
+                Ok(Some(done)) => {
+                    summary = done
+                        .stdout
+                        .lines()
+                        .rev()
+                        .find_map(|l| serde_json::from_str::<WorkloadSummary>(l).ok());
+                    match judge_workload(&what, &done) {
+                        Ok(note) => out.notes.push(note),
+                        Err(failure) => out.failures.push(failure),
+                    }
+                }
+                Ok(None) => {
+                    let _ = vm.guest.kill(h, libc::SIGKILL);
+                    out.failures
+                        .push(format!("workload {what}: did not stop on SIGTERM; killed"));
+                }
+                // A guest fault (reset, panic) takes the workloads with it: not theirs.
+                Err(e) => out.notes.push(format!("workload {what}: {}", chain(&e))),
             }
-            // A guest fault (reset, panic) takes the workloads with it: not theirs.
-            Err(e) => out.notes.push(format!("workload {what}: {}", chain(&e))),
         }
+        let s = summary.as_ref();
+        out.records.push(WorkloadRecord {
+            backup,
+            index: r.run.index,
+            writer: r.run.writer,
+            kind: r.run.spec.kind.name().to_string(),
+            volume: r.run.spec.volume.clone(),
+            pacing: format!(
+                "wall clock: {}",
+                r.run
+                    .spec
+                    .wall_clock_reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+            ),
+            steps: Vec::new(),
+            bytes: s.map(|s| s.bytes),
+            ops: s.map(|s| s.ops),
+            writes: s.map(|s| s.writes),
+            stopped_by: s.map(|s| super::pace::stop_name(s.stopped_by)),
+            failure: s.and_then(|s| s.failure).map(|f| f.to_string()),
+        });
     }
     out
 }

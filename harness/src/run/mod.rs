@@ -9,6 +9,9 @@ mod assemble;
 pub mod disks;
 mod freeze;
 mod guestops;
+mod oracle;
+mod pace;
+mod witness_disks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,14 +26,16 @@ use crate::pipeline::{
     AnnouncedVolume, BackupResult, Fired, GuestVolume, InstantError, Pipeline, PipelineError,
     Progress, RunHooks,
 };
-use crate::plan::{BackupStep, Plan};
+use crate::plan::{BackupStep, Plan, WorkloadRun};
 use crate::qemu::{Accel, Disk, DiskFormat};
 use crate::record::{
-    CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, Timing, TruthState,
+    BackupSpeed, CheckKind, CheckResult, FaultFired, Recording, RunEvents, RunInfo, SlowRecord,
+    Timing, TruthState,
 };
-use crate::scenario::{FaultSpec, ResetAt};
-use crate::truth::Truth;
+use crate::scenario::{BlockSpan, DiskBackend, EndHow, FaultSpec, ResetAt};
+use crate::truth::{Truth, WitnessTruth};
 use crate::vm::{BootOptions, Vm};
+use witness_disks::{ArmAt, RunWitness};
 
 pub use assemble::BackupRecord;
 
@@ -50,6 +55,9 @@ pub struct RunOptions {
     /// For `bench pipelines`: a driven pipeline also times a `dd` of each snapshot
     /// device after its copy (the baseline its throughput is measured against).
     pub measure_dd: bool,
+    /// `--slow N`: QEMU runs at 1/N of the wall clock (a stop/continue duty cycle, see
+    /// `qemu::throttle`); the scenario's timeout and the run's deadlines grow N-fold.
+    pub slow: Option<u32>,
 }
 
 impl RunOptions {
@@ -63,7 +71,13 @@ impl RunOptions {
             keep_work: false,
             prebuilt: Vec::new(),
             measure_dd: false,
+            slow: None,
         }
+    }
+
+    /// The slow-down factor: 1 at full speed.
+    pub fn slow_factor(&self) -> u32 {
+        self.slow.unwrap_or(1).max(1)
     }
 }
 
@@ -83,6 +97,10 @@ pub struct RunResult {
     pub outcomes: Vec<Outcome>,
     /// Every injected fault and how often it fired.
     pub faults: Vec<FaultFired>,
+    /// Whether the history oracle agreed with the truth at the announced instant on
+    /// every block of every generation it judged (None: no witness disk, nothing
+    /// judged).
+    pub oracle_agrees: Option<bool>,
 }
 
 impl RunResult {
@@ -166,8 +184,12 @@ pub fn run_plan(
             }
         }
     }
-    let recording = run.recording();
+    let mut recording = run.recording();
+    // The histories go into the report directory, beside the recording that names them.
+    let histories = run.copy_histories(&report_dir);
+    recording.events.harness_errors.extend(histories);
     let faults = recording.events.faults.clone();
+    let oracle_agrees = oracle_agreement(&recording);
     let console = run.work.join("run/console.log");
     let mut found_classes = Vec::new();
     let mut outcomes = Vec::new();
@@ -209,7 +231,19 @@ pub fn run_plan(
         found_classes,
         outcomes,
         faults,
+        oracle_agrees,
     }
+}
+
+/// Whether every generation the oracle judged agrees with the truth at its instant.
+fn oracle_agreement(rec: &Recording) -> Option<bool> {
+    let judged: Vec<bool> = rec
+        .volumes
+        .iter()
+        .flat_map(|v| &v.generations)
+        .filter_map(|g| g.oracle.as_ref().map(|o| o.agrees()))
+        .collect();
+    (!judged.is_empty()).then(|| judged.iter().all(|a| *a))
 }
 
 /// The state of one run.
@@ -231,16 +265,15 @@ struct Runner<'a> {
     pipeline: Option<Box<dyn Pipeline>>,
     /// Files on each volume before the first shutdown, for the remount check.
     file_lists: Vec<(String, String)>,
-    /// The never-answering disk holds a suspended read.
-    hang_armed: bool,
+    /// What the `--slow` throttle measured on the first boot.
+    slowed: Option<crate::qemu::throttle::ThrottleStats>,
+    /// Blocks per second of each backup, as the pipeline reported its progress.
+    speeds: Vec<BackupSpeed>,
+    /// The witness disks while the guest runs.
+    witness: Option<RunWitness>,
+    /// What they left behind.
+    ended: Option<witness_disks::Ended>,
 }
-
-/// Suspends the next read of the extra disk `hang` ([`disks::HANG_ID`], blkdebug), forever.
-const HANG_ARM: &str = r#"qemu-io hang "break read_aio bwhang""#;
-/// Lets the suspended read of `hang` complete. QEMU drains every disk before a
-/// snapshot, a device removal or its exit, and a drain waits for that read: the hang
-/// is lifted around those moments only.
-const HANG_RELEASE: &str = r#"qemu-io hang "resume bwhang""#;
 
 impl<'a> Runner<'a> {
     fn new(
@@ -270,7 +303,10 @@ impl<'a> Runner<'a> {
             truth: None,
             pipeline: None,
             file_lists: Vec::new(),
-            hang_armed: false,
+            slowed: None,
+            speeds: Vec::new(),
+            witness: None,
+            ended: None,
         }
     }
 
@@ -309,8 +345,13 @@ impl<'a> Runner<'a> {
         self.events.harness_errors.push(text);
     }
 
+    /// The scenario's timeout, stretched by `--slow`.
+    fn timeout(&self) -> Duration {
+        self.plan.timeout * self.opts.slow_factor()
+    }
+
     fn remaining(&self) -> Duration {
-        self.plan.timeout.saturating_sub(self.started.elapsed())
+        self.timeout().saturating_sub(self.started.elapsed())
     }
 
     fn execute(&mut self) {
@@ -395,20 +436,43 @@ impl<'a> Runner<'a> {
         self.image = Some(image);
 
         self.phase("creating disks");
-        let disks = match self.timed("disks", |r| disks::create(r.plan, &r.work)) {
+        let mut disks = match self.timed("disks", |r| disks::create(r.plan, &r.work)) {
             Ok(d) => d,
             Err(e) => return self.harness_error(format!("creating disks: {}", chain(&e))),
         };
-        self.truth = Some(Truth::new(
-            &self.work,
-            &disks
-                .volumes
-                .iter()
-                .zip(&self.plan.volumes)
-                .filter(|(_, v)| v.backup)
-                .map(|(d, v)| (v.name.clone(), d.id.clone(), d.path.clone()))
-                .collect::<Vec<_>>(),
-        ));
+        let witness_volumes = self.plan.guest.disk == DiskBackend::Witness;
+        if witness_volumes || disks.hang.is_some() {
+            let served = if witness_volumes {
+                std::mem::take(&mut disks.volumes)
+            } else {
+                Vec::new()
+            };
+            let started = self.timed("witness disks", |r| {
+                RunWitness::start(r.plan, &served, disks.hang.as_ref(), &r.work)
+            });
+            match started {
+                Ok((w, vhost)) => {
+                    disks.vhost = vhost;
+                    self.witness = Some(w);
+                }
+                Err(e) => return self.harness_error(format!("starting the witness disks: {e}")),
+            }
+        }
+        self.truth = Some(match (&mut self.witness, witness_volumes) {
+            (Some(w), true) => {
+                Truth::Witness(WitnessTruth::new(&self.work, w.truth_volumes(self.plan)))
+            }
+            (Some(_), false) | (None, _) => Truth::new(
+                &self.work,
+                &disks
+                    .volumes
+                    .iter()
+                    .zip(&self.plan.volumes)
+                    .filter(|(_, v)| v.backup)
+                    .map(|(d, v)| (v.name.clone(), d.id.clone(), d.path.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        });
         self.phase(format!(
             "preparing the {} pipeline",
             self.plan.pipeline.kind().name()
@@ -430,18 +494,94 @@ impl<'a> Runner<'a> {
             let notes = p.stop();
             self.notes.extend(notes);
         }
+        self.end_witness();
         self.after_guest();
     }
 
-    /// Fault kinds this harness cannot inject yet: a harness error, never a silent skip.
+    /// Ends the witness disks (the guest has gone): their errors become harness
+    /// errors, and the truth's final states are written for fsck and the second boot.
+    fn end_witness(&mut self) {
+        let Some(w) = self.witness.take() else {
+            return;
+        };
+        self.phase("ending the witness disks");
+        let ended = self.timed("witness disks end", |_| w.finish());
+        for e in &ended.errors {
+            self.harness_error(e.clone());
+        }
+        for d in &ended.disks {
+            self.notes.push(format!(
+                "witness disk {}: {} requests, {} read, {} written, history {} bytes{}",
+                d.record.id,
+                d.record.requests.values().sum::<u64>(),
+                crate::scenario::units::format_size(d.record.bytes_read),
+                crate::scenario::units::format_size(d.record.bytes_written),
+                d.record.history_bytes,
+                if d.record.complete {
+                    ""
+                } else {
+                    " (cut short)"
+                }
+            ));
+        }
+        self.ended = Some(ended);
+        if let Some(Truth::Witness(t)) = self.truth.as_mut() {
+            let errors = t.finalise();
+            for e in errors {
+                self.harness_error(format!("the final state of the volumes: {}", chain(&e)));
+            }
+        }
+    }
+
+    /// Copies every witness disk's history into the report directory; returns errors.
+    fn copy_histories(&self, report_dir: &std::path::Path) -> Vec<String> {
+        let Some(ended) = &self.ended else {
+            return Vec::new();
+        };
+        if let Err(e) = std::fs::create_dir_all(report_dir) {
+            return vec![format!("creating {}: {e}", report_dir.display())];
+        }
+        ended
+            .disks
+            .iter()
+            .filter_map(|d| {
+                let to = report_dir.join(&d.record.history_file);
+                std::fs::copy(&d.history, &to).err().map(|e| {
+                    format!(
+                        "copying the history {} to {}: {e}",
+                        d.history.display(),
+                        to.display()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// What this run cannot inject: disk faults and the seeded schedule without witness
+    /// disks (a plan whose disk was overridden to `qemu`). A harness error, never a
+    /// silent skip.
     fn unsupported_fault(&self) -> Option<String> {
+        let witness = self.plan.guest.disk == DiskBackend::Witness;
+        if !witness && self.plan.guest.io_schedule.is_some() {
+            return Some(
+                "the seeded I/O schedule is the witness disk's, and the volumes are served by QEMU"
+                    .into(),
+            );
+        }
         self.plan
             .backups
             .iter()
             .flat_map(|b| &b.faults)
-            .find_map(|f| match run_fault(&f.spec) {
-                RunFault::Unsupported(why) => Some(why.to_string()),
-                RunFault::Pipeline | RunFault::Guest { .. } | RunFault::RemoveDisk { .. } => None,
+            .find_map(|f| match (run_fault(&f.spec), witness) {
+                (RunFault::Disk | RunFault::EndSnapshot { .. }, false) => Some(format!(
+                    "fault `{}` needs the volumes on witness disks, and they are served by QEMU",
+                    f.spec.kind().label()
+                )),
+                (RunFault::Disk | RunFault::EndSnapshot { .. }, true)
+                | (
+                    RunFault::Pipeline | RunFault::Guest { .. } | RunFault::RemoveDisk { .. },
+                    _,
+                ) => None,
             })
     }
 
@@ -453,13 +593,14 @@ impl<'a> Runner<'a> {
         boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
         boot.cpus = self.plan.guest.cpus;
         boot.disks = disks.volumes.clone();
-        boot.disks.extend(disks.hang.clone());
+        boot.vhost_disks = disks.vhost.clone();
         boot.disks
             .extend(self.pipeline.as_ref().expect("set").disks());
         boot.initrd_extra = self.pipeline.as_ref().expect("set").initrd_extra();
         boot.floppy = disks.floppy.clone();
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
+        boot.slow = self.opts.slow;
         self.phase("booting");
         // The scenario's timeout counts from the boot: building an image is not the run.
         self.started = Instant::now();
@@ -485,11 +626,14 @@ impl<'a> Runner<'a> {
             }
         };
         if disks.hang.is_some() {
-            if let Err(e) = vm.machine.hmp(HANG_ARM) {
+            let armed = match self.witness.as_mut() {
+                Some(w) => w.arm_hang_disk(),
+                None => Err("no witness disk serves it".into()),
+            };
+            if let Err(e) = armed {
                 self.finish_guest(vm);
                 return self.harness_error(format!("arming the never-answering disk: {e}"));
             }
-            self.hang_armed = true;
             self.note("the extra disk `hang` now never answers a read");
         }
         let backed: Vec<GuestVolume> = volumes
@@ -585,19 +729,18 @@ impl<'a> Runner<'a> {
     }
 
     /// Shuts the guest down (or notes why it was already down) and scans its console.
-    fn finish_guest(&mut self, mut vm: Vm) {
+    fn finish_guest(&mut self, vm: Vm) {
+        if let Some(stats) = vm.machine.throttle_stats() {
+            self.slowed = Some(stats);
+        }
         if vm.machine.watchdog_fired() {
             self.events.watchdog_fired = true;
             self.note(format!(
                 "the watchdog ended the guest after {:?}",
-                self.plan.timeout
+                self.timeout()
             ));
         } else if vm.machine.exited().is_none() {
             self.phase("shutting down");
-            if self.hang_armed {
-                // QEMU drains every disk on its way out.
-                let _ = vm.machine.hmp(HANG_RELEASE);
-            }
             if let Err(e) = vm.shutdown(Duration::from_secs(60)) {
                 self.note(format!("shutdown: {}", chain(&e)));
             }
@@ -607,8 +750,9 @@ impl<'a> Runner<'a> {
         self.events.console = crate::console::scan(&console);
     }
 
-    /// One backup: workloads during it, the pipeline's run with the truth at the
-    /// instant, guest faults on their triggers.
+    /// One backup: disk faults armed at its start, workloads during it, the pipeline's
+    /// run with the truth at the instant, guest and disk faults on their triggers, the
+    /// disk faults released at its end.
     fn backup(
         &mut self,
         vm: &mut Vm,
@@ -616,15 +760,54 @@ impl<'a> Runner<'a> {
         volumes: &[GuestVolume],
         backed: &[GuestVolume],
     ) -> Result<BackupRecord, BackupError> {
-        let during = guestops::start_workloads(vm, &step.during, volumes)?;
+        if let Some(w) = self.witness.as_mut() {
+            let notes = w
+                .arm(self.plan, step, ArmAt::Start)
+                .map_err(BackupError::DiskFault)?;
+            for n in notes {
+                self.note(n);
+            }
+        }
+        // Paced workloads first: their working sets must exist before the instant.
+        let pacing = match pace::Pacing::start(
+            vm,
+            self.plan,
+            step.number,
+            &step.during,
+            volumes,
+            self.opts.slow_factor(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_disk_faults(step.number);
+                return Err(e.into());
+            }
+        };
+        let wall_clock: Vec<WorkloadRun> = step
+            .during
+            .iter()
+            .filter(|w| w.spec.pace.is_none())
+            .cloned()
+            .collect();
+        let during = match guestops::start_workloads(vm, &wall_clock, volumes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.release_disk_faults(step.number);
+                return Err(e.into());
+            }
+        };
+        let deadline = self.timeout().saturating_sub(self.started.elapsed());
         let mut hooks = Hooks {
-            hang_armed: self.hang_armed,
             truth: self.truth.as_mut().expect("set"),
+            witness: self.witness.as_mut(),
             step,
             plan: self.plan,
             backed,
+            volumes,
             reset_done: false,
+            end_snapshot_done: false,
             notes: Vec::new(),
+            errors: Vec::new(),
             instant_at: None,
             announced: false,
             refused: None,
@@ -632,6 +815,8 @@ impl<'a> Runner<'a> {
             fired: BTreeMap::new(),
             reporter: self.reporter,
             run_id: &self.run_id,
+            pacing,
+            last: Progress::default(),
         };
         // The run injects guest faults itself: each counts from zero.
         for f in &step.faults {
@@ -645,19 +830,26 @@ impl<'a> Runner<'a> {
                 );
             }
         }
-        let deadline = self.plan.timeout.saturating_sub(self.started.elapsed());
+        let started = Instant::now();
         let result = self
             .pipeline
             .as_mut()
             .expect("set")
             .backup(vm, self.plan, step, backed, &mut hooks, deadline);
+        let took = started.elapsed();
         let hook_notes = std::mem::take(&mut hooks.notes);
+        let hook_errors = std::mem::take(&mut hooks.errors);
         let took_instant = hooks.instant_at;
         let (announced, refused) = (hooks.announced, hooks.refused.take());
         let probes = std::mem::take(&mut hooks.probes);
         let guest_fired = std::mem::take(&mut hooks.fired);
+        let pacing = hooks.pacing.take();
+        let last = hooks.last;
         for n in hook_notes {
             self.note(n);
+        }
+        for e in hook_errors {
+            self.harness_error(e);
         }
         for n in freeze::reap(vm, probes) {
             self.note(n);
@@ -668,14 +860,35 @@ impl<'a> Runner<'a> {
                 step.number
             ));
         }
-        let stopped = guestops::stop_workloads(vm, during);
+        if let Some(p) = pacing {
+            let (records, notes, errors) = p.finish(vm);
+            for n in notes {
+                self.note(n);
+            }
+            for e in errors {
+                self.harness_error(e);
+            }
+            self.events.workloads.extend(records);
+        }
+        let stopped = guestops::stop_workloads(vm, during, step.number);
         for n in stopped.notes {
             self.note(n);
         }
+        self.events.workloads.extend(stopped.records);
         for f in stopped.failures {
             // The scenario's load did not happen as asked: never a pass on it.
             self.harness_error(format!("backup {}: {f}", step.number));
         }
+        if let Some(blocks) = last.blocks_crossed.filter(|b| *b > 0) {
+            self.speeds.push(BackupSpeed {
+                backup: step.number,
+                blocks,
+                millis: took.as_millis() as u64,
+            });
+        }
+        self.release_disk_faults(step.number);
+        let mut guest_fired = guest_fired;
+        self.disk_fired(step, &mut guest_fired);
         let result: BackupResult = result?;
         for n in &result.notes {
             self.note(n.clone());
@@ -757,6 +970,49 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// How often each disk fault of the step fired, as its witness disk counted when
+    /// the run released it.
+    fn disk_fired(&self, step: &BackupStep, fired: &mut BTreeMap<usize, Fired>) {
+        let Some(w) = self.witness.as_ref() else {
+            return;
+        };
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &step.faults {
+            let kind = f.spec.kind();
+            if kind.layer() != crate::model::Layer::Disk {
+                continue;
+            }
+            let nth = seen.entry(kind.name()).or_default();
+            let count = w
+                .released_fired(step.number, kind)
+                .get(*nth)
+                .copied()
+                .flatten();
+            *nth += 1;
+            fired.insert(
+                f.index,
+                Fired {
+                    count,
+                    counted_by: "the witness disk's fault statistics".into(),
+                },
+            );
+        }
+    }
+
+    /// Releases the disk faults of a backup (a hang's held requests run).
+    fn release_disk_faults(&mut self, backup: u32) {
+        let Some(w) = self.witness.as_mut() else {
+            return;
+        };
+        let (notes, errors) = w.release(backup);
+        for n in notes {
+            self.note(n);
+        }
+        for e in errors {
+            self.harness_error(e);
+        }
+    }
+
     /// After the guest is down: the checks that need the disks, then the recording.
     fn after_guest(&mut self) {
         let fsck = self.plan.expect.fsck;
@@ -792,6 +1048,7 @@ impl<'a> Runner<'a> {
         }
         let mut boot = BootOptions::new(*accel, self.work.join("run2"));
         boot.memory_mb = (self.plan.guest.memory_bytes >> 20) as u32;
+        boot.slow = self.opts.slow;
         boot.extra_modules = self.plan.guest.modules.clone();
         for v in &self.plan.volumes {
             let (path, format) = truth
@@ -827,6 +1084,25 @@ impl<'a> Runner<'a> {
             self.phase("hashing truth and target");
         }
         let t = Instant::now();
+        // The oracle's input: each backed-up volume's history.
+        let mut histories = std::collections::BTreeMap::new();
+        if let Some(ended) = &self.ended {
+            for d in &ended.disks {
+                let (Some(volume), Some(initial), true) = (&d.volume, &d.initial, d.readable)
+                else {
+                    continue;
+                };
+                match oracle::load(&d.history, initial.clone()) {
+                    Ok(a) => {
+                        histories.insert(volume.clone(), a);
+                    }
+                    Err(e) => self
+                        .events
+                        .harness_errors
+                        .push(format!("the oracle's input for volume {volume}: {e}")),
+                }
+            }
+        }
         let volumes = match (&self.truth, &self.pipeline) {
             (Some(truth), Some(pipeline)) => {
                 let (vols, errors) = assemble::volumes(
@@ -834,6 +1110,7 @@ impl<'a> Runner<'a> {
                     truth,
                     pipeline.as_ref(),
                     &self.backups,
+                    &histories,
                     &self.work,
                     &|done, total| {
                         self.reporter.event(&Event::Progress {
@@ -865,6 +1142,18 @@ impl<'a> Runner<'a> {
         let mut events = self.events.clone();
         events.harness_errors.dedup();
         events.notes = self.notes.clone();
+        events.speeds = self.speeds.clone();
+        let slow = self.slowed.map(|t| SlowRecord {
+            factor: t.factor,
+            method: format!(
+                "SIGSTOP/SIGCONT duty cycle on the QEMU process: runs {} ms of every {} ms",
+                (crate::qemu::throttle::PERIOD / t.factor.max(1)).as_millis(),
+                crate::qemu::throttle::PERIOD.as_millis()
+            ),
+            duty: t.duty(),
+            qemu_cpu_per_second: t.cpu_per_second(),
+            seconds: (t.running + t.stopped).as_secs_f64(),
+        });
         Recording {
             run: RunInfo {
                 run_id: self.run_id.clone(),
@@ -889,8 +1178,18 @@ impl<'a> Runner<'a> {
                 pipeline: self.plan.pipeline.kind().name().into(),
                 started_unix: self.started_unix,
                 timings: self.timings.clone(),
-                repro: self.plan.repro.clone(),
+                repro: match self.opts.slow_factor() {
+                    1 => self.plan.repro.clone(),
+                    n => format!("{} --slow {n}", self.plan.repro),
+                },
                 blockwitness_version: env!("CARGO_PKG_VERSION").into(),
+                slow,
+                disk: self.plan.guest.disk.name().into(),
+                witness_disks: self
+                    .ended
+                    .as_ref()
+                    .map(|e| e.disks.iter().map(|d| d.record.clone()).collect())
+                    .unwrap_or_default(),
             },
             expect: self.plan.expect.clone(),
             volumes,
@@ -903,12 +1202,15 @@ impl<'a> Runner<'a> {
 enum RunFault<'a> {
     /// Injected by the pipeline under test (module, transport, target, agent layers).
     Pipeline,
-    /// A kind the run cannot inject yet: a harness error, never a silent skip.
-    Unsupported(&'static str),
+    /// Injected by the witness disk (`witness_disks`): armed at the backup's start or
+    /// its instant, released at its end.
+    Disk,
     /// Reset the guest, or crash its kernel, when `at` is reached.
     Guest { at: &'a ResetAt, panic: bool },
     /// Remove the volume's disk while the filesystems are frozen.
     RemoveDisk { volume: &'a str },
+    /// End the volume's snapshot while a disk fault holds a read.
+    EndSnapshot { volume: &'a str, how: EndHow },
 }
 
 fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
@@ -926,17 +1228,14 @@ fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
         | FaultSpec::SkipVerify
         | FaultSpec::CrashBeforeCommit
         | FaultSpec::SkipBlocks { .. } => RunFault::Pipeline,
-        FaultSpec::DiskEio { .. } => RunFault::Unsupported(
-            "fault `eio` (disk layer) is not implemented by the run yet: blkdebug cannot \
-             be armed mid-run for errors",
-        ),
-        FaultSpec::DiskHang { .. } => RunFault::Unsupported(
-            "fault `hang` (disk layer) on a volume is not implemented by the run yet; \
-             use guest.hang_disk for a device that never answers",
-        ),
+        FaultSpec::DiskEio { .. }
+        | FaultSpec::DiskHang { .. }
+        | FaultSpec::DiskLatency { .. }
+        | FaultSpec::DiskTorn { .. } => RunFault::Disk,
         FaultSpec::Reset { at } => RunFault::Guest { at, panic: false },
         FaultSpec::Panic { at } => RunFault::Guest { at, panic: true },
         FaultSpec::RemoveDisk { volume, .. } => RunFault::RemoveDisk { volume },
+        FaultSpec::EndSnapshot { volume, how } => RunFault::EndSnapshot { volume, how: *how },
     }
 }
 
@@ -947,19 +1246,27 @@ enum BackupError {
     Workloads(#[from] guestops::GuestOpError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("paced workloads")]
+    Pace(#[from] pace::PaceError),
+    #[error("injecting a disk fault: {0}")]
+    DiskFault(String),
 }
 
-/// The run's side of a backup: the check of the instant, the truth, guest faults on
-/// their triggers.
+/// The run's side of a backup: the check of the instant, the truth, guest and disk
+/// faults on their triggers, the witness disks watched.
 struct Hooks<'a> {
-    hang_armed: bool,
     truth: &'a mut Truth,
+    witness: Option<&'a mut RunWitness>,
     step: &'a BackupStep,
     plan: &'a Plan,
     /// The volumes the run asked the pipeline to back up.
     backed: &'a [GuestVolume],
+    volumes: &'a [GuestVolume],
     reset_done: bool,
+    end_snapshot_done: bool,
     notes: Vec<String>,
+    /// Harness errors.
+    errors: Vec<String>,
     instant_at: Option<Duration>,
     /// The pipeline announced its instant.
     announced: bool,
@@ -971,6 +1278,10 @@ struct Hooks<'a> {
     fired: BTreeMap<usize, Fired>,
     reporter: &'a dyn Reporter,
     run_id: &'a str,
+    /// This backup's paced workloads, granted their steps from `tick`.
+    pacing: Option<pace::Pacing>,
+    /// The last progress the pipeline reported.
+    last: Progress,
 }
 
 impl Hooks<'_> {
@@ -983,25 +1294,18 @@ impl Hooks<'_> {
             "every volume checked frozen (a write blocked) in {:.0} ms",
             probing.elapsed().as_secs_f64() * 1000.0
         ));
-        if self.hang_armed {
-            // Nothing is suspended if no one read the disk since the last arming.
-            let _ = vm.machine.hmp(HANG_RELEASE);
-        }
-        let taken = self.truth.take(&mut vm.machine, self.step.number);
-        if self.hang_armed {
-            if let Err(e) = vm.machine.hmp(HANG_ARM) {
-                self.notes
-                    .push(format!("re-arming the never-answering disk failed: {e}"));
-            }
-        }
-        let took = taken?;
+        let took = self.truth.take(&mut vm.machine, self.step.number)?;
         self.instant_at = Some(took);
         for f in &self.step.faults {
             if let RunFault::RemoveDisk { volume } = run_fault(&f.spec) {
                 let Some(v) = self.plan.volumes.iter().find(|v| v.name == volume) else {
                     continue;
                 };
-                let removed = match vm.machine.remove_disk(&Disk::volume_id(v.index)) {
+                let id = Disk::volume_id(v.index);
+                if let Some(w) = self.witness.as_deref_mut() {
+                    w.removed(&id);
+                }
+                let removed = match vm.machine.remove_disk(&id) {
                     Ok(_) => {
                         self.notes.push(format!(
                             "fault: removed the disk of volume {volume} during the freeze"
@@ -1023,11 +1327,28 @@ impl Hooks<'_> {
                 );
             }
         }
+        if let Some(w) = self.witness.as_deref_mut() {
+            match w.arm(self.plan, self.step, ArmAt::Instant) {
+                Ok(notes) => self.notes.extend(notes),
+                Err(e) => self.errors.push(format!("injecting a disk fault: {e}")),
+            }
+            match w.cycle_hang_disk() {
+                Ok(0) => {}
+                Ok(n) => self.notes.push(format!(
+                    "the never-answering disk let {n} held read(s) go at the instant, and holds the next ones again"
+                )),
+                Err(e) => self.errors.push(e),
+            }
+        }
         Ok(())
     }
 }
 
 impl RunHooks for Hooks<'_> {
+    fn gate(&self) -> Option<std::sync::Arc<crate::gate::Gate>> {
+        self.pacing.as_ref().map(pace::Pacing::gate)
+    }
+
     fn at_instant(
         &mut self,
         vm: &mut Vm,
@@ -1042,6 +1363,10 @@ impl RunHooks for Hooks<'_> {
     }
 
     fn tick(&mut self, vm: &mut Vm, progress: Progress) {
+        self.last = progress;
+        if let Some(p) = self.pacing.as_mut() {
+            p.service(vm, &progress);
+        }
         let total = progress.blocks_expected.unwrap_or(0);
         self.reporter.event(&Event::Progress {
             run_id: self.run_id.to_string(),
@@ -1050,17 +1375,24 @@ impl RunHooks for Hooks<'_> {
             total: total.max(progress.blocks_crossed.unwrap_or(0)),
             unit: Unit::Blocks,
         });
+        self.watch_witness(vm);
         if self.reset_done {
             return;
         }
+        self.torn_reset(vm);
+        self.end_snapshot(vm);
         for f in &self.step.faults {
             let (at, panic) = match run_fault(&f.spec) {
                 RunFault::Guest { at, panic } => (at, panic),
-                // Faults of another moment (the instant) or of the pipeline's layers.
-                RunFault::Pipeline | RunFault::Unsupported(_) | RunFault::RemoveDisk { .. } => {
-                    continue
-                }
+                // Faults of another moment (the instant, a held read) or of other layers.
+                RunFault::Pipeline
+                | RunFault::Disk
+                | RunFault::RemoveDisk { .. }
+                | RunFault::EndSnapshot { .. } => continue,
             };
+            if self.reset_done {
+                return;
+            }
             let due = match at {
                 ResetAt::AfterMs(ms) => progress.elapsed >= Duration::from_millis(*ms),
                 ResetAt::AtPercent(p) => {
@@ -1104,4 +1436,170 @@ impl RunHooks for Hooks<'_> {
             return;
         }
     }
+}
+
+impl Hooks<'_> {
+    /// A witness disk that died while the guest runs can no longer serve its volume:
+    /// a harness error, and the guest is stopped rather than left to hang on it.
+    fn watch_witness(&mut self, vm: &mut Vm) {
+        let Some(w) = self.witness.as_deref_mut() else {
+            return;
+        };
+        if vm.machine.exited().is_some() {
+            return;
+        }
+        let dead = w.dead();
+        if !dead.is_empty() {
+            self.errors.extend(dead);
+            vm.machine.kill();
+        }
+    }
+
+    /// After a torn write the guest must die before anything completes it: reset.
+    fn torn_reset(&mut self, vm: &mut Vm) {
+        let Some(w) = self.witness.as_deref_mut() else {
+            return;
+        };
+        let fired = w.fired(self.step.number, crate::model::FaultKind::DiskTorn);
+        let Some((disk, n)) = fired else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        self.reset_done = true;
+        self.notes.push(match vm.machine.reset() {
+            Ok(()) => format!("fault: a torn write on disk {disk}; guest reset"),
+            Err(e) => format!("fault: a torn write on disk {disk}; the guest reset failed: {e}"),
+        });
+    }
+
+    /// `end-snapshot`: once the volume's disk holds a read (its latency or hang fault
+    /// fired), end the snapshot, wait for the snapshot device to go, overwrite the
+    /// held blocks through the live device, then let a hung read go.
+    fn end_snapshot(&mut self, vm: &mut Vm) {
+        if self.end_snapshot_done {
+            return;
+        }
+        let Some((volume, how)) = self
+            .step
+            .faults
+            .iter()
+            .find_map(|f| match run_fault(&f.spec) {
+                RunFault::EndSnapshot { volume, how } => Some((volume, how)),
+                RunFault::Pipeline
+                | RunFault::Disk
+                | RunFault::Guest { .. }
+                | RunFault::RemoveDisk { .. } => None,
+            })
+        else {
+            return;
+        };
+        let Some((kind, blocks)) = self.step.faults.iter().find_map(|f| {
+            f.spec
+                .held_read()
+                .filter(|(v, _)| *v == volume)
+                .map(|(_, b)| (f.spec.kind(), b))
+        }) else {
+            return;
+        };
+        let Some(w) = self.witness.as_deref_mut() else {
+            return;
+        };
+        match w.fired(self.step.number, kind) {
+            Some((_, n)) if n > 0 => {}
+            Some(_) | None => return,
+        }
+        self.end_snapshot_done = true;
+        let Some(device) = self
+            .volumes
+            .iter()
+            .find(|v| v.name == volume)
+            .map(|v| v.device.clone())
+        else {
+            self.errors
+                .push(format!("end-snapshot: volume {volume} is not in the guest"));
+            return;
+        };
+        match end_snapshot(vm, &device, how, blocks) {
+            Ok(note) => {
+                for f in &self.step.faults {
+                    if f.spec.kind() == crate::model::FaultKind::EndSnapshot {
+                        if let Some(x) = self.fired.get_mut(&f.index) {
+                            x.count = Some(1);
+                        }
+                    }
+                }
+                self.notes.push(format!("fault: end-snapshot: {note}"))
+            }
+            Err(e) => self.errors.push(format!("end-snapshot on {volume}: {e}")),
+        }
+        if kind == crate::model::FaultKind::DiskHang {
+            if let Err(e) = w.release_kind(self.step.number, kind) {
+                self.errors.push(e);
+            }
+        }
+    }
+}
+
+/// Ends the bwsnap snapshot of `device` (`how`) while a read of it is held, waits until
+/// the snapshot device has gone (the module lets writes through from then on), and
+/// overwrites `blocks` through the live device with O_DIRECT. The ending call itself
+/// may wait for the held read, so it runs in the background.
+fn end_snapshot(
+    vm: &mut Vm,
+    device: &str,
+    how: EndHow,
+    blocks: BlockSpan,
+) -> Result<String, String> {
+    let t = Duration::from_secs(30);
+    let info = vm
+        .guest
+        .exec(&["/bin/bwsnap-ctl", "--json", "info"], t)
+        .map_err(|e| chain(&e))?;
+    #[derive(serde::Deserialize)]
+    struct Minor {
+        minor: u32,
+        state: String,
+        bdev_path: String,
+    }
+    let minors: Vec<Minor> = serde_json::from_str(info.stdout.trim())
+        .map_err(|e| format!("bwsnap-ctl info: {e}: {}", info.describe()))?;
+    let minor = minors
+        .iter()
+        .find(|m| m.bdev_path == device && m.state == "snapshot")
+        .map(|m| m.minor)
+        .ok_or_else(|| format!("no bwsnap snapshot of {device} ({})", info.stdout.trim()))?;
+    let minor_text = minor.to_string();
+    let ending = vm
+        .guest
+        .spawn(&["/bin/bwsnap-ctl", how.command(), &minor_text])
+        .map_err(|e| chain(&e))?;
+    let script = format!(
+        "i=0; while [ -e /sys/block/bwsnap{minor} ]; do i=$((i + 1)); \
+         [ $i -gt 2000 ] && echo 'the snapshot device never went' && exit 3; usleep 10000; done; \
+         dd if=/dev/zero bs=4096 count={count} 2>/dev/null | tr '\\000' 'R' > /tmp/bw-end && \
+         dd if=/tmp/bw-end of={device} bs=4096 seek={first} count={count} oflag=direct conv=notrunc 2>&1",
+        count = blocks.count,
+        first = blocks.first,
+    );
+    let wrote = vm
+        .guest
+        .exec(&["/bin/sh", "-c", &script], t)
+        .map_err(|e| chain(&e))?;
+    if !wrote.success() {
+        return Err(format!("overwriting the held blocks: {}", wrote.describe()));
+    }
+    let ended = vm.guest.wait(ending, t).map_err(|e| chain(&e))?;
+    let status = match ended {
+        Some(done) if done.success() => "done".to_string(),
+        Some(done) => format!("failed: {}", done.describe()),
+        None => format!("still running after {t:?}"),
+    };
+    Ok(format!(
+        "bwsnap-ctl {} {minor} while a read of {device} blocks {}..{} was held ({status}); overwrote them through {device}",
+        how.command(),
+        blocks.first,
+        blocks.first + blocks.count
+    ))
 }

@@ -109,6 +109,9 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "metadata-churn",
 ];
 pub const WHEN: &[&str] = &["before", "during", "between"];
+pub const DISKS: &[&str] = &["witness", "qemu"];
+pub const IO_SCHEDULES: &[&str] = &["off", "seeded"];
+pub const END_HOW: &[&str] = &["to-incremental", "destroy"];
 /// The names of every value of an enum with a const `ALL` and a const `name()`.
 macro_rules! names {
     ($t:ty) => {{
@@ -127,7 +130,7 @@ pub const LAYERS: &[&str] = &names!(Layer);
 /// Every pipeline kind, from [`PipelineKind::ALL`].
 pub const PIPELINES: &[&str] = &names!(PipelineKind);
 pub const LVM_INCREMENTALS: &[&str] = &["thin-delta", "full"];
-pub const OPS: &[&str] = &["read", "write"];
+pub const OPS: &[&str] = &["read", "write", "both"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
 pub const SKIPPED: &[&str] = &["floppy", "hang-disk"];
@@ -163,6 +166,11 @@ pub const FAULT_PARAMS: &[&str] = &[
     "block",
     "once",
     "at",
+    "blocks",
+    "after_requests",
+    "max_ms",
+    "land",
+    "how",
 ];
 
 use KeyType::*;
@@ -181,7 +189,10 @@ pub const KEYS: &[KeyDoc] = &[
     key("guest.cpus", Int, Some("1"), "Guest vCPUs (1 to 8).", "2"),
     key("guest.modules", StrList, Some("[]"), "Extra kernel modules to load at boot (dependencies are resolved from modules.dep).", "[\"dm-snapshot\"]"),
     key("guest.floppy", Enum(FLOPPY), Some("\"none\""), "A floppy controller with the floppy module loaded: `none`, `empty` (drive without media) or `media` (a 1.44 MB image in the drive).", "\"empty\""),
-    key("guest.hang_disk", Bool, Some("false"), "Add a disk whose I/O never completes (QEMU blkdebug, armed once the guest is ready). Never backed up; discovery must skip it.", "true"),
+    key("guest.hang_disk", Bool, Some("false"), "Add a disk that never answers a read: a witness disk with a `hang` fault, armed once the guest is ready; the reads it holds are let go at each snapshot instant (so the tasks stuck on them do not read as a hung guest) and the next ones held again. Never backed up; discovery must skip it.", "true"),
+    key("guest.disk", Enum(DISKS), Some("\"witness\""), "Who serves the volumes: `witness` (the witness disk, `bw-disk`: every request recorded in the run's history, the truth taken from its layers, disk faults, the seeded schedule, the history oracle) or `qemu` (QEMU's own block layer, QMP snapshots for the truth; kept for comparison).", "\"qemu\""),
+    key("guest.io_schedule", Enum(IO_SCHEDULES), Some("\"off\""), "`seeded`: the witness disk holds every request for a delay drawn from the run's seed (at most `io_max_delay`), so requests in flight together complete in an order the seed decides and a race replays with the same seed.", "\"seeded\""),
+    key("guest.io_max_delay", Duration, Some("\"2ms\" when seeded"), "The longest the seeded schedule holds a request (at most 1s).", "\"5ms\""),
     key("volumes", TableArray, None, "The disks, one per volume, created on the host with mkfs. At least one.", ""),
     key("volumes[].name", Name, None, "Identifier of the volume, unique in the scenario.", "\"data\""),
     key("volumes[].size", Size, None, "Size of the disk, a multiple of 4 KiB.", "\"512MiB\""),
@@ -194,7 +205,8 @@ pub const KEYS: &[KeyDoc] = &[
     key("workloads[].kind", Enum(WORKLOAD_KINDS), None, "`overwrite` (in place), `append`, `delete-rewrite` (freed space is reused), `fill-to-full` (until ENOSPC), `metadata-churn` (create, rename, unlink, chmod, truncate).", "\"overwrite\""),
     key("workloads[].volume", Name, Some("the only volume"), "The volume it writes to. Required when there is more than one volume.", "\"data\""),
     key("workloads[].stamped", Bool, Some("false"), "Every data block written carries its LBA, a write sequence number, a time and a checksum, so a leaked block names its write. Not for `metadata-churn`.", "true"),
-    key("workloads[].rate", Rate, Some("unlimited"), "Rate limit: a size per second or operations per second.", "\"20MiB/s\""),
+    key("workloads[].rate", Rate, Some("unlimited"), "For a `during` workload, a size or a number of operations per share of the backup's progress (`\"1MiB per 4%\"`: 1 MiB more at the start of every 4% of the backup, which waits until the workload has written it), so the amount written and its order relative to the backup's reads do not depend on the machine's speed. For `before` and `between`, a size or operations per second. A `during` workload with a rate per second, or none, needs `wall_clock_reason`.", "\"1MiB per 4%\""),
+    key("workloads[].wall_clock_reason", Str, Some("none"), "Why a `during` workload is paced by the wall clock (a rate per second, or no rate) instead of by the backup's progress: what it writes then depends on the machine's speed. Only for such workloads.", "\"a steady trickle for as long as the backup lasts, however long that is\""),
     key("workloads[].amount", Size, Some("unlimited"), "Stop after writing this much data.", "\"256MiB\""),
     key("workloads[].ops", Int, Some("unlimited"), "Stop after this many operations.", "5000"),
     key("workloads[].duration", Duration, Some("unlimited"), "Stop after this long.", "\"20s\""),
@@ -243,9 +255,14 @@ pub const KEYS: &[KeyDoc] = &[
     key("faults[].after_ms", Int, Some("(per kind)"), "Milliseconds after the backup starts.", "1500"),
     key("faults[].at_percent", Int, Some("(per kind)"), "A share of the backup's blocks, 1 to 99.", "40"),
     key("faults[].volume", Name, Some("(per kind)"), "The volume whose disk the fault hits.", "\"boot\""),
-    key("faults[].op", Enum(OPS), Some("\"read\""), "Which requests a disk fault hits.", "\"write\""),
-    key("faults[].block", Int, Some("any block"), "A 4 KiB block number a disk fault is limited to.", "1024"),
-    key("faults[].once", Bool, Some("false"), "Inject a disk error only once.", "true"),
+    key("faults[].op", Enum(OPS), Some("\"read\""), "Which requests a disk fault hits: `read`, `write` (writes, discards, write-zeroes) or `both`.", "\"write\""),
+    key("faults[].block", Int, Some("any block"), "The first 4 KiB block of the range a disk fault is limited to (a request matches when it touches the range).", "1024"),
+    key("faults[].blocks", Int, Some("1"), "How many 4 KiB blocks from `block` the range holds.", "16"),
+    key("faults[].once", Bool, Some("false"), "A disk fault fires on the first matching request only.", "true"),
+    key("faults[].after_requests", Int, Some("0"), "A disk fault lets this many matching requests through before it fires (counted from the backup's start).", "100"),
+    key("faults[].max_ms", Int, Some("(per kind)"), "The longest delay a `latency` fault adds, in milliseconds (1 to 30000).", "200"),
+    key("faults[].land", Int, Some("1"), "The 4 KiB blocks of a `torn` write that land.", "2"),
+    key("faults[].how", Enum(END_HOW), Some("\"to-incremental\""), "How `end-snapshot` ends the snapshot: bwsnap's TO_INCREMENTAL or DESTROY.", "\"destroy\""),
     key("faults[].at", Enum(FAULT_AT), Some("\"freeze\""), "When `remove-disk` fires: while the filesystems are frozen for the snapshot.", "\"freeze\""),
     key("expect", Table, Some("clean"), "What the run must find. The default is a clean run: every block ok or excluded, no run-level outcome.", ""),
     key("expect.classes", EnumList(EXPECTABLE_CLASSES), Some("[]"), "Block classes that must be found (each at least once); any other class fails the run.", "[\"data-from-the-future\"]"),

@@ -25,8 +25,11 @@ use serde::{Deserialize, Serialize};
 pub use error::{Diagnostic, Location, ScenarioError};
 pub use host::Host;
 pub use pipeline::{Delivery, DmSnapshotSpec, ExternalSpec, LvmSpec, PipelineSpec, SnapshotSteps};
-pub use raw::{FaultAt, Floppy, LvmIncremental, Op, PipelineKind, When, WorkloadKind};
-pub use units::{Rate, SizeOrPercent};
+pub use raw::{
+    DiskBackend, EndHow, FaultAt, Floppy, IoSchedule, LvmIncremental, Op, PipelineKind, When,
+    WorkloadKind,
+};
+pub use units::{Pace, PaceAmount, Rate, SizeOrPercent};
 
 use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
 
@@ -60,6 +63,11 @@ pub struct Guest {
     pub modules: Vec<String>,
     pub floppy: Floppy,
     pub hang_disk: bool,
+    /// Who serves the volumes.
+    pub disk: DiskBackend,
+    /// The witness disk's seeded completion schedule: the most a request is held, or
+    /// None for no schedule.
+    pub io_max_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,7 +139,15 @@ pub struct WorkloadSpec {
     pub kind: WorkloadKind,
     pub volume: String,
     pub stamped: bool,
+    /// A wall-clock rate: `before`/`between` workloads, or a `during` workload whose
+    /// scenario says why in `wall_clock_reason`.
     pub rate: Option<Rate>,
+    /// A rate per share of the backup's progress (`during` workloads only).
+    #[serde(default)]
+    pub pace: Option<Pace>,
+    /// Why a `during` workload is paced by the wall clock (or not at all) instead.
+    #[serde(default)]
+    pub wall_clock_reason: Option<String>,
     pub amount: Option<u64>,
     pub ops: Option<u64>,
     pub duration: Option<Duration>,
@@ -188,15 +204,22 @@ pub enum FaultSpec {
     DelayRead {
         ms: u64,
     },
-    DiskHang {
-        volume: String,
-        op: Op,
-    },
     DiskEio {
+        at: DiskMatch,
+    },
+    DiskHang {
+        at: DiskMatch,
+    },
+    DiskLatency {
         volume: String,
         op: Op,
-        block: Option<u64>,
-        once: bool,
+        blocks: Option<BlockSpan>,
+        max_ms: u64,
+    },
+    DiskTorn {
+        volume: String,
+        /// 4 KiB blocks of the torn write that land.
+        land: u32,
     },
     BitFlip {
         frames: FrameSel,
@@ -231,6 +254,31 @@ pub enum FaultSpec {
         volume: String,
         at: FaultAt,
     },
+    /// End the snapshot while a disk fault holds a read (the teardown race).
+    EndSnapshot {
+        volume: String,
+        how: EndHow,
+    },
+}
+
+/// 4 KiB blocks `first..first + count` of a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSpan {
+    pub first: u64,
+    pub count: u64,
+}
+
+/// The requests an `eio` or `hang` fault hits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMatch {
+    pub volume: String,
+    pub op: Op,
+    /// None: every block.
+    pub blocks: Option<BlockSpan>,
+    /// Only the first matching request.
+    pub once: bool,
+    /// Matching requests let through first.
+    pub after_requests: u64,
 }
 
 impl FaultSpec {
@@ -244,6 +292,8 @@ impl FaultSpec {
             FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
+            FaultSpec::DiskLatency { .. } => FaultKind::DiskLatency,
+            FaultSpec::DiskTorn { .. } => FaultKind::DiskTorn,
             FaultSpec::BitFlip { .. } => FaultKind::BitFlip,
             FaultSpec::Rewrite { .. } => FaultKind::Rewrite,
             FaultSpec::DropFrame { .. } => FaultKind::DropFrame,
@@ -255,11 +305,73 @@ impl FaultSpec {
             FaultSpec::Reset { .. } => FaultKind::Reset,
             FaultSpec::Panic { .. } => FaultKind::Panic,
             FaultSpec::RemoveDisk { .. } => FaultKind::RemoveDisk,
+            FaultSpec::EndSnapshot { .. } => FaultKind::EndSnapshot,
         }
     }
 
     pub fn layer(&self) -> Layer {
         self.kind().layer()
+    }
+
+    /// For a `latency` or `hang` fault that holds reads of given blocks: the volume and
+    /// the blocks (what `end-snapshot` waits for).
+    pub fn held_read(&self) -> Option<(&str, BlockSpan)> {
+        let (volume, op, blocks) = match self {
+            FaultSpec::DiskLatency {
+                volume, op, blocks, ..
+            } => (volume, op, blocks),
+            FaultSpec::DiskHang { at } => (&at.volume, &at.op, &at.blocks),
+            FaultSpec::DiskEio { .. }
+            | FaultSpec::DiskTorn { .. }
+            | FaultSpec::CowReadLive { .. }
+            | FaultSpec::DropTracking { .. }
+            | FaultSpec::CorruptCow { .. }
+            | FaultSpec::DelayCow { .. }
+            | FaultSpec::DelayRead { .. }
+            | FaultSpec::BitFlip { .. }
+            | FaultSpec::Rewrite { .. }
+            | FaultSpec::DropFrame { .. }
+            | FaultSpec::Disconnect { .. }
+            | FaultSpec::WrongOffset { .. }
+            | FaultSpec::SkipVerify
+            | FaultSpec::CrashBeforeCommit
+            | FaultSpec::SkipBlocks { .. }
+            | FaultSpec::Reset { .. }
+            | FaultSpec::Panic { .. }
+            | FaultSpec::RemoveDisk { .. }
+            | FaultSpec::EndSnapshot { .. } => return None,
+        };
+        match (op, blocks) {
+            (Op::Read | Op::Both, Some(b)) => Some((volume, *b)),
+            (Op::Write, _) | (_, None) => None,
+        }
+    }
+
+    /// The volume whose witness disk a disk fault hits.
+    pub fn disk_volume(&self) -> Option<&str> {
+        match self {
+            FaultSpec::DiskEio { at } | FaultSpec::DiskHang { at } => Some(&at.volume),
+            FaultSpec::DiskLatency { volume, .. } | FaultSpec::DiskTorn { volume, .. } => {
+                Some(volume)
+            }
+            FaultSpec::CowReadLive { .. }
+            | FaultSpec::DropTracking { .. }
+            | FaultSpec::CorruptCow { .. }
+            | FaultSpec::DelayCow { .. }
+            | FaultSpec::DelayRead { .. }
+            | FaultSpec::BitFlip { .. }
+            | FaultSpec::Rewrite { .. }
+            | FaultSpec::DropFrame { .. }
+            | FaultSpec::Disconnect { .. }
+            | FaultSpec::WrongOffset { .. }
+            | FaultSpec::SkipVerify
+            | FaultSpec::CrashBeforeCommit
+            | FaultSpec::SkipBlocks { .. }
+            | FaultSpec::Reset { .. }
+            | FaultSpec::Panic { .. }
+            | FaultSpec::RemoveDisk { .. }
+            | FaultSpec::EndSnapshot { .. } => None,
+        }
     }
 }
 

@@ -39,6 +39,39 @@ pub struct RawGuest {
     pub modules: Option<Vec<String>>,
     pub floppy: Option<Floppy>,
     pub hang_disk: Option<bool>,
+    pub disk: Option<DiskBackend>,
+    pub io_schedule: Option<IoSchedule>,
+    pub io_max_delay: Option<String>,
+}
+
+/// Who serves the guest's volumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskBackend {
+    /// The witness disk (`bw-disk`): every request recorded, truth from its layers,
+    /// disk faults, the seeded schedule.
+    Witness,
+    /// QEMU's own block layer: QMP snapshots for the truth (kept for comparison).
+    Qemu,
+}
+
+impl DiskBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskBackend::Witness => "witness",
+            DiskBackend::Qemu => "qemu",
+        }
+    }
+}
+
+/// How the witness disk completes requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoSchedule {
+    /// As soon as they are done.
+    Off,
+    /// Each held for a delay drawn from the run's seed, so races replay.
+    Seeded,
 }
 
 /// The floppy controller a guest gets.
@@ -78,6 +111,7 @@ pub struct RawWorkload {
     pub volume: Option<String>,
     pub stamped: Option<bool>,
     pub rate: Option<String>,
+    pub wall_clock_reason: Option<String>,
     pub amount: Option<String>,
     pub ops: Option<u64>,
     pub duration: Option<String>,
@@ -226,6 +260,31 @@ pub struct RawFault {
     pub block: Option<u64>,
     pub once: Option<bool>,
     pub at: Option<FaultAt>,
+    pub blocks: Option<u64>,
+    pub after_requests: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub land: Option<u64>,
+    pub how: Option<EndHow>,
+}
+
+/// How `end-snapshot` ends a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndHow {
+    /// bwsnap's TO_INCREMENTAL: the agent's own transition after a backup.
+    ToIncremental,
+    /// bwsnap's DESTROY.
+    Destroy,
+}
+
+impl EndHow {
+    /// The bwsnap-ctl subcommand.
+    pub fn command(self) -> &'static str {
+        match self {
+            EndHow::ToIncremental => "to-incremental",
+            EndHow::Destroy => "destroy",
+        }
+    }
 }
 
 /// Which disk requests a disk fault hits.
@@ -234,6 +293,8 @@ pub struct RawFault {
 pub enum Op {
     Read,
     Write,
+    /// Reads and writes.
+    Both,
 }
 
 /// The moment of a backup a guest fault fires at.

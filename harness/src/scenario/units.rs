@@ -1,5 +1,6 @@
 //! Parsing of the human units scenario files use: sizes ("512MiB"), durations ("20s"),
-//! percentages ("10%") and rates ("20MiB/s", "100ops/s").
+//! percentages ("10%"), rates per second ("20MiB/s", "100ops/s") and paces, a rate per
+//! share of the backup's progress ("1MiB per 4%", "20ops per 5%").
 //!
 //! Binary units only: a QA author who writes "512MB" most likely means MiB, and silently
 //! taking 10^6 would make a volume 5% smaller than the field story's; so it is an error.
@@ -31,8 +32,91 @@ pub const SIZE_HELP: &str =
 pub const DURATION_HELP: &str =
     "a duration is a number and a unit: ms, s, m or h, e.g. \"20s\" or \"1.5m\"";
 pub const PERCENT_HELP: &str = "a share is a number and %, e.g. \"10%\"";
-pub const RATE_HELP: &str =
-    "a rate is a size per second (\"20MiB/s\") or operations per second (\"100ops/s\")";
+pub const RATE_HELP: &str = "a rate is a size or a number of operations per share of the \
+     backup's progress (\"1MiB per 4%\", \"20ops per 5%\"), or per second (\"20MiB/s\", \
+     \"100ops/s\")";
+
+/// What a paced workload is granted at each step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PaceAmount {
+    /// Data bytes written.
+    Bytes(u64),
+    /// Operations completed.
+    Ops(u64),
+}
+
+/// A rate per share of the backup's progress: `amount` more at the start of every
+/// `share` percent of the backup, so what a `during` workload writes, and where it
+/// writes it relative to the backup's reads, does not depend on the machine's speed.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pace {
+    pub amount: PaceAmount,
+    /// Percent of the backup's progress per step, in (0, 100].
+    pub share: f64,
+}
+
+/// The smallest share a pace may step by: each step costs the backup a round trip to
+/// the guest, and 100 steps are plenty of resolution.
+pub const MIN_PACE_SHARE: f64 = 1.0;
+
+impl Pace {
+    /// Steps over a whole backup: one grant at the start of each.
+    pub fn steps(&self) -> u32 {
+        (100.0 / self.share).ceil().max(1.0) as u32
+    }
+
+    /// The first position (of `total` blocks) of step `k` (from 0): where the backup is
+    /// held while the workload uses the grant of step `k`.
+    pub fn boundary(&self, k: u32, total: u64) -> u64 {
+        let at = (total as f64) * f64::from(k) * self.share / 100.0;
+        (at.floor() as u64).min(total)
+    }
+
+    /// The cumulative allowance after the grant of step `k` (from 0).
+    pub fn allowance(&self, k: u32) -> u64 {
+        let per = match self.amount {
+            PaceAmount::Bytes(b) => b,
+            PaceAmount::Ops(n) => n,
+        };
+        per.saturating_mul(u64::from(k) + 1)
+    }
+
+    /// An allowance as bw-workload's allowance file writes it.
+    pub fn allowance_line(&self, amount: u64) -> String {
+        match self.amount {
+            PaceAmount::Bytes(_) => amount.to_string(),
+            PaceAmount::Ops(_) => format!("{amount}ops"),
+        }
+    }
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.amount {
+            PaceAmount::Bytes(b) => write!(f, "{} per {}%", format_size(b), self.share),
+            PaceAmount::Ops(n) => write!(f, "{n}ops per {}%", self.share),
+        }
+    }
+}
+
+/// Parses "1MiB per 4%" or "20ops per 5%" (the share unchecked beyond 0 < share <= 100).
+pub fn parse_pace(text: &str) -> Option<Pace> {
+    let (amount, share) = text.trim().split_once(" per ")?;
+    let amount = amount.trim();
+    let amount = match amount.strip_suffix("ops") {
+        Some(n) => {
+            let n = n.trim();
+            if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            PaceAmount::Ops(n.parse().ok()?)
+        }
+        None => PaceAmount::Bytes(parse_size(amount)?),
+    };
+    let share = parse_percent(share)?;
+    (share > 0.0).then_some(Pace { amount, share })
+}
 
 /// Parses "10%" or "0.5%" into a percentage in 0..=100.
 pub fn parse_percent(text: &str) -> Option<f64> {
@@ -136,6 +220,44 @@ mod tests {
         assert_eq!(parse_rate("100ops/s"), Some(Rate::OpsPerSec(100)));
         assert_eq!(parse_rate("100ops"), None);
         assert_eq!(parse_rate("fast/s"), None);
+    }
+
+    #[test]
+    fn paces() {
+        let cases: &[(&str, Option<(PaceAmount, f64)>)] = &[
+            ("1MiB per 4%", Some((PaceAmount::Bytes(1 << 20), 4.0))),
+            ("20ops per 5%", Some((PaceAmount::Ops(20), 5.0))),
+            (
+                " 512KiB per 2.5% ",
+                Some((PaceAmount::Bytes(512 << 10), 2.5)),
+            ),
+            ("1MiB per 0%", None),
+            ("1MiB per 101%", None),
+            ("1MiB per 4", None),
+            ("1MB per 4%", None),
+            ("ops per 4%", None),
+            ("1MiB/s", None),
+            ("1MiB per", None),
+        ];
+        for (text, want) in cases {
+            let got = parse_pace(text).map(|p| (p.amount, p.share));
+            assert_eq!(got, *want, "{text:?}");
+        }
+        let p = parse_pace("1MiB per 4%").unwrap();
+        assert_eq!(p.to_string(), "1MiB per 4%");
+        assert_eq!(parse_pace(&p.to_string()), Some(p));
+        assert_eq!(p.steps(), 25);
+        assert_eq!(p.boundary(0, 1000), 0);
+        assert_eq!(p.boundary(1, 1000), 40);
+        assert_eq!(p.boundary(24, 1000), 960);
+        assert_eq!(p.allowance(0), 1 << 20);
+        assert_eq!(p.allowance(24), 25 << 20);
+        assert_eq!(p.allowance_line(3 << 20), "3145728");
+        let ops = parse_pace("20ops per 30%").unwrap();
+        // 30% steps: 0, 30, 60, 90 → four grants.
+        assert_eq!(ops.steps(), 4);
+        assert_eq!(ops.boundary(3, 100), 90);
+        assert_eq!(ops.allowance_line(ops.allowance(3)), "80ops");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub(super) fn validate(
     let pipeline = super::pipeline::validate(&mut cx, raw.pipeline, short, path);
     let backups = 1 + backup.incrementals;
     let workloads = validate_workloads(&mut cx, raw.workloads, &volumes, backups, timeout);
-    let faults = validate_faults(&mut cx, raw.faults, &volumes, backups);
+    let faults = validate_faults(&mut cx, raw.faults, &volumes, backups, &guest);
     let expect = validate_expect(&mut cx, raw.expect, &guest, &faults, &workloads);
     pipeline_fit(&mut cx, &pipeline, &volumes, &faults, &expect);
 
@@ -242,14 +242,62 @@ fn validate_guest(cx: &mut Ctx, raw: RawGuest) -> Guest {
     for (i, m) in modules.iter().enumerate() {
         cx.name(&base.key("modules").index(i), m, "_");
     }
+    let disk = raw.disk.unwrap_or(DEFAULT_DISK);
+    let io_max_delay = match (
+        raw.io_schedule.unwrap_or(IoSchedule::Off),
+        &raw.io_max_delay,
+    ) {
+        (IoSchedule::Off, None) => None,
+        (IoSchedule::Off, Some(_)) => {
+            cx.err(
+                &base.key("io_max_delay"),
+                "`io_max_delay` bounds the seeded schedule, and `io_schedule` is off",
+                Some("set `io_schedule = \"seeded\"`, or remove `io_max_delay`".into()),
+            );
+            None
+        }
+        (IoSchedule::Seeded, text) => {
+            let path = base.key("io_max_delay");
+            let d = match text {
+                Some(t) => cx.duration(&path, t).unwrap_or(DEFAULT_IO_MAX_DELAY),
+                None => DEFAULT_IO_MAX_DELAY,
+            };
+            if d > MAX_IO_MAX_DELAY {
+                cx.err(
+                    &path,
+                    format!(
+                        "`{path}` is {d:?}; at most {MAX_IO_MAX_DELAY:?}, beyond which the guest's own timeouts decide"
+                    ),
+                    None,
+                );
+            }
+            if disk != DiskBackend::Witness {
+                cx.err(
+                    &base.key("io_schedule"),
+                    "the seeded schedule is the witness disk's, and `guest.disk` is \"qemu\"",
+                    Some("set `guest.disk = \"witness\"`".into()),
+                );
+            }
+            Some(d)
+        }
+    };
     Guest {
         memory,
         cpus: cpus as u32,
         modules,
         floppy: raw.floppy.unwrap_or(Floppy::None),
         hang_disk: raw.hang_disk.unwrap_or(false),
+        disk,
+        io_max_delay,
     }
 }
+
+/// Who serves the volumes when a scenario does not say.
+pub const DEFAULT_DISK: DiskBackend = DiskBackend::Witness;
+const DEFAULT_IO_MAX_DELAY: Duration = Duration::from_millis(2);
+const MAX_IO_MAX_DELAY: Duration = Duration::from_secs(1);
+/// The longest `latency` a disk fault may add (the witness disk's own limit).
+const MAX_LATENCY_MS: u64 = 30_000;
 
 /// mkfs.xfs (xfsprogs 5.19 and later) refuses smaller filesystems.
 const XFS_MIN: u64 = 300 << 20;
@@ -604,25 +652,10 @@ fn validate_workloads(
                 Some("remove `stamped`, or use a data workload".into()),
             );
         }
-        let rate = match &w.rate {
-            Some(r) => {
-                let parsed = units::parse_rate(r);
-                match parsed {
-                    None => cx.err(
-                        &at.key("rate"),
-                        format!("`{}`: \"{r}\" is not a rate", at.key("rate")),
-                        Some(units::RATE_HELP.into()),
-                    ),
-                    Some(Rate::BytesPerSec(0) | Rate::OpsPerSec(0)) => cx.err(
-                        &at.key("rate"),
-                        format!("`{}` must be more than zero", at.key("rate")),
-                        None,
-                    ),
-                    Some(_) => {}
-                }
-                parsed
-            }
-            None => None,
+        let when = w.when.unwrap_or(When::During);
+        let (rate, pace) = match &w.rate {
+            Some(r) => validate_rate(cx, &at.key("rate"), r, when),
+            None => (None, None),
         };
         let amount = w
             .amount
@@ -670,7 +703,17 @@ fn validate_workloads(
                 );
             }
         }
-        let when = w.when.unwrap_or(When::During);
+        if pace.is_some() {
+            if let Some(d) = &w.duration {
+                let path = at.key("duration");
+                cx.err(
+                    &path,
+                    format!("`{path}` (\"{d}\"): a paced workload's amount follows the backup's progress, not the clock"),
+                    Some("remove `duration`; `amount` or `ops` cap the total".into()),
+                );
+            }
+        }
+        let reason = validate_wall_clock(cx, &at, &w, when, rate, pace);
         let bounded = amount.is_some()
             || w.ops.is_some()
             || duration.is_some()
@@ -746,6 +789,8 @@ fn validate_workloads(
                 volume,
                 stamped,
                 rate,
+                pace,
+                wall_clock_reason: reason,
                 amount,
                 ops: w.ops,
                 duration,
@@ -757,14 +802,140 @@ fn validate_workloads(
     out
 }
 
+/// A workload's `rate`: a pace (a rate per share of the backup's progress) for a
+/// `during` workload, a rate per second otherwise.
+fn validate_rate(
+    cx: &mut Ctx,
+    path: &KeyPath,
+    text: &str,
+    when: When,
+) -> (Option<Rate>, Option<Pace>) {
+    if text.contains(" per ") {
+        let Some(pace) = units::parse_pace(text) else {
+            cx.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a rate"),
+                Some(units::RATE_HELP.into()),
+            );
+            return (None, None);
+        };
+        let zero = matches!(pace.amount, PaceAmount::Bytes(0) | PaceAmount::Ops(0));
+        if zero {
+            cx.err(path, format!("`{path}` must grant more than zero"), None);
+        } else if pace.share < units::MIN_PACE_SHARE {
+            cx.err(
+                path,
+                format!(
+                    "`{path}`: a step of {}% is below the smallest, {}%",
+                    pace.share,
+                    units::MIN_PACE_SHARE
+                ),
+                Some("each step holds the backup for a round trip to the guest: use a larger share and a larger amount".into()),
+            );
+        }
+        if when != When::During {
+            cx.err(
+                path,
+                format!(
+                    "`{path}`: a `{}` workload runs while no backup does, so there is no progress to pace it by",
+                    when_name(when)
+                ),
+                Some("give it a rate per second, e.g. \"1MiB/s\", or none".into()),
+            );
+        }
+        return (None, Some(pace));
+    }
+    match units::parse_rate(text) {
+        None => {
+            cx.err(
+                path,
+                format!("`{path}`: \"{text}\" is not a rate"),
+                Some(units::RATE_HELP.into()),
+            );
+            (None, None)
+        }
+        Some(Rate::BytesPerSec(0) | Rate::OpsPerSec(0)) => {
+            cx.err(path, format!("`{path}` must be more than zero"), None);
+            (None, None)
+        }
+        Some(r) => (Some(r), None),
+    }
+}
+
+fn when_name(when: When) -> &'static str {
+    match when {
+        When::Before => "before",
+        When::During => "during",
+        When::Between => "between",
+    }
+}
+
+/// A `during` workload paced by the wall clock (a rate per second, or none) writes more
+/// on a slower machine; the scenario must say why it wants that. Nowhere else does
+/// `wall_clock_reason` belong.
+fn validate_wall_clock(
+    cx: &mut Ctx,
+    at: &KeyPath,
+    w: &RawWorkload,
+    when: When,
+    rate: Option<Rate>,
+    pace: Option<Pace>,
+) -> Option<String> {
+    let path = at.key("wall_clock_reason");
+    // A rate that did not parse has had its error already.
+    let wall_clock = when == When::During && pace.is_none() && (w.rate.is_none() || rate.is_some());
+    match &w.wall_clock_reason {
+        Some(reason) if !wall_clock => {
+            let why = if when != When::During {
+                format!(
+                    "a `{}` workload is paced by the wall clock anyway",
+                    when_name(when)
+                )
+            } else {
+                "the workload is paced by the backup's progress".to_string()
+            };
+            cx.err(
+                &path,
+                format!(
+                    "`{path}` is only for a `during` workload paced by the wall clock, and {why}"
+                ),
+                Some("remove `wall_clock_reason`".into()),
+            );
+            Some(reason.clone())
+        }
+        Some(reason) if reason.trim().is_empty() => {
+            cx.err(&path, format!("`{path}` must say why"), None);
+            None
+        }
+        Some(reason) => Some(reason.clone()),
+        None if wall_clock => {
+            let (key, what) = match rate {
+                Some(_) => (at.key("rate"), "a `during` workload with a rate per second writes more the slower the machine runs the backup"),
+                None => (at.clone(), "a `during` workload without a rate writes as much as the machine's speed allows while the backup runs"),
+            };
+            cx.err(
+                &key,
+                format!("`{key}`: {what}"),
+                Some("pace it by the backup's progress, e.g. rate = \"1MiB per 4%\", or say why the wall clock is wanted in `wall_clock_reason`".into()),
+            );
+            None
+        }
+        None => None,
+    }
+}
+
 fn validate_faults(
     cx: &mut Ctx,
     raw: Vec<RawFault>,
     volumes: &[Volume],
     backups: u32,
+    guest: &Guest,
 ) -> Vec<Fault> {
     let base = KeyPath::root().key("faults");
     let mut out = Vec::new();
+    // For `end-snapshot`: (index, backup, volume) of each, checked against the disk
+    // faults once all are read.
+    let mut ends: Vec<(usize, u32, String)> = Vec::new();
     for (i, f) in raw.into_iter().enumerate() {
         let at = base.index(i);
         let Some(kind) = FaultKind::from_name(&f.kind) else {
@@ -806,6 +977,11 @@ fn validate_faults(
             ("block", f.block.is_some()),
             ("once", f.once.is_some()),
             ("at", f.at.is_some()),
+            ("blocks", f.blocks.is_some()),
+            ("after_requests", f.after_requests.is_some()),
+            ("max_ms", f.max_ms.is_some()),
+            ("land", f.land.is_some()),
+            ("how", f.how.is_some()),
         ];
         let (layer, kind_name) = (kind.layer().name(), kind.name());
         let param_names: Vec<&str> = kind.params().iter().map(|(n, _)| *n).collect();
@@ -919,12 +1095,17 @@ fn validate_faults(
                 .as_ref()
                 .and_then(|n| volumes.iter().find(|v| &v.name == n)),
         ) {
-            if v.size != 0 && b >= v.size / 4096 {
+            let count = f.blocks.unwrap_or(1);
+            if v.size != 0 && b.saturating_add(count) > v.size / 4096 {
+                let what = if count == 1 {
+                    format!("`{}` is {b}", at.key("block"))
+                } else {
+                    format!("blocks {b} to {}", b.saturating_add(count) - 1)
+                };
                 cx.err(
                     &at.key("block"),
                     format!(
-                        "`{}` is {b}, past the end of volume \"{}\" ({} blocks)",
-                        at.key("block"),
+                        "{what}, past the end of volume \"{}\" ({} blocks)",
                         v.name,
                         v.size / 4096
                     ),
@@ -957,6 +1138,9 @@ fn validate_faults(
                 | FaultKind::DelayRead
                 | FaultKind::DiskHang
                 | FaultKind::DiskEio
+                | FaultKind::DiskLatency
+                | FaultKind::DiskTorn
+                | FaultKind::EndSnapshot
                 | FaultKind::SkipVerify
                 | FaultKind::CrashBeforeCommit
                 | FaultKind::Reset
@@ -981,11 +1165,65 @@ fn validate_faults(
                 }
             }
         }
+        if f.blocks.is_some() && f.block.is_none() {
+            cx.err(
+                &at.key("blocks"),
+                "`blocks` counts blocks from `block`, and there is no `block`",
+                Some("add `block`, the first 4 KiB block".into()),
+            );
+            params_ok = false;
+        }
+        for (key, value) in [("blocks", f.blocks), ("land", f.land)] {
+            if value == Some(0) {
+                cx.err(
+                    &at.key(key),
+                    format!("`{}` must be at least 1", at.key(key)),
+                    None,
+                );
+                params_ok = false;
+            }
+        }
+        if let Some(ms) = f.max_ms {
+            params_ok &= cx.range(&at.key("max_ms"), ms, 1, MAX_LATENCY_MS);
+        }
+        if let Some(land) = f.land {
+            params_ok &= cx.range(&at.key("land"), land, 1, 4095);
+        }
+        if kind.layer() == Layer::Disk && guest.disk != DiskBackend::Witness {
+            cx.err(
+                &at.key("layer"),
+                format!(
+                    "disk fault `{}` is injected by the witness disk, and `guest.disk` is \"qemu\"",
+                    kind.name()
+                ),
+                Some("set `guest.disk = \"witness\"` (the default)".into()),
+            );
+            params_ok = false;
+        }
+        if kind == FaultKind::EndSnapshot && guest.disk != DiskBackend::Witness {
+            cx.err(
+                &at.key("kind"),
+                "`end-snapshot` waits for a read the witness disk holds, and `guest.disk` is \"qemu\"",
+                Some("set `guest.disk = \"witness\"` (the default)".into()),
+            );
+            params_ok = false;
+        }
         if !params_ok {
             continue;
         }
         let volume = || f.volume.clone().unwrap_or_default();
         let op = f.op.unwrap_or(Op::Read);
+        let blocks = f.block.map(|first| BlockSpan {
+            first,
+            count: f.blocks.unwrap_or(1),
+        });
+        let disk_match = || DiskMatch {
+            volume: volume(),
+            op,
+            blocks,
+            once: f.once.unwrap_or(false),
+            after_requests: f.after_requests.unwrap_or(0),
+        };
         let frames = || match (f.frame, f.every) {
             (Some(n), _) => FrameSel::Nth(n),
             (None, e) => FrameSel::Every(e.unwrap_or(1)),
@@ -1005,15 +1243,17 @@ fn validate_faults(
             FaultKind::DelayRead => FaultSpec::DelayRead {
                 ms: f.ms.unwrap_or(0),
             },
-            FaultKind::DiskHang => FaultSpec::DiskHang {
+            FaultKind::DiskHang => FaultSpec::DiskHang { at: disk_match() },
+            FaultKind::DiskEio => FaultSpec::DiskEio { at: disk_match() },
+            FaultKind::DiskLatency => FaultSpec::DiskLatency {
                 volume: volume(),
                 op,
+                blocks,
+                max_ms: f.max_ms.unwrap_or(1),
             },
-            FaultKind::DiskEio => FaultSpec::DiskEio {
+            FaultKind::DiskTorn => FaultSpec::DiskTorn {
                 volume: volume(),
-                op,
-                block: f.block,
-                once: f.once.unwrap_or(false),
+                land: f.land.unwrap_or(1) as u32,
             },
             FaultKind::BitFlip => FaultSpec::BitFlip { frames: frames() },
             FaultKind::Rewrite => FaultSpec::Rewrite { frames: frames() },
@@ -1033,11 +1273,43 @@ fn validate_faults(
                 volume: volume(),
                 at: f.at.unwrap_or(FaultAt::Freeze),
             },
+            FaultKind::EndSnapshot => {
+                ends.push((i, backup as u32, volume()));
+                FaultSpec::EndSnapshot {
+                    volume: volume(),
+                    how: f.how.unwrap_or(EndHow::ToIncremental),
+                }
+            }
         };
         out.push(Fault {
             backup: backup as u32,
             spec,
         });
+    }
+    for (i, backup, volume) in ends {
+        let holds_a_read = out
+            .iter()
+            .any(|f| f.backup == backup && f.spec.held_read().is_some_and(|(v, _)| v == volume));
+        if !holds_a_read {
+            cx.err(
+                &base.index(i),
+                format!(
+                    "`end-snapshot` acts while a disk fault holds a read of volume \"{volume}\", and backup {backup} has none"
+                ),
+                Some(format!(
+                    "add a `latency` or `hang` disk fault with `volume = \"{volume}\"`, `block` and `op = \"read\"` in backup {backup}"
+                )),
+            );
+        }
+        if volumes.iter().any(|v| v.name == volume && !v.backup) {
+            cx.err(
+                &base.index(i).key("volume"),
+                format!(
+                    "`end-snapshot` ends a snapshot of volume \"{volume}\", which is not backed up"
+                ),
+                None,
+            );
+        }
     }
     out
 }

@@ -1,4 +1,4 @@
-//! The point-in-time truth, independent of everything under test.
+//! The truth on QEMU-served disks (`disk = "qemu"`): QMP snapshots.
 //!
 //! Every volume disk starts as a raw file under a `raw` format node. At each snapshot
 //! instant, while the agent holds the filesystems frozen, one QMP `transaction` of
@@ -12,22 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::qemu::{DiskFormat, Machine, QmpError, SnapshotLayer};
+use crate::qemu::{DiskFormat, Machine, SnapshotLayer};
 
-/// Why the truth could not be taken or read.
-#[derive(Debug, thiserror::Error)]
-pub enum TruthError {
-    #[error("taking the point-in-time snapshot of backup {backup}")]
-    Snapshot {
-        backup: u32,
-        #[source]
-        source: QmpError,
-    },
-    #[error("no point-in-time image of volume {volume} for backup {backup}: the instant was never reached")]
-    NotTaken { volume: String, backup: u32 },
-    #[error("flattening {layer} with qemu-img failed: {detail}")]
-    Flatten { layer: PathBuf, detail: String },
-}
+use super::TruthError;
 
 /// One layer of a disk's chain.
 #[derive(Clone, Debug)]
@@ -47,18 +34,18 @@ struct ChainDisk {
 
 /// The truth of every volume disk across the run.
 #[derive(Debug)]
-pub struct Truth {
+pub struct QmpTruth {
     dir: PathBuf,
     disks: Vec<ChainDisk>,
     /// Backup number → index of the layer that froze at its instant.
     frozen: BTreeMap<u32, usize>,
 }
 
-impl Truth {
+impl QmpTruth {
     /// `disks`: (volume name, QMP node name of the raw format node, raw file). Overlays
     /// are created in `dir`.
-    pub fn new(dir: &Path, disks: &[(String, String, PathBuf)]) -> Truth {
-        Truth {
+    pub fn new(dir: &Path, disks: &[(String, String, PathBuf)]) -> QmpTruth {
+        QmpTruth {
             dir: dir.to_path_buf(),
             disks: disks
                 .iter()

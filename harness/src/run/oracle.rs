@@ -1,0 +1,142 @@
+//! The history oracle in every witness-disk run: each backed-up volume's history
+//! becomes the oracle's input, and every generation is judged twice, the truth image at
+//! the announced instant and the committed backup, each checked against that truth.
+//! The cut, the per-class counts and the agreement go into the recording; the nightly
+//! fails when they disagree. Block hashes here are xxh3-128 (the history's), whatever
+//! the rest of the recording uses.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::oracle::adapter::{self, Adapted};
+use crate::oracle::{
+    Announced, AnnouncedCheck, Backup, BlockVerdict, ContentHash, Judgement, Oracle, Verdict,
+};
+use crate::record::{Exclusion, OracleJudgement, OracleRecord};
+
+use super::chain;
+
+/// How many example lines a judgement keeps.
+const EXAMPLES: usize = 8;
+
+/// Reads a volume's history and turns it into the oracle's input.
+pub(super) fn load(history: &Path, initial: Vec<ContentHash>) -> Result<Adapted, String> {
+    let h = witness_disk::History::open(history)
+        .map_err(|e| format!("reading {}: {}", history.display(), chain(&e)))?;
+    adapter::history(&h, initial).map_err(|e| chain(&e))
+}
+
+/// Judges one generation: the truth image taken at the announced instant (`instant_ns`,
+/// on the history's clock) and, when one was committed, the backup image.
+pub(super) fn judge(
+    oracle: &Oracle,
+    moved_submits: u64,
+    instant_ns: u64,
+    truth_image: &Path,
+    backup_image: Option<&Path>,
+    excluded: &[Exclusion],
+) -> Result<OracleRecord, String> {
+    let truth = adapter::image_hashes(truth_image).map_err(|e| chain(&e))?;
+    let announced = Announced {
+        instant_ns,
+        truth: truth.clone(),
+    };
+    let ranges: Vec<std::ops::Range<u64>> = excluded.iter().map(|e| e.start..e.end).collect();
+    let one = |hashes: Vec<ContentHash>| -> Result<OracleJudgement, String> {
+        let backup = Backup {
+            hashes,
+            excluded: ranges.clone(),
+        };
+        let j = oracle.judge(&backup).map_err(|e| chain(&e))?;
+        let check = oracle
+            .check_announced(&j, &backup, &announced)
+            .map_err(|e| chain(&e))?;
+        Ok(summarise(&j, &check))
+    };
+    let truth_judged = one(truth)?;
+    let backup_judged = match backup_image {
+        Some(p) => Some(one(adapter::image_hashes(p).map_err(|e| chain(&e))?)?),
+        None => None,
+    };
+    Ok(OracleRecord {
+        instant_ns,
+        moved_submits,
+        truth: truth_judged,
+        backup: backup_judged,
+    })
+}
+
+fn summarise(j: &Judgement, check: &AnnouncedCheck) -> OracleJudgement {
+    let mut examples: Vec<String> = check
+        .disagreements
+        .iter()
+        .take(EXAMPLES)
+        .map(|d| {
+            format!(
+                "block {}: disagrees ({}): {}",
+                d.block,
+                serde_json::to_value(d.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                d.reason
+            )
+        })
+        .collect();
+    for b in j.problems().take(EXAMPLES.saturating_sub(examples.len())) {
+        examples.push(problem_line(b));
+    }
+    let place = serde_json::to_value(check.place)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    OracleJudgement {
+        cut_ns: j.cut.ns(),
+        span: format!("[{}, {})", j.span.from, j.span.until),
+        explained: j.explained,
+        judged: j.judged,
+        counts: j
+            .counts()
+            .into_iter()
+            .map(|(c, n)| (c.name().to_string(), n))
+            .collect(),
+        place,
+        agrees: check.agrees(),
+        disagreements: check.disagreements.len() as u64,
+        examples,
+    }
+}
+
+/// One problem block as a line: its class and the write it names.
+fn problem_line(b: &BlockVerdict) -> String {
+    let mut s = format!("block {}: {}", b.block, b.verdict.class());
+    match b.verdict {
+        Verdict::DataFromTheFuture(l) => {
+            let _ = write!(s, ", write #{} leaked", l.write.seq);
+            if let Some(ns) = l.after_cut_ns {
+                let _ = write!(s, " ({:.3} ms after the cut)", ns as f64 / 1e6);
+            }
+        }
+        Verdict::DataFromThePast(st) => {
+            let _ = write!(
+                s,
+                ", write #{} missing (completed {:.3} ms before the cut)",
+                st.missing.seq,
+                st.before_cut_ns as f64 / 1e6
+            );
+        }
+        Verdict::PastOrFuture { stale, leak } => {
+            let _ = write!(
+                s,
+                ", write #{} missing or write #{} leaked",
+                stale.missing.seq, leak.write.seq
+            );
+        }
+        Verdict::Corrupt { versions } => {
+            let _ = write!(s, ", matches none of its {versions} versions");
+        }
+        Verdict::Consistent { .. } | Verdict::Excluded => {}
+    }
+    let _ = write!(s, ": {}", b.reason);
+    s
+}
