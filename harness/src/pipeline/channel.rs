@@ -19,8 +19,7 @@ use bw_guest::pipe::wire::{ChannelDecoder, ChannelEvent};
 use crate::gate::Gate;
 use crate::model::{BlockHash, BLOCK};
 
-/// The most the reading thread takes in one read, in blocks: the gate is asked this far
-/// ahead of what has arrived.
+/// The most the reading thread takes in one read, in blocks.
 const READ_BLOCKS: u64 = 256;
 
 /// How a stream arrived.
@@ -146,6 +145,32 @@ struct State {
     closed: bool,
 }
 
+/// Waits until the session's gate lets `n` more bytes cross (no gate or no session:
+/// at once). Never holds the state's lock while waiting.
+fn hold(st: &Mutex<State>, n: u64) {
+    loop {
+        let ask = {
+            let s = st.lock().unwrap_or_else(|p| p.into_inner());
+            match (&s.gate, &s.session) {
+                (Some((gate, volume)), Some(sess)) => Some((
+                    gate.clone(),
+                    volume.clone(),
+                    sess.position() + n.div_ceil(BLOCK as u64),
+                )),
+                _ => None,
+            }
+        };
+        match ask {
+            Some((gate, volume, end)) => {
+                if gate.wait_pass(&volume, end, Duration::from_millis(50)) {
+                    return;
+                }
+            }
+            None => return,
+        }
+    }
+}
+
 /// The host end of `bw.channel`.
 pub struct Channel {
     state: Arc<Mutex<State>>,
@@ -161,31 +186,12 @@ impl Channel {
             .spawn(move || {
                 let mut buf = vec![0u8; READ_BLOCKS as usize * BLOCK];
                 loop {
-                    // Held at the gate while the run grants paced workloads their steps.
-                    loop {
-                        let ask = {
-                            let s = st.lock().unwrap_or_else(|p| p.into_inner());
-                            match (&s.gate, &s.session) {
-                                (Some((gate, volume)), Some(sess)) => Some((
-                                    gate.clone(),
-                                    volume.clone(),
-                                    sess.position() + READ_BLOCKS,
-                                )),
-                                _ => None,
-                            }
-                        };
-                        match ask {
-                            Some((gate, volume, end)) => {
-                                if gate.wait_pass(&volume, end, Duration::from_millis(50)) {
-                                    break;
-                                }
-                            }
-                            None => break,
-                        }
-                    }
                     match stream.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            // Held at the gate (reading nothing more, so the guest's
+                            // writer blocks) until these bytes may cross.
+                            hold(&st, n as u64);
                             let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                             let state = &mut *s;
                             match state.session.as_mut() {

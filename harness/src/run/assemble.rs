@@ -263,7 +263,10 @@ pub(super) fn volumes(
                 ));
             }
             let instant = truth.witness().and_then(|w| w.instant(&v.name, br.number));
-            if let (Some(o), Some(h), Some(i)) = (&oracle, history, instant) {
+            // The history is the disk's; a volume cut out of its disk (an LVM logical
+            // volume) has other blocks than the history, so the oracle does not judge it.
+            let volume_is_disk = v.disk_bytes == v.size_bytes;
+            if let (Some(o), Some(h), Some(i), true) = (&oracle, history, instant, volume_is_disk) {
                 match super::oracle::judge(
                     o,
                     h.moved_submits,
