@@ -64,7 +64,7 @@ fn vm_sigint_in_the_middle_of_a_run_leaves_nothing_behind() {
     std::fs::write(
         &scenario,
         format!(
-            "name = \"{name}\"\ndescription = \"Interrupted on purpose.\"\nstory = \"nothing left behind\"\ntimeout = \"10m\"\n\n[[volumes]]\nname = \"data\"\nsize = \"64MiB\"\nfill = \"20%\"\n\n[[workloads]]\nkind = \"overwrite\"\nrate = \"256KiB/s\"\n"
+            "name = \"{name}\"\ndescription = \"Interrupted on purpose.\"\nstory = \"nothing left behind\"\ntimeout = \"10m\"\n\n[[volumes]]\nname = \"data\"\nsize = \"64MiB\"\nfill = \"20%\"\n\n[[workloads]]\nkind = \"overwrite\"\nrate = \"256KiB per 10%\"\n"
         ),
     )
     .unwrap();
