@@ -47,8 +47,9 @@ wall_clock_reason = "bench pipelines measures the copy's own speed: a workload p
     )
 }
 
-/// The driven pipelines' snapshot space (the reference keeps its own default).
-const DRIVEN_BACKUP: &str = "\n[backup]\ncow_size = \"64MiB\"\n";
+/// The snapshot space of every pipeline: room for the workload's writes, and for the
+/// reference's COW file in the half-empty filesystem.
+const BACKUP: &str = "\n[backup]\ncow_size = \"32MiB\"\n";
 
 /// The pipelines measured: (name, `[pipeline]` table without `reader`).
 const DRIVEN: [(&str, &str); 3] = [
@@ -173,7 +174,7 @@ pub fn pipelines(image: &str, opts: &RunOptions) -> Result<PipelinesBench, Bench
     let mut accel = String::new();
     for (name, table) in DRIVEN {
         let on = run_one(
-            &scenario_text(name, &format!("{table}reader = true\n"), DRIVEN_BACKUP),
+            &scenario_text(name, &format!("{table}reader = true\n"), BACKUP),
             image,
             &with_dd,
         )?;
@@ -181,7 +182,7 @@ pub fn pipelines(image: &str, opts: &RunOptions) -> Result<PipelinesBench, Bench
         let (bytes, copy_with_reader) = figure(&on, Figure::Copy, name)?;
         let (_, dd) = figure(&on, Figure::Dd, name)?;
         let off = run_one(
-            &scenario_text(name, &format!("{table}reader = false\n"), DRIVEN_BACKUP),
+            &scenario_text(name, &format!("{table}reader = false\n"), BACKUP),
             image,
             opts,
         )?;
@@ -204,7 +205,7 @@ pub fn pipelines(image: &str, opts: &RunOptions) -> Result<PipelinesBench, Bench
         );
         driven.push(p);
     }
-    let reference = run_one(&scenario_text("reference", "", ""), image, opts)?;
+    let reference = run_one(&scenario_text("reference", "", BACKUP), image, opts)?;
     let reference_backup = Duration::from_secs_f64(
         reference
             .run
@@ -238,12 +239,12 @@ mod tests {
                 let s = parse(&scenario_text(
                     name,
                     &format!("{table}reader = {reader}\n"),
-                    DRIVEN_BACKUP,
+                    BACKUP,
                 ));
                 assert_eq!(s.pipeline.reader(), reader == "true");
             }
         }
-        let s = parse(&scenario_text("reference", "", ""));
+        let s = parse(&scenario_text("reference", "", BACKUP));
         assert_eq!(s.pipeline, crate::scenario::PipelineSpec::Reference);
     }
 }
