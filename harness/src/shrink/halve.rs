@@ -101,7 +101,9 @@ pub fn split_rate(text: &str) -> Option<(Quantity, &str)> {
 }
 
 /// Slower versions of a rate: its quantity halved (only halved: a rate is a pace, and
-/// big steps in pace change a race more than a smaller plan means to).
+/// big steps in pace change a race more than a smaller plan means to), never below one
+/// 4 KiB block (a workload writes whole blocks: a smaller figure cuts nothing real and
+/// costs a confirmed run per halving).
 pub fn rates(text: &str) -> Vec<String> {
     let Some((q, rest)) = split_rate(text) else {
         return Vec::new();
@@ -113,7 +115,7 @@ pub fn rates(text: &str) -> Vec<String> {
             } else {
                 b / 2
             };
-            if half == 0 || half >= b {
+            if half < 4096 || half >= b {
                 return Vec::new();
             }
             vec![format!("{}{rest}", format_size(half))]
@@ -176,6 +178,10 @@ mod tests {
             ("20ops per 5%", &["10ops per 5%"]),
             ("fast", &[]),
             ("1B/s", &[]),
+            // Never below one 4 KiB block.
+            ("8KiB per 4%", &["4KiB per 4%"]),
+            ("4KiB per 4%", &[]),
+            ("6KiB/s", &[]),
         ];
         for (text, want) in cases {
             assert_eq!(rates(text), want.to_vec(), "{text}");
