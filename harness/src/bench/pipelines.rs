@@ -178,7 +178,14 @@ pub fn pipelines(image: &str, opts: &RunOptions) -> Result<PipelinesBench, Bench
             image,
             &with_dd,
         )?;
-        accel = on.run.accelerator.clone();
+        // "tcg (auto: why ...)": the accelerator's name is enough here.
+        accel = on
+            .run
+            .accelerator
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let (bytes, copy_with_reader) = figure(&on, Figure::Copy, name)?;
         let (_, dd) = figure(&on, Figure::Dd, name)?;
         let off = run_one(
