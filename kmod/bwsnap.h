@@ -72,6 +72,7 @@ extern unsigned int bwsnap_fault_delay_cow_ms;
 extern unsigned int bwsnap_fault_delay_read_ms;
 extern unsigned int bwsnap_fault_delay_start_ms;
 extern unsigned int bwsnap_fault_delay_extents_ms;
+extern unsigned int bwsnap_fault_teardown_open;
 
 extern int bwsnap_major;
 
@@ -172,6 +173,7 @@ enum bwsnap_fault_kind {
 	BWSNAP_FAULT_DELAY_READ,
 	BWSNAP_FAULT_DELAY_START,
 	BWSNAP_FAULT_DELAY_EXTENTS,
+	BWSNAP_FAULT_TEARDOWN_OPEN,
 };
 
 /* True on every @n-th call for the same @counter (n == 0: never). */
@@ -294,6 +296,7 @@ struct bwsnap_dev {
 	/* Fault knob counters, reset at START. */
 	u64 fault_read_live_cnt;	/* lock */
 	u64 fault_corrupt_cnt;		/* lock */
+	u64 fault_teardown_cnt;		/* lock */
 	u64 fault_drop_cnt;		/* ctl_lock */
 
 	struct bwsnap_trace_ring trace;

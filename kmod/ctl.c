@@ -383,6 +383,7 @@ int bwsnap_ctl_start(struct bwsnap_dev *dev)
 	spin_lock_irq(&dev->lock);
 	dev->fault_read_live_cnt = 0;
 	dev->fault_corrupt_cnt = 0;
+	dev->fault_teardown_cnt = 0;
 	spin_unlock_irq(&dev->lock);
 	dev->fault_drop_cnt = 0;
 	bwsnap_trace_reset(&dev->trace);

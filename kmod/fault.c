@@ -43,6 +43,7 @@ static const char *const bwsnap_fault_names[] = {
 	[BWSNAP_FAULT_DELAY_READ] = "delay-read",
 	[BWSNAP_FAULT_DELAY_START] = "delay-start",
 	[BWSNAP_FAULT_DELAY_EXTENTS] = "delay-extents",
+	[BWSNAP_FAULT_TEARDOWN_OPEN] = "open-teardown",
 };
 
 /* irq-safe: knobs fire under dev->lock. */

@@ -64,6 +64,11 @@ module_param_named(fault_delay_extents_ms, bwsnap_fault_delay_extents_ms, uint, 
 MODULE_PARM_DESC(fault_delay_extents_ms,
 		 "Fault: wait this many ms between the filesystem's COW extent report and reading it; setting 0 ends the wait (0 = off)");
 
+unsigned int bwsnap_fault_teardown_open;
+module_param_named(fault_teardown_open, bwsnap_fault_teardown_open, uint, 0644);
+MODULE_PARM_DESC(fault_teardown_open,
+		 "Fault: 1 in N snapshot reads in flight when the snapshot stops serving complete with what they read instead of EIO (the teardown race; 0 = off)");
+
 int bwsnap_major;
 
 static char *bwsnap_user_path(u64 ptr)

@@ -17,7 +17,9 @@
  * When the snapshot stops serving (closed, or failed) dev->gen changes
  * before any write is let through uncopied; a read that was registered
  * under another gen fails with EIO when it completes, whatever its pieces
- * read. So a read never returns data written after the snapshot ended.
+ * read. So a read never returns data written after the snapshot ended
+ * (unless the fault_teardown_open knob is set: then it does, on purpose, so
+ * that the harness can show it finds that race).
  *
  * The read-source trace gets one event per block of a read, when it ends:
  * the piece's source, or error for every block of a failed read.
@@ -172,13 +174,30 @@ static void bwsnap_snap_read_done(struct bwsnap_read *rd)
 	struct bio *parent = rd->parent;
 	blk_status_t status = READ_ONCE(rd->status);
 	struct bwsnap_piece *holder = container_of(rd, struct bwsnap_piece, rd);
+	bool live = false, opened = false;
 	struct bio *bio, *next;
 	unsigned long flags;
 
+	/* Every piece has completed: the list no longer changes. */
+	for (bio = rd->pieces; bio; bio = bwsnap_piece(bio)->next)
+		live |= bwsnap_piece(bio)->run.source == BWSNAP_SRC_LIVE;
+
 	spin_lock_irqsave(&dev->lock, flags);
 	/* The snapshot stopped serving while this read was in flight. */
-	if (rd->gen != dev->gen)
-		status = BLK_STS_IOERR;
+	if (rd->gen != dev->gen) {
+		/*
+		 * fault_teardown_open re-opens the teardown race: the read
+		 * returns what its live pieces read, which may have been
+		 * written after the close. Eligible: reads that succeeded
+		 * and read something live (a slot still holds the snapshot).
+		 */
+		if (!status && live &&
+		    bwsnap_fault_fires(READ_ONCE(bwsnap_fault_teardown_open),
+				       &dev->fault_teardown_cnt))
+			opened = true;
+		else
+			status = BLK_STS_IOERR;
+	}
 	list_del(&rd->node);
 	__bwsnap_copy_unblock(dev);
 	spin_unlock_irqrestore(&dev->lock, flags);
@@ -191,6 +210,14 @@ static void bwsnap_snap_read_done(struct bwsnap_read *rd)
 		struct bwsnap_piece *p = bwsnap_piece(bio);
 
 		next = p->next;
+		if (opened && p->run.source == BWSNAP_SRC_LIVE) {
+			u32 i;
+
+			for (i = 0; i < p->run.nr; i++)
+				bwsnap_fault_log(BWSNAP_FAULT_TEARDOWN_OPEN,
+						 dev->minor, p->run.block + i);
+			p->run.flags |= BWSNAP_TRACE_FAULT;
+		}
 		if (!status) {
 			bwsnap_trace_add(&dev->trace, p->run.block, p->run.nr,
 					 p->run.source, p->run.flags);

@@ -5,7 +5,8 @@
 #
 # "held" is how long the witness disk held the first read a disk fault (latency or hang)
 # fired on: the history's completion time of that request minus its submission. A race
-# that depends on it (teardown-race) happens at the seeds where it is long.
+# that depends on a `latency` hold happens at the seeds where it is long; with a `hang`
+# (teardown-race) it is the time the run took to act before it let the read go.
 #
 # usage: scripts/seed-search.sh SCENARIO FIRST LAST [blockwitness run options...]
 #        scripts/seed-search.sh --replay SCENARIO SEED COUNT [blockwitness run options...]

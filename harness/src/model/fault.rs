@@ -56,6 +56,7 @@ pub enum FaultKind {
     CorruptCow,
     DelayCow,
     DelayRead,
+    OpenTeardown,
     DiskHang,
     DiskEio,
     DiskLatency,
@@ -78,12 +79,13 @@ use Need::{Either, Optional, Required};
 
 impl FaultKind {
     /// Every kind, in the order of the docs' table.
-    pub const ALL: [FaultKind; 21] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::CowReadLive,
         FaultKind::DropTracking,
         FaultKind::CorruptCow,
         FaultKind::DelayCow,
         FaultKind::DelayRead,
+        FaultKind::OpenTeardown,
         FaultKind::DiskEio,
         FaultKind::DiskHang,
         FaultKind::DiskLatency,
@@ -110,6 +112,7 @@ impl FaultKind {
             FaultKind::CorruptCow => "corrupt-cow",
             FaultKind::DelayCow => "delay-cow",
             FaultKind::DelayRead => "delay-read",
+            FaultKind::OpenTeardown => "open-teardown",
             FaultKind::DiskHang => "hang",
             FaultKind::DiskEio => "eio",
             FaultKind::DiskLatency => "latency",
@@ -139,7 +142,8 @@ impl FaultKind {
             | FaultKind::DropTracking
             | FaultKind::CorruptCow
             | FaultKind::DelayCow
-            | FaultKind::DelayRead => Layer::Module,
+            | FaultKind::DelayRead
+            | FaultKind::OpenTeardown => Layer::Module,
             FaultKind::DiskHang
             | FaultKind::DiskEio
             | FaultKind::DiskLatency
@@ -187,7 +191,7 @@ impl FaultKind {
             FaultKind::BitFlip | FaultKind::Rewrite => &[("frame", Either), ("every", Either)],
             FaultKind::DropFrame => &[("frame", Required)],
             FaultKind::Disconnect => &[("after_frame", Required)],
-            FaultKind::SkipVerify | FaultKind::CrashBeforeCommit => &[],
+            FaultKind::SkipVerify | FaultKind::CrashBeforeCommit | FaultKind::OpenTeardown => &[],
             FaultKind::Reset | FaultKind::Panic => &[("after_ms", Either), ("at_percent", Either)],
             FaultKind::RemoveDisk => &[("volume", Required), ("at", Optional)],
             FaultKind::EndSnapshot => &[("volume", Required), ("how", Optional)],
@@ -202,6 +206,7 @@ impl FaultKind {
             FaultKind::CorruptCow => "the module corrupts 1 COW copy in `every`",
             FaultKind::DelayCow => "the module delays every COW copy by `ms` milliseconds",
             FaultKind::DelayRead => "the module holds every snapshot read `ms` milliseconds before its I/O",
+            FaultKind::OpenTeardown => "the module lets a snapshot read in flight when the snapshot stops serving (TO_INCREMENTAL, DESTROY) complete with what it read live instead of failing it with EIO: the teardown race re-opened on purpose (pairs with `end-snapshot`; logged for each block the read took live)",
             FaultKind::DiskEio => "from the backup's start until its end, the witness disk answers `op` requests to the volume (touching `blocks` 4 KiB blocks from `block`, if given) with an I/O error: every time, or only once with `once`; the first `after_requests` matching requests pass",
             FaultKind::DiskHang => "from the backup's start, the witness disk holds `op` requests to the volume (touching `blocks` blocks from `block`, if given; after `after_requests`; only the first with `once`) and never completes them until the run releases them at the backup's end",
             FaultKind::DiskLatency => "from the backup's start until its end, the witness disk holds each `op` request to the volume (touching `blocks` blocks from `block`, if given) for a delay in [0, `max_ms`] ms drawn from the run's seed (the same request gets the same delay in a replay)",
@@ -216,7 +221,7 @@ impl FaultKind {
             FaultKind::Reset => "the harness resets the guest `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
             FaultKind::Panic => "the harness crashes the guest kernel (sysrq c) `after_ms` milliseconds into the backup, or when `at_percent` of the blocks crossed the transport",
             FaultKind::RemoveDisk => "the harness removes the volume's disk (QMP device_del) at the given moment of the backup",
-            FaultKind::EndSnapshot => "while this backup's `latency` or `hang` disk fault holds a read of the volume's `block`s, the harness ends the volume's bwsnap snapshot (`how`: `to-incremental`, the default, or `destroy`), waits until the snapshot device is gone and overwrites those blocks through the live device; a read the module let through then returns data from the future (the teardown race)",
+            FaultKind::EndSnapshot => "while this backup's `latency` or `hang` disk fault holds a read of the volume's `block`s, the harness ends the volume's bwsnap snapshot (`how`: `to-incremental`, the default, or `destroy`), waits until the snapshot device is gone, overwrites those blocks through the live device and then lets a `hang` go; a read the module let through then returns data from the future (the teardown race)",
             FaultKind::SkipBlocks => "the agent leaves 1 block in `every` out of a full backup: it never crosses the transport; `backup` must be the full backup",
         }
     }

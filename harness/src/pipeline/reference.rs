@@ -32,12 +32,13 @@ use crate::vm::Vm;
 /// Where bwsnap.ko sits in every image.
 const BWSNAP_KO: &str = "/lib/modules/bwsnap.ko";
 const FAULT_LOG: &str = "/sys/kernel/debug/bwsnap/faults";
-const MODULE_KNOBS: [&str; 5] = [
+const MODULE_KNOBS: [&str; 6] = [
     "fault_cow_read_live",
     "fault_drop_tracking",
     "fault_corrupt_cow",
     "fault_delay_cow_ms",
     "fault_delay_read_ms",
+    "fault_teardown_open",
 ];
 
 /// Options bw-target runs with during one backup.
@@ -499,6 +500,10 @@ impl Pipeline for Reference {
                 FaultSpec::DelayCow { ms } => {
                     knobs.insert("fault_delay_cow_ms", *ms);
                 }
+                // Every eligible read (the knob's N = 1).
+                FaultSpec::OpenTeardown => {
+                    knobs.insert("fault_teardown_open", 1);
+                }
                 FaultSpec::BitFlip { frames } => transport.push(TransportFault::BitFlip(*frames)),
                 FaultSpec::Rewrite { frames } => transport.push(TransportFault::Rewrite(*frames)),
                 FaultSpec::DropFrame { frame } => {
@@ -920,7 +925,8 @@ impl Pipeline for Reference {
                 | FaultKind::DropTracking
                 | FaultKind::CorruptCow
                 | FaultKind::DelayCow
-                | FaultKind::DelayRead => match &module_log {
+                | FaultKind::DelayRead
+                | FaultKind::OpenTeardown => match &module_log {
                     Ok(log) => by(log.count(kind), "the module's fault log"),
                     Err(e) => Fired {
                         count: None,

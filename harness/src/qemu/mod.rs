@@ -568,7 +568,27 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(20)) {
+        // QEMU binds the socket (the file appears) before it listens: a connect in
+        // between is refused, and on a loaded host that window is hit. Try again while
+        // QEMU lives, within the same deadline.
+        let connected = loop {
+            match Qmp::connect(&qmp_path, Duration::from_secs(20)) {
+                Err(QmpError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused
+                        && start.elapsed() <= socket_deadline
+                        && guard
+                            .lock()
+                            .unwrap()
+                            .try_wait()
+                            .map_err(QemuError::Wait)?
+                            .is_none() =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let qmp = match connected {
             Ok(q) => q,
             Err(e) => {
                 // Give a dying QEMU a moment to exit, so its own words reach the error.

@@ -12,7 +12,9 @@ use crate::oracle::adapter::Adapted;
 use crate::oracle::Oracle;
 use crate::pipeline::{BackupResult, Pipeline, VolumeBackup};
 use crate::plan::{Plan, VolumePlan};
-use crate::record::{Claim, GenerationRecord, IncrementalRecord, Live, TruthState, VolumeRecord};
+use crate::record::{
+    Claim, Exclusion, GenerationRecord, IncrementalRecord, Live, TruthState, VolumeRecord,
+};
 use crate::truth::Truth;
 
 use super::chain;
@@ -267,13 +269,23 @@ pub(super) fn volumes(
             // volume) has other blocks than the history, so the oracle does not judge it.
             let volume_is_disk = v.disk_bytes == v.size_bytes;
             if let (Some(o), Some(h), Some(i), true) = (&oracle, history, instant, volume_is_disk) {
+                // A block the COW file shares with other data (filesystem blocks under
+                // 4 KiB) holds COW bytes the module writes after the instant: the
+                // classifier judges its other bytes; the oracle, which knows whole
+                // blocks only, leaves it out.
+                let mut excluded = g.excluded.clone();
+                excluded.extend(g.partial.keys().map(|&b| Exclusion {
+                    start: b,
+                    end: b + 1,
+                    reason: "shared with the COW file".into(),
+                }));
                 match super::oracle::judge(
                     o,
                     h.moved_submits,
                     i.t_ns,
                     &image,
                     stored.as_deref().filter(|_| g.committed),
-                    &g.excluded,
+                    &excluded,
                 ) {
                     Ok(rec) => g.oracle = Some(rec),
                     Err(e) => errors.push(format!(

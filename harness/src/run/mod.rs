@@ -1220,6 +1220,7 @@ fn run_fault(spec: &FaultSpec) -> RunFault<'_> {
         | FaultSpec::CorruptCow { .. }
         | FaultSpec::DelayCow { .. }
         | FaultSpec::DelayRead { .. }
+        | FaultSpec::OpenTeardown
         | FaultSpec::BitFlip { .. }
         | FaultSpec::Rewrite { .. }
         | FaultSpec::DropFrame { .. }
@@ -1521,7 +1522,17 @@ impl Hooks<'_> {
                 .push(format!("end-snapshot: volume {volume} is not in the guest"));
             return;
         };
-        match end_snapshot(vm, &device, how, blocks) {
+        // A hung read goes once its blocks are overwritten, before the harness waits
+        // for the ending call, which itself waits for that read.
+        let number = self.step.number;
+        let mut release = || {
+            if kind == crate::model::FaultKind::DiskHang {
+                w.release_kind(number, kind).map(|_| ())
+            } else {
+                Ok(())
+            }
+        };
+        match end_snapshot(vm, &device, how, blocks, &mut release) {
             Ok(note) => {
                 for f in &self.step.faults {
                     if f.spec.kind() == crate::model::FaultKind::EndSnapshot {
@@ -1534,23 +1545,24 @@ impl Hooks<'_> {
             }
             Err(e) => self.errors.push(format!("end-snapshot on {volume}: {e}")),
         }
-        if kind == crate::model::FaultKind::DiskHang {
-            if let Err(e) = w.release_kind(self.step.number, kind) {
-                self.errors.push(e);
-            }
+        // Whatever failed above: a hung read must not outlive its step.
+        if let Err(e) = release() {
+            self.errors.push(e);
         }
     }
 }
 
 /// Ends the bwsnap snapshot of `device` (`how`) while a read of it is held, waits until
-/// the snapshot device has gone (the module lets writes through from then on), and
-/// overwrites `blocks` through the live device with O_DIRECT. The ending call itself
-/// may wait for the held read, so it runs in the background.
+/// the snapshot device has gone (the module lets writes through from then on),
+/// overwrites `blocks` through the live device with O_DIRECT, and lets a hung read go
+/// (`release`). The ending call itself waits for the held read, so it runs in the
+/// background and is waited for last.
 fn end_snapshot(
     vm: &mut Vm,
     device: &str,
     how: EndHow,
     blocks: BlockSpan,
+    release: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<String, String> {
     let t = Duration::from_secs(30);
     let info = vm
@@ -1590,6 +1602,7 @@ fn end_snapshot(
     if !wrote.success() {
         return Err(format!("overwriting the held blocks: {}", wrote.describe()));
     }
+    release()?;
     let ended = vm.guest.wait(ending, t).map_err(|e| chain(&e))?;
     let status = match ended {
         Some(done) if done.success() => "done".to_string(),

@@ -153,6 +153,7 @@ pub(super) fn disk_fault(spec: &FaultSpec, seed: u64) -> Option<(DiskFault, ArmA
         | FaultSpec::CorruptCow { .. }
         | FaultSpec::DelayCow { .. }
         | FaultSpec::DelayRead { .. }
+        | FaultSpec::OpenTeardown
         | FaultSpec::BitFlip { .. }
         | FaultSpec::Rewrite { .. }
         | FaultSpec::DropFrame { .. }

@@ -204,6 +204,8 @@ pub enum FaultSpec {
     DelayRead {
         ms: u64,
     },
+    /// The module lets reads in flight across a snapshot's end succeed (the teardown race).
+    OpenTeardown,
     DiskEio {
         at: DiskMatch,
     },
@@ -290,6 +292,7 @@ impl FaultSpec {
             FaultSpec::CorruptCow { .. } => FaultKind::CorruptCow,
             FaultSpec::DelayCow { .. } => FaultKind::DelayCow,
             FaultSpec::DelayRead { .. } => FaultKind::DelayRead,
+            FaultSpec::OpenTeardown => FaultKind::OpenTeardown,
             FaultSpec::DiskHang { .. } => FaultKind::DiskHang,
             FaultSpec::DiskEio { .. } => FaultKind::DiskEio,
             FaultSpec::DiskLatency { .. } => FaultKind::DiskLatency,
@@ -328,6 +331,7 @@ impl FaultSpec {
             | FaultSpec::CorruptCow { .. }
             | FaultSpec::DelayCow { .. }
             | FaultSpec::DelayRead { .. }
+            | FaultSpec::OpenTeardown
             | FaultSpec::BitFlip { .. }
             | FaultSpec::Rewrite { .. }
             | FaultSpec::DropFrame { .. }
@@ -359,6 +363,7 @@ impl FaultSpec {
             | FaultSpec::CorruptCow { .. }
             | FaultSpec::DelayCow { .. }
             | FaultSpec::DelayRead { .. }
+            | FaultSpec::OpenTeardown
             | FaultSpec::BitFlip { .. }
             | FaultSpec::Rewrite { .. }
             | FaultSpec::DropFrame { .. }

@@ -1136,6 +1136,7 @@ fn validate_faults(
                 | FaultKind::CorruptCow
                 | FaultKind::DelayCow
                 | FaultKind::DelayRead
+                | FaultKind::OpenTeardown
                 | FaultKind::DiskHang
                 | FaultKind::DiskEio
                 | FaultKind::DiskLatency
@@ -1243,6 +1244,7 @@ fn validate_faults(
             FaultKind::DelayRead => FaultSpec::DelayRead {
                 ms: f.ms.unwrap_or(0),
             },
+            FaultKind::OpenTeardown => FaultSpec::OpenTeardown,
             FaultKind::DiskHang => FaultSpec::DiskHang { at: disk_match() },
             FaultKind::DiskEio => FaultSpec::DiskEio { at: disk_match() },
             FaultKind::DiskLatency => FaultSpec::DiskLatency {

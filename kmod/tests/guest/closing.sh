@@ -3,14 +3,23 @@
 # close. The module sets a closing state before it lets any write through and fails
 # such a read with EIO. Deterministic: fault_delay_read_ms holds the read after it is
 # planned (block B, served live) until the test has closed the snapshot and overwritten
-# B; then the test lets it go. Needs $VOL (a filesystem).
+# B; then the test lets it go. A last pass sets fault_teardown_open, which re-opens the
+# race on purpose: then the read must return the new data and the fault log name B (what
+# scenarios/teardown-race-open.toml relies on). Needs $VOL (a filesystem).
 . ./lib.sh
 load
 mount $VOL /mnt || die "mount $VOL"
 prefill 1 1
 B=$(bwtool phys /mnt/data/f0 0 4096)
 
-for how in to-incremental destroy; do
+check "fault_teardown_open is off by default" test "$(cat $P/fault_teardown_open)" = 0
+for how in to-incremental destroy open; do
+	open=0
+	if [ $how = open ]; then
+		# The race re-opened: to-incremental with the knob set.
+		how=to-incremental open=1
+	fi
+	echo $open > $P/fault_teardown_open
 	rm -f /mnt/cow /tmp/got
 	dd if=/dev/urandom of=/tmp/new bs=4k count=1 2>/dev/null
 	check "$how: setup" $CTL setup --minor 0 --cow /mnt/cow --cow-size 4m $VOL
@@ -35,7 +44,15 @@ for how in to-incremental destroy; do
 	wait $r; rrc=$?
 	wait $c || fail "$how: $how 0 failed"
 	wait $w
-	if [ $rrc -ne 0 ]; then
+	if [ $open = 1 ]; then
+		echo 0 > $P/fault_teardown_open
+		check "open: the read in flight across the close succeeded" test $rrc -eq 0
+		check "open: it returned the data written after the close" cmp -s /tmp/got /tmp/new
+		check "open: the fault log names B, and only B" \
+			test "$(sed -n 's/^open-teardown minor=0 block=//p' $F)" = "$B"
+		check "open: the trace marks B as a live read changed by a fault" \
+			sh -c "$CTL trace 0 2>/dev/null | grep -q '^$B live fault\$'"
+	elif [ $rrc -ne 0 ]; then
 		ok "$how: the read in flight across the close failed (dd exit $rrc)"
 	elif cmp -s /tmp/got /tmp/old; then
 		ok "$how: the read in flight across the close returned the snapshot's data"
