@@ -7,6 +7,7 @@
 pub mod bwsnap_exec;
 pub mod control;
 pub mod init;
+pub mod pipe;
 pub mod ports;
 pub mod stamp;
 pub mod units;

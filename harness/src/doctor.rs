@@ -29,6 +29,9 @@ pub enum Requirement {
     Xz,
     /// Package lists, so kernels can be resolved and fetched with apt-get.
     AptLists,
+    /// dmsetup, lvm and thin_delta (dmsetup, lvm2, thin-provisioning-tools): packed
+    /// into the guest for the dm-snapshot and LVM pipelines.
+    DmTools,
 }
 
 use Requirement::*;
@@ -36,6 +39,7 @@ use Requirement::*;
 /// Everything `doctor` checks, in display order.
 pub const ALL: &[Requirement] = &[
     QemuSystem, QemuUtils, Busybox, E2fsprogs, Xfsprogs, Kmod, Toolchain, Pahole, Xz, AptLists,
+    DmTools,
 ];
 
 /// What building an image needs.
@@ -182,6 +186,12 @@ pub fn check(requirement: Requirement) -> Check {
         Toolchain => tool(requirement, "make, gcc", &["make", "gcc"], &["make", "gcc"]),
         Pahole => tool(requirement, "dwarves", &["pahole"], &["dwarves"]),
         Xz => tool(requirement, "xz-utils", &["xz"], &["xz-utils"]),
+        DmTools => tool(
+            requirement,
+            "dmsetup, lvm2, thin-provisioning-tools",
+            &["dmsetup", "lvm", "thin_delta"],
+            &["dmsetup", "lvm2", "thin-provisioning-tools"],
+        ),
         AptLists => {
             let ok = apt_lists_present();
             Check {

@@ -264,6 +264,11 @@ fn parse_range(text: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// Numbers per command line: debugfs reads a command file line by line into a fixed
+/// buffer (8 KiB), and the rest of a longer line comes back as a command of its own
+/// ("Command not found 58"). 400 numbers of up to 12 digits stay well inside it.
+const PER_LINE: usize = 400;
+
 fn debugfs(image: &Path, commands: &str) -> Result<String, FsMapError> {
     let mut file = tempfile::NamedTempFile::new().map_err(|source| FsMapError::Spawn {
         tool: "debugfs",
@@ -290,7 +295,7 @@ fn icheck(image: &Path, blocks: &[u64]) -> Result<BTreeMap<u64, u64>, FsMapError
         return Ok(out);
     }
     let mut commands = String::new();
-    for chunk in blocks.chunks(2000) {
+    for chunk in blocks.chunks(PER_LINE) {
         commands.push_str("icheck");
         for b in chunk {
             commands.push_str(&format!(" {b}"));
@@ -316,7 +321,7 @@ fn ncheck(image: &Path, inodes: &BTreeSet<u64>) -> Result<BTreeMap<u64, String>,
     }
     let list: Vec<u64> = inodes.iter().copied().collect();
     let mut commands = String::new();
-    for chunk in list.chunks(2000) {
+    for chunk in list.chunks(PER_LINE) {
         commands.push_str("ncheck");
         for i in chunk {
             commands.push_str(&format!(" {i}"));
@@ -393,6 +398,37 @@ mod tests {
         assert_eq!(owners[&3].to_string(), "metadata: block bitmap of group 0");
         assert_eq!(owners[&3500], Owner::FreeSpace);
         assert_eq!(owners[&99_999], Owner::OutsideFilesystem);
+    }
+
+    #[test]
+    fn thousands_of_file_blocks_map_in_one_go() {
+        if !have("debugfs") {
+            return crate::cannot_run("e2fsprogs is missing (doctor reports it)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("big"), vec![0x3c; 12 << 20]).unwrap();
+        let img = dir.path().join("img");
+        let status = Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", "1024", "-d"])
+            .arg(&root)
+            .arg(&img)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // 1 KiB blocks: each 4 KiB block asks icheck about four, over 12000 data blocks
+        // in all: far more numbers than one debugfs command line holds.
+        let first = bmap(&img, "/big") / 4;
+        let blocks: Vec<u64> = (first..first + 3000).collect();
+        let owners = map_blocks(&img, Filesystem::Ext4 { block_size: 1024 }, &blocks).unwrap();
+        let mapped = blocks
+            .iter()
+            .filter(|b| owners[b].to_string().contains("/big"))
+            .count();
+        // The rest are the block groups' own metadata between the file's extents.
+        assert!(mapped > 2500, "{mapped} of 3000 blocks mapped to /big");
     }
 
     #[test]

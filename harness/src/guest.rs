@@ -159,6 +159,42 @@ impl Guest {
         }
     }
 
+    /// Runs a program with extra environment variables (and optional stdin) to
+    /// completion or its timeout.
+    pub fn exec_env(
+        &mut self,
+        argv: &[&str],
+        env: &std::collections::BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<Finished, GuestError> {
+        let op = Op::Exec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: env.clone(),
+            stdin: None,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.request(op, timeout)? {
+            Reply::Finished(f) => Ok(f),
+            other => Err(unexpected("exec", other)),
+        }
+    }
+
+    /// Starts a program with extra environment variables in the background.
+    pub fn spawn_env(
+        &mut self,
+        argv: &[&str],
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<u64, GuestError> {
+        let op = Op::Spawn {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: env.clone(),
+        };
+        match self.request(op, Duration::from_secs(10))? {
+            Reply::Spawned { handle, .. } => Ok(handle),
+            other => Err(unexpected("spawn", other)),
+        }
+    }
+
     /// Runs a program and fails unless it exits 0; returns its stdout.
     pub fn check(&mut self, argv: &[&str], timeout: Duration) -> Result<String, GuestError> {
         let done = self.exec(argv, timeout)?;

@@ -66,6 +66,9 @@ enum Command {
         /// Keep the scratch directory (disks, histories, layers, logs) and print where.
         #[arg(long)]
         keep: bool,
+        /// Pack a built-in pipeline's guest userland (dmsetup; lvm, thin tools, mkfs).
+        #[arg(long, value_enum)]
+        userland: Option<ExecUserland>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -297,6 +300,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// The same clean scenario under each built-in pipeline: each driven pipeline's copy
+    /// throughput against dd of the same snapshot device, and the recording overhead
+    /// (the harness's reader on against off).
+    Pipelines {
+        #[arg(long, default_value = "debian-6.1")]
+        image: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+    },
     /// Boot-to-ready and boot-to-shutdown of an image against a bare busybox boot.
     Boot {
         #[arg(long, default_value = "debian-6.1")]
@@ -432,6 +444,14 @@ struct ExecDisks {
     keep: bool,
 }
 
+/// A built-in pipeline's guest userland, for `exec --userland`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExecUserland {
+    Dm,
+    Lvm,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn exec_cmd(
     image: &str,
     accel: AccelChoice,
@@ -439,6 +459,7 @@ fn exec_cmd(
     disks: &[String],
     how: ExecDisks,
     modules: Vec<String>,
+    userland: Option<ExecUserland>,
     argv: Vec<String>,
 ) -> anyhow::Result<Exit> {
     doctor::require(doctor::FOR_BOOT)?;
@@ -466,6 +487,15 @@ fn exec_cmd(
         witness = Some(w);
     }
     opts.extra_modules = modules;
+    if let Some(which) = userland {
+        let u = match which {
+            ExecUserland::Dm => blockwitness::pipeline::guest_tools::dm_userland()?,
+            ExecUserland::Lvm => blockwitness::pipeline::guest_tools::lvm_userland()?,
+        };
+        let archive = dir.path().join("userland.cpio");
+        u.write(&archive)?;
+        opts.initrd_extra.push(archive);
+    }
     let mut vm = Vm::boot(&img, opts)?;
     eprintln!("==> ready after {:.1}s", vm.boot_to_ready.as_secs_f64());
     let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -534,6 +564,7 @@ fn main() -> ExitCode {
             disk_backend,
             queues,
             keep,
+            userland,
             argv,
         } => exec_cmd(
             &image,
@@ -546,6 +577,7 @@ fn main() -> ExitCode {
                 keep,
             },
             modules,
+            userland,
             argv,
         ),
         Command::Run {
@@ -669,6 +701,7 @@ fn main() -> ExitCode {
                     blockwitness::bench::disk::bench_disk(img, accel, dir).map(|r| r.to_string())
                 })
             }
+            BenchCommand::Pipelines { image, accel } => bench_pipelines(&image, accel),
             BenchCommand::Boot { image, accel, runs } => {
                 bench_boot(&image, accel, runs).map(|()| Exit::Pass)
             }
@@ -931,6 +964,13 @@ fn bench_scenario(
         )
         .map(|r| r.to_string())
     })
+}
+
+fn bench_pipelines(image: &str, accel: AccelChoice) -> anyhow::Result<Exit> {
+    doctor::require(doctor::FOR_RUN)?;
+    let report = blockwitness::bench::pipelines::pipelines(image, &RunOptions::standard(accel))?;
+    println!("{report}");
+    Ok(Exit::Pass)
 }
 
 fn bench_cow(image: &str, accel: AccelChoice, seconds: u32, rounds: u32) -> anyhow::Result<()> {

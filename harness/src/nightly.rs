@@ -42,6 +42,8 @@ pub struct NightlyOptions {
 #[derive(Clone, Debug)]
 pub struct NightlyRun {
     pub scenario: String,
+    /// The pipeline under test (`reference`, `dm-snapshot`, `lvm`, `external`).
+    pub pipeline: String,
     pub file: String,
     pub image: String,
     pub seed: u64,
@@ -80,6 +82,7 @@ impl Serialize for NightlyRun {
         #[derive(Serialize)]
         struct Row<'a> {
             scenario: &'a str,
+            pipeline: &'a str,
             file: &'a str,
             image: &'a str,
             seed: u64,
@@ -100,6 +103,7 @@ impl Serialize for NightlyRun {
         let expected = self.expected_classes.iter().map(|c| c.name());
         Row {
             scenario: &self.scenario,
+            pipeline: &self.pipeline,
             file: &self.file,
             image: &self.image,
             seed: self.seed,
@@ -143,11 +147,13 @@ impl RowStatus {
     }
 }
 
-/// One row of the detector matrix.
+/// One row of the detector matrix: a fault (or none) under one pipeline.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatrixRow {
     /// `layer/kind`, or `none (<scenario>)` for a scenario without faults.
     pub fault: String,
+    /// The pipeline under test.
+    pub pipeline: String,
     /// What the scenarios say it must produce.
     pub must_produce: Vec<String>,
     pub scenarios: Vec<String>,
@@ -419,6 +425,7 @@ fn pin_images(
 fn not_run(s: &Scenario, image: &str, seed: u64, error: &str) -> NightlyRun {
     NightlyRun {
         scenario: s.name.clone(),
+        pipeline: s.pipeline.kind().name().to_string(),
         file: s.path.display().to_string(),
         image: image.to_string(),
         seed,
@@ -442,6 +449,7 @@ fn not_run(s: &Scenario, image: &str, seed: u64, error: &str) -> NightlyRun {
 fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
     NightlyRun {
         scenario: s.name.clone(),
+        pipeline: s.pipeline.kind().name().to_string(),
         file: s.path.display().to_string(),
         image: r.image.clone(),
         seed: r.seed,
@@ -462,10 +470,11 @@ fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
     }
 }
 
-/// One row per fault kind (and one for the clean scenarios).
+/// One row per fault kind and pipeline (and one per clean scenario).
 fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
-    let mut rows: BTreeMap<String, MatrixRow> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, String), MatrixRow> = BTreeMap::new();
     for s in scenarios {
+        let pipeline = s.pipeline.kind().name().to_string();
         // A scenario without faults is a row of its own: it must stay clean (or fail the
         // way it says, as a too-small COW file must).
         let keys: Vec<String> = if s.faults.is_empty() {
@@ -490,16 +499,19 @@ fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
             must.push("or clean (recovered)".into());
         }
         for key in keys {
-            let row = rows.entry(key.clone()).or_insert_with(|| MatrixRow {
-                fault: key.clone(),
-                must_produce: Vec::new(),
-                scenarios: Vec::new(),
-                runs: 0,
-                passed: 0,
-                harness_errors: 0,
-                failed: Vec::new(),
-                fired: None,
-            });
+            let row = rows
+                .entry((key.clone(), pipeline.clone()))
+                .or_insert_with(|| MatrixRow {
+                    fault: key.clone(),
+                    pipeline: pipeline.clone(),
+                    must_produce: Vec::new(),
+                    scenarios: Vec::new(),
+                    runs: 0,
+                    passed: 0,
+                    harness_errors: 0,
+                    failed: Vec::new(),
+                    fired: None,
+                });
             for m in &must {
                 if !row.must_produce.contains(m) {
                     row.must_produce.push(m.clone());
@@ -536,6 +548,7 @@ fn oracle_row(runs: &[NightlyRun]) -> MatrixRow {
     scenarios.dedup();
     MatrixRow {
         fault: ORACLE_ROW.into(),
+        pipeline: "any (witness disks)".into(),
         must_produce: vec!["agreement on every block".into()],
         scenarios,
         runs: judged.len() as u32,
@@ -604,12 +617,13 @@ pub fn matrix_markdown(report: &NightlyReport) -> String {
                 .join("; ")
         }
     );
-    t.push_str("| fault | must produce | scenarios | produced | fired |\n|---|---|---|---|---|\n");
+    t.push_str("| fault | pipeline | must produce | scenarios | produced | fired |\n|---|---|---|---|---|---|\n");
     for r in &report.matrix {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.fault,
+            r.pipeline,
             r.must_produce.join(", "),
             r.scenarios.join(", "),
             r.produced(),
@@ -827,7 +841,7 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
         }
         h.push_str("</ul>");
     }
-    h.push_str("<h2>Detector matrix</h2><table><tr><th>fault</th><th>must produce</th><th>scenarios</th><th>produced</th><th>fired</th></tr>");
+    h.push_str("<h2>Detector matrix</h2><table><tr><th>fault</th><th>pipeline</th><th>must produce</th><th>scenarios</th><th>produced</th><th>fired</th></tr>");
     for r in &report.matrix {
         let class = match r.status() {
             RowStatus::Yes => "pass",
@@ -836,8 +850,9 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
             escape(&r.fault),
+            escape(&r.pipeline),
             escape(&r.must_produce.join(", ")),
             escape(&r.scenarios.join(", ")),
             escape(&r.produced()),
@@ -858,15 +873,16 @@ fn html(report: &NightlyReport, dir: &Path) -> String {
             }
         );
     }
-    h.push_str("</table><h2>Runs</h2><table><tr><th>scenario</th><th>image</th><th>seed</th><th>verdict</th><th>found</th><th>time</th><th>why</th></tr>");
+    h.push_str("</table><h2>Runs</h2><table><tr><th>scenario</th><th>pipeline</th><th>image</th><th>seed</th><th>verdict</th><th>found</th><th>time</th><th>why</th></tr>");
     for r in &report.runs {
         let class = verdict_class(r.verdict.exit());
         let found = r.found_names();
         let _ = write!(
             h,
-            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{:.0}s</td><td>{}</td></tr>",
+            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{:.0}s</td><td>{}</td></tr>",
             escape(&rel(&r.report)),
             escape(&r.scenario),
+            escape(&r.pipeline),
             escape(&r.image),
             r.seed,
             r.verdict.name(),
@@ -891,6 +907,7 @@ mod tests {
         };
         NightlyRun {
             scenario: scenario.into(),
+            pipeline: "reference".into(),
             file: String::new(),
             image: "debian-6.1".into(),
             seed: 1,

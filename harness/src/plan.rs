@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{BackupKind, Expectations};
 use crate::scenario::units::format_size;
 use crate::scenario::{
-    DiskBackend, FaultSpec, Filesystem, Floppy, Pipeline, Rate, Scenario, When, WorkloadSpec,
+    DiskBackend, FaultSpec, Filesystem, Floppy, PipelineSpec, Rate, Scenario, When, WorkloadSpec,
 };
 
 /// The module's COW default is a share of the volume, capped here.
@@ -36,7 +36,7 @@ pub struct Plan {
     pub before: Vec<WorkloadRun>,
     pub backups: Vec<BackupStep>,
     pub discovery_timeout: Duration,
-    pub pipeline: Pipeline,
+    pub pipeline: PipelineSpec,
     pub expect: Expectations,
     /// One command line that reproduces this run.
     pub repro: String,
@@ -80,8 +80,33 @@ pub struct VolumePlan {
     /// Bytes of initial fill (0 = none), and the seed that fills them.
     pub fill_bytes: u64,
     pub fill_seed: u64,
-    /// Size of the COW file preallocated on this volume.
+    /// Size of the COW store (bwsnap's file on the volume, or the pipeline's own).
     pub cow_bytes: u64,
+    /// Size of the volume's disk: the volume itself, or (LVM) the physical volume that
+    /// holds it with its metadata and snapshot space.
+    pub disk_bytes: u64,
+    /// The filesystem is made on the host (else in the guest, on the device the
+    /// pipeline makes).
+    pub mkfs_on_host: bool,
+}
+
+pub use crate::scenario::pipeline::LVM_EXTENT;
+/// Where the first extent starts on a fresh physical volume.
+pub const LVM_PE_START: u64 = 1 << 20;
+/// A thin pool's metadata volume (and its spare).
+pub const THIN_METADATA: u64 = 4 << 20;
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// The disk of an LVM volume: the first extent's offset, the volume, room for the
+/// snapshot (a classic COW volume, or a thin pool's free space), a thin pool's metadata
+/// and spare, and slack for rounding.
+pub fn lvm_disk_bytes(volume: u64, cow: u64, thin: bool) -> u64 {
+    let data = round_up(volume, LVM_EXTENT) + round_up(cow, LVM_EXTENT);
+    let metadata = if thin { 2 * THIN_METADATA } else { 0 };
+    LVM_PE_START + data + metadata + 2 * LVM_EXTENT
 }
 
 /// One run of a workload.
@@ -181,21 +206,55 @@ impl Plan {
                 need(m);
             }
         }
+        let pipeline_modules: &[&str] = match &s.pipeline {
+            PipelineSpec::Reference | PipelineSpec::External(_) => &[],
+            PipelineSpec::DmSnapshot(_) => &["dm_snapshot"],
+            // lvcreate -s checks for the snapshot target even for a thin snapshot.
+            PipelineSpec::Lvm(l) if l.thin => &["dm_snapshot", "dm_thin_pool"],
+            PipelineSpec::Lvm(_) => &["dm_snapshot"],
+        };
+        for m in pipeline_modules {
+            if !modules.iter().any(|x| x == m) {
+                modules.push(m.to_string());
+            }
+        }
         let volumes: Vec<VolumePlan> = s
             .volumes
             .iter()
             .enumerate()
-            .map(|(index, v)| VolumePlan {
-                index,
-                name: v.name.clone(),
-                size_bytes: v.size,
-                blocks: v.blocks(),
-                fs: v.fs,
-                mount: v.mount.clone(),
-                backup: v.backup,
-                fill_bytes: v.fill.resolve(v.size),
-                fill_seed: derive_seed(seed, PURPOSE_FILL, index as u64, 0),
-                cow_bytes: s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP),
+            .map(|(index, v)| {
+                let cow_bytes = match &s.pipeline {
+                    // The product's own COW file is capped at the size it declares.
+                    PipelineSpec::External(e) => match &e.cow_file {
+                        Some((_, max)) => *max,
+                        None => s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP),
+                    },
+                    PipelineSpec::Reference
+                    | PipelineSpec::DmSnapshot(_)
+                    | PipelineSpec::Lvm(_) => {
+                        s.backup.cow_size.resolve(v.size).clamp(4096, COW_CAP)
+                    }
+                };
+                let (disk_bytes, mkfs_on_host) = match &s.pipeline {
+                    PipelineSpec::Lvm(l) => (lvm_disk_bytes(v.size, cow_bytes, l.thin), false),
+                    PipelineSpec::Reference
+                    | PipelineSpec::DmSnapshot(_)
+                    | PipelineSpec::External(_) => (v.size, true),
+                };
+                VolumePlan {
+                    index,
+                    name: v.name.clone(),
+                    size_bytes: v.size,
+                    blocks: v.blocks(),
+                    fs: v.fs,
+                    mount: v.mount.clone(),
+                    backup: v.backup,
+                    fill_bytes: v.fill.resolve(v.size),
+                    fill_seed: derive_seed(seed, PURPOSE_FILL, index as u64, 0),
+                    cow_bytes,
+                    disk_bytes,
+                    mkfs_on_host,
+                }
             })
             .collect();
         let run_of = |index: usize, backup: u32| {
@@ -272,7 +331,7 @@ impl Plan {
             before,
             backups,
             discovery_timeout: s.backup.discovery_timeout,
-            pipeline: s.backup.pipeline,
+            pipeline: s.pipeline.clone(),
             expect: s.expect.clone(),
             repro: repro_line(&s.path, image, seed),
         }
@@ -355,6 +414,7 @@ impl fmt::Display for Plan {
             "{} on {} with seed {} (timeout {:?})",
             self.scenario, self.image, self.seed, self.timeout
         )?;
+        writeln!(f, "  pipeline: {}", self.pipeline.kind().name())?;
         writeln!(
             f,
             "  guest: {} memory, {} cpu(s), modules [{}], floppy {:?}{}, {} disk{}",
@@ -514,6 +574,29 @@ backup = 3
         assert_eq!(m.len(), 6);
         assert_eq!(m[0], ("debian-6.1".to_string(), 10));
         assert_eq!(m[5], ("debian-6.12".to_string(), 12));
+    }
+
+    #[test]
+    fn an_lvm_disk_holds_the_volume_and_its_snapshot_space() {
+        // 1 MiB before the first extent, the volume, the COW rounded to extents, slack.
+        assert_eq!(
+            lvm_disk_bytes(64 << 20, 6 << 20, false),
+            (1 + 64 + 8 + 8) << 20
+        );
+        // A thin pool adds its metadata and the spare.
+        assert_eq!(
+            lvm_disk_bytes(64 << 20, 6 << 20, true),
+            (1 + 64 + 8 + 8 + 8) << 20
+        );
+        let text = TEXT.replace(
+            "[backup]",
+            "[pipeline]\nkind = \"lvm\"\nthin = true\n[backup]",
+        );
+        let s = crate::scenario::parse(Path::new("x.toml"), &text.replace("\n[[faults]]\nlayer = \"module\"\nkind = \"drop-tracking\"\nevery = 10\nbackup = 3\n", "")).unwrap();
+        let plan = Plan::resolve(&s, 1, "debian-6.1");
+        assert!(!plan.volumes[0].mkfs_on_host);
+        assert!(plan.volumes[0].disk_bytes > plan.volumes[0].size_bytes);
+        assert!(plan.guest.modules.contains(&"dm_thin_pool".to_string()));
     }
 
     #[test]

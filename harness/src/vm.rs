@@ -24,6 +24,9 @@ pub struct BootOptions {
     pub extra_modules: Vec<String>,
     /// virtio-serial ports beyond `bw.control`.
     pub ports: Vec<String>,
+    /// newc archives unpacked after the image's initramfs (a pipeline's userland, see
+    /// `image::userland`); the image stays as it was built.
+    pub initrd_extra: Vec<PathBuf>,
     pub run_dir: PathBuf,
     /// How long the guest may take to report ready (multiplied by `slow`).
     pub ready_timeout: Duration,
@@ -44,6 +47,7 @@ impl BootOptions {
             floppy: Floppy::None,
             extra_modules: vec![],
             ports: vec![],
+            initrd_extra: vec![],
             run_dir,
             ready_timeout: Duration::from_secs(120),
             slow: None,
@@ -68,6 +72,32 @@ pub enum VmError {
     Guest(#[from] GuestError),
     #[error("the guest did not power off within {timeout:?}; it was killed. Last console lines:\n{console}")]
     NoPowerOff { timeout: Duration, console: String },
+    #[error("assembling the initramfs {path}")]
+    Initrd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The image's initramfs, or (with extra archives) their concatenation in the run
+/// directory: the kernel unpacks concatenated newc archives one after the other.
+fn initrd_with_extras(image: &BuiltImage, opts: &BootOptions) -> Result<PathBuf, VmError> {
+    if opts.initrd_extra.is_empty() {
+        return Ok(image.initramfs.clone());
+    }
+    let out = opts.run_dir.join("initramfs.cpio");
+    let err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| VmError::Initrd { path, source }
+    };
+    std::fs::create_dir_all(&opts.run_dir).map_err(err(&opts.run_dir))?;
+    let mut file = std::fs::File::create(&out).map_err(err(&out))?;
+    for part in std::iter::once(&image.initramfs).chain(&opts.initrd_extra) {
+        let mut src = std::fs::File::open(part).map_err(err(part))?;
+        std::io::copy(&mut src, &mut file).map_err(err(part))?;
+    }
+    Ok(out)
 }
 
 /// A running, ready guest.
@@ -86,9 +116,10 @@ impl Vm {
         let started = Instant::now();
         let mut ports = vec![bw_guest::control::PORT_NAME.to_string()];
         ports.extend(opts.ports.iter().cloned());
+        let initrd = initrd_with_extras(image, &opts)?;
         let spec = MachineSpec {
             kernel: image.kernel.clone(),
-            initrd: image.initramfs.clone(),
+            initrd,
             append: image.append(&opts.extra_modules),
             memory_mb: opts.memory_mb,
             cpus: opts.cpus,

@@ -19,9 +19,10 @@ use blockwitness::run::{run_plan, RunOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// What CI runs within its budget: the field stories' main detectors, at least one
-/// scenario of every fault layer the run injects, both kernels, and the filesystems
-/// whose blocks are not 4 KiB-shaped (1 KiB ext4, xfs). The `ci-subset` test below
-/// fails when an entry matches no scenario or a layer or kernel is left out.
+/// scenario of every fault layer the run injects, both kernels, the filesystems whose
+/// blocks are not 4 KiB-shaped (1 KiB ext4, xfs), and the driven pipelines. The
+/// `ci-subset` test below fails when an entry matches no scenario or a layer or kernel
+/// is left out.
 const CI_SUBSET: &[&str] = &[
     "future-clean::debian-6.1",
     "future-cow-read-live::debian-6.1",
@@ -37,6 +38,11 @@ const CI_SUBSET: &[&str] = &[
     "guest-crash::debian-6.1",
     "ext4-1k-cow-read-live::debian-6.1",
     "xfs-cow-read-live::debian-6.1",
+    // The driven pipelines (each under 2 minutes here): the kernel's dm-snapshot clean
+    // and overflowing, and a vendor's product by its commands caught reading live.
+    "dm-snapshot-clean::debian-6.1",
+    "dm-snapshot-overflow::debian-6.12",
+    "external-reads-live::debian-6.1",
 ];
 
 /// The layers CI must cover with at least one scenario each (disk faults are the

@@ -123,6 +123,27 @@ pub fn physical_pieces(
     Ok(places)
 }
 
+/// Every extent of a whole file as (device byte offset, length), merged where
+/// contiguous; an extent whose place is not fixed (delayed allocation, inline data) is
+/// an error, as it is for stamps.
+pub fn physical_ranges(file: &File) -> Result<Vec<(u64, u64)>, FiemapError> {
+    let len = file.metadata().map_err(FiemapError::Ioctl)?.len();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in extents(file, 0, len.max(1))? {
+        if e.flags & UNTRUSTED != 0 {
+            return Err(FiemapError::Untrusted {
+                offset: e.logical,
+                flags: e.flags,
+            });
+        }
+        match out.last_mut() {
+            Some((at, n)) if *at + *n == e.physical => *n += e.length,
+            _ => out.push((e.physical, e.length)),
+        }
+    }
+    Ok(out)
+}
+
 /// The extents overlapping [start, end), with logically and physically contiguous
 /// neighbours merged (a 1 KiB-block filesystem may report a 4 KiB block in pieces).
 fn extents(file: &File, start: u64, end: u64) -> Result<Vec<Extent>, FiemapError> {

@@ -27,7 +27,7 @@
 
 mod args;
 mod engine;
-mod fiemap;
+pub mod fiemap;
 mod io;
 mod kinds;
 mod paced;

@@ -2,8 +2,8 @@
 //! Targets are reported, never asserted: a noisy machine must not fail a build.
 //!
 //! One file per bench: [`boot`], [`hash`], [`agent`], [`scenario`], [`cow`], [`disk`],
-//! [`oracle`], [`slow`]. What they share (the error, the median, running a command on
-//! the host or in the guest) is here.
+//! [`oracle`], [`slow`], [`pipelines`]. What they share (the error, the median, running a
+//! command on the host or in the guest) is here.
 
 pub mod agent;
 pub mod boot;
@@ -11,6 +11,7 @@ pub mod cow;
 pub mod disk;
 pub mod hash;
 pub mod oracle;
+pub mod pipelines;
 pub mod scenario;
 pub mod slow;
 

@@ -188,6 +188,28 @@ pub fn classify_block(b: &BlockInput) -> (BlockClass, &'static str) {
             };
         }
         Some(Some(x)) if x != truth => {
+            // A stamped write from after the instant is newer data, wherever it first
+            // shows: a copier that read past its snapshot (a driven pipeline's product
+            // reading the live device) is seen only once its bytes cross.
+            if b.stamp == StampOrder::Later {
+                return (
+                    BlockClass::DataFromTheFuture,
+                    "crossed the transport holding a stamped write made after the snapshot instant, which the snapshot device did not hold: the copy read newer data than its snapshot",
+                );
+            }
+            let live_holds_it = match (b.live, b.snapshot) {
+                (Some(Live::Differs(h)), Some(Some(_))) => &h == x,
+                (Some(Live::Bracketed { before, after }), Some(Some(_))) => {
+                    &before == x || &after == x
+                }
+                _ => false,
+            };
+            if live_holds_it {
+                return (
+                    BlockClass::DataFromTheFuture,
+                    "crossed the transport equal to the live disk, not to the snapshot device the harness read: the copy read the live volume",
+                );
+            }
             return (
                 BlockClass::TransportCorruption,
                 "crossed the transport different from what the snapshot read",

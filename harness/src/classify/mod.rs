@@ -48,6 +48,47 @@ mod tests {
     }
 
     #[test]
+    fn newer_stamped_data_that_first_shows_at_the_transport_is_from_the_future() {
+        let (t, x) = (h(1), h(2));
+        let crossed = |stamp| BlockInput {
+            snapshot: Some(Some(&t)),
+            live: Some(Live::Differs(x)),
+            transport: Some(Some(&x)),
+            target: TargetBlock::Held(Some(&x)),
+            stamp,
+            ..input(&t)
+        };
+        assert_eq!(
+            classify_block(&crossed(StampOrder::Later)).0,
+            BlockClass::DataFromTheFuture
+        );
+        assert_eq!(
+            classify_block(&crossed(StampOrder::Unknown)).0,
+            BlockClass::DataFromTheFuture,
+            "equal to the live disk"
+        );
+        assert_eq!(
+            classify_block(&crossed(StampOrder::Earlier)).0,
+            BlockClass::DataFromTheFuture,
+            "equal to the live disk"
+        );
+        let garbled = BlockInput {
+            transport: Some(Some(&h(7))),
+            target: TargetBlock::Held(Some(&h(7))),
+            ..crossed(StampOrder::Unknown)
+        };
+        assert_eq!(classify_block(&garbled).0, BlockClass::TransportCorruption);
+        let live_equal = BlockInput {
+            live: Some(Live::Equal),
+            ..crossed(StampOrder::Unknown)
+        };
+        assert_eq!(
+            classify_block(&live_equal).0,
+            BlockClass::TransportCorruption
+        );
+    }
+
+    #[test]
     fn a_block_shared_with_the_cow_file_is_judged_on_its_other_bytes() {
         let (t, x) = (h(1), h(2));
         // Every stage differs from truth in the COW bytes; only the target's bytes

@@ -22,6 +22,7 @@ const GUEST_BINARIES: &[&str] = &[
     "bwsnap-ctl",
     "bw-target",
     "bwsnap-exec",
+    "bw-pipe",
 ];
 /// Binaries that must exist; the others are packed when the workspace has them.
 const REQUIRED_BINARIES: &[&str] = &["bw-init", "bw-agent", "bw-workload", "bw-target"];

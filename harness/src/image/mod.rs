@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod debian;
 mod initramfs;
 pub mod tools;
+pub mod userland;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -5,10 +5,22 @@
 //! one backup product: what it loads in the guest, what it runs for a backup, how it
 //! announces its snapshot instant, where its target keeps what it stored, and whatever
 //! recordings it can offer (witness, transport). The reference pipeline (bwsnap +
-//! bw-agent + bw-target) is the first implementation; the kernel's dm-snapshot or a
-//! vendor's agent would be the next, recorded and classified the same way.
+//! bw-agent + bw-target) is one implementation; [`driven`] is the other: the harness
+//! drives a snapshot provider step by step (the kernel's dm-snapshot in [`dmsnap`], LVM
+//! in [`lvm`], a vendor's product by its commands in [`external`]) and records it with
+//! its own reader, channel and store. [`for_plan`] picks one.
 
+pub mod channel;
+pub mod command;
+pub mod dmsnap;
+pub mod driven;
+pub mod external;
+pub mod guest_tools;
+pub mod lvm;
+pub mod lvmmap;
+pub mod reader;
 pub mod reference;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,9 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::gate::Gate;
+use crate::image::BuiltImage;
 use crate::model::{BlockHash, Layer};
-use crate::plan::{BackupStep, Plan};
+use crate::plan::{BackupStep, Plan, VolumePlan};
+use crate::qemu::Disk;
 use crate::record::{Claim, Live, Source};
+use crate::scenario::PipelineSpec;
 use crate::vm::Vm;
 
 /// Why the pipeline could not be driven (infrastructure: a harness error, never a
@@ -37,6 +52,12 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Step(#[from] command::StepError),
+    #[error("packing the guest userland")]
+    Userland(#[from] crate::image::userland::UserlandError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 impl PipelineError {
@@ -79,7 +100,10 @@ pub struct AnnouncedVolume {
 #[derive(Clone, Debug)]
 pub struct GuestVolume {
     pub name: String,
-    /// e.g. /dev/vdb
+    /// The volume's disk, e.g. /dev/vdb.
+    pub disk: String,
+    /// What the volume is used through: the disk, or a device the pipeline made on it
+    /// (a dm snapshot-origin, a logical volume).
     pub device: String,
     pub mount: Option<String>,
     pub cow_bytes: u64,
@@ -194,6 +218,39 @@ pub trait Pipeline {
     /// virtio-serial ports it needs in the guest.
     fn ports(&self) -> Vec<String>;
 
+    /// Disks it needs beside the volumes (a COW store, a target disk), made on the host.
+    fn disks(&self) -> Vec<Disk> {
+        Vec::new()
+    }
+
+    /// newc archives to unpack after the image's initramfs (its guest userland).
+    fn initrd_extra(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// After boot, before the volume is mounted: make the device the volume is used
+    /// through on its disk `disk` (and the filesystem when the plan makes it in the
+    /// guest). Returns that device.
+    fn attach(
+        &mut self,
+        _vm: &mut Vm,
+        _volume: &VolumePlan,
+        disk: &str,
+    ) -> Result<String, PipelineError> {
+        Ok(disk.to_string())
+    }
+
+    /// The volume's image cut out of its disk's image (an LVM logical volume inside its
+    /// physical volume), written to `out`; None when the disk is the volume.
+    fn volume_image(
+        &self,
+        _volume: &str,
+        _disk_image: &std::path::Path,
+        _out: &std::path::Path,
+    ) -> Result<Option<PathBuf>, PipelineError> {
+        Ok(None)
+    }
+
     /// After boot: start host services and prepare the guest.
     fn start(&mut self, vm: &mut Vm, volumes: &[GuestVolume]) -> Result<(), PipelineError>;
 
@@ -215,4 +272,44 @@ pub trait Pipeline {
 
     /// Stops host services; returns notes for the report.
     fn stop(&mut self) -> Vec<String>;
+}
+
+/// The pipeline a plan names, ready to boot with. `work` is the run's work directory
+/// (stores, built products, extra disks); `measure_dd` times a `dd` of each snapshot
+/// device after a driven pipeline's copy (`bench pipelines`).
+pub fn for_plan(
+    plan: &Plan,
+    image: &BuiltImage,
+    work: &std::path::Path,
+    measure_dd: bool,
+) -> Result<Box<dyn Pipeline>, PipelineError> {
+    Ok(match &plan.pipeline {
+        PipelineSpec::Reference => Box::new(reference::Reference::new(image, work)?),
+        PipelineSpec::DmSnapshot(spec) => Box::new(driven::Driven::new(
+            Box::new(dmsnap::DmSnapshot::new(*spec, plan, work)?),
+            plan,
+            work,
+            spec.reader,
+            measure_dd,
+        )?),
+        PipelineSpec::Lvm(spec) => Box::new(driven::Driven::new(
+            Box::new(lvm::Lvm::new(*spec, plan, work)?),
+            plan,
+            work,
+            spec.reader,
+            measure_dd,
+        )?),
+        PipelineSpec::External(spec) => Box::new(driven::Driven::new(
+            Box::new(external::External::new(
+                (**spec).clone(),
+                plan,
+                image,
+                work,
+            )?),
+            plan,
+            work,
+            spec.reader,
+            measure_dd,
+        )?),
+    })
 }

@@ -134,6 +134,25 @@ pub(super) fn volumes(
                     continue;
                 }
             };
+            // The volume inside its disk (an LVM volume in its physical volume).
+            let (image, is_scratch) =
+                match pipeline.volume_image(&v.name, &image, &work.join("truth-volume.raw")) {
+                    Ok(Some(cut)) => {
+                        if is_scratch {
+                            let _ = std::fs::remove_file(&image);
+                        }
+                        (cut, true)
+                    }
+                    Ok(None) => (image, is_scratch),
+                    Err(e) => {
+                        errors.push(format!(
+                            "cutting volume {} out of its disk's truth: {}",
+                            v.name,
+                            chain(&e)
+                        ));
+                        continue;
+                    }
+                };
             let truth_hashes = match hash(&image, progress, v.size_bytes) {
                 Ok(h) => h,
                 Err(e) => {
@@ -187,7 +206,11 @@ pub(super) fn volumes(
                     }
                     g.snapshot = Some(snap);
                     g.live = Some(live);
-                    g.source = Some(source);
+                    // The source point is the module's trace; a witness without one
+                    // (the harness's own reader) leaves the stage unrecorded.
+                    if source.iter().any(Option::is_some) {
+                        g.source = Some(source);
+                    }
                 }
                 if let Some(t) = &vb.transport {
                     let mut col = vec![None; blocks];
@@ -242,7 +265,10 @@ pub(super) fn volumes(
                 ));
             }
             let instant = truth.witness().and_then(|w| w.instant(&v.name, br.number));
-            if let (Some(o), Some(h), Some(i)) = (&oracle, history, instant) {
+            // The history is the disk's; a volume cut out of its disk (an LVM logical
+            // volume) has other blocks than the history, so the oracle does not judge it.
+            let volume_is_disk = v.disk_bytes == v.size_bytes;
+            if let (Some(o), Some(h), Some(i), true) = (&oracle, history, instant, volume_is_disk) {
                 // A block the COW file shares with other data (filesystem blocks under
                 // 4 KiB) holds COW bytes the module writes after the instant: the
                 // classifier judges its other bytes; the oracle, which knows whole

@@ -135,11 +135,12 @@ pub fn mkfs(cmd: &[String], path: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Makes volume `v`'s raw file in `dir`, with its filesystem, and its disk.
+/// Makes volume `v`'s raw file in `dir` (with its filesystem, when the host makes it),
+/// and its disk.
 pub fn volume_disk(dir: &Path, v: &VolumePlan, seed: u64) -> Result<Disk, DiskError> {
     let path = volume_file(dir, v.index);
-    make_raw(&path, v.size_bytes)?;
-    if let Some(cmd) = mkfs_command(v, seed) {
+    make_raw(&path, v.disk_bytes)?;
+    if let (true, Some(cmd)) = (v.mkfs_on_host, mkfs_command(v, seed)) {
         mkfs(&cmd, &path)?;
     }
     Ok(Disk::volume(v.index, path, DiskFormat::Raw))

@@ -202,6 +202,7 @@ mod tests {
     fn vol(name: &str, dev: &str, mount: &str) -> GuestVolume {
         GuestVolume {
             name: name.into(),
+            disk: dev.into(),
             device: dev.into(),
             mount: Some(mount.into()),
             cow_bytes: 0,

@@ -14,7 +14,7 @@ use reference_agent::agent::discover::Discovery;
 use crate::events::{Event, Reporter};
 use crate::guest::GuestError;
 use crate::model::Skipped;
-use crate::pipeline::GuestVolume;
+use crate::pipeline::{GuestVolume, Pipeline};
 use crate::plan::{Plan, WorkloadRun};
 use crate::qemu::{Disk, DiskFormat};
 use crate::record::{CheckKind, CheckResult, WorkloadRecord};
@@ -43,6 +43,12 @@ pub enum GuestOpError {
     },
     #[error("no volume named {0}")]
     NoVolume(String),
+    #[error("volume {volume}: the pipeline could not attach it")]
+    Attach {
+        volume: String,
+        #[source]
+        source: Box<crate::pipeline::PipelineError>,
+    },
     #[error("`{command}` {how}")]
     Failed { command: String, how: String },
     #[error("starting `{command}`")]
@@ -91,8 +97,14 @@ fn mount_type(fs: Filesystem) -> Option<&'static str> {
     }
 }
 
-/// Finds every volume's device by its serial and mounts it.
-pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, GuestOpError> {
+/// Finds every volume's disk by its serial, lets the pipeline make the device the volume
+/// is used through (and the filesystem, when the plan makes it in the guest), and
+/// mounts it.
+pub(super) fn setup(
+    vm: &mut Vm,
+    plan: &Plan,
+    mut pipeline: Option<&mut (dyn Pipeline + '_)>,
+) -> Result<Vec<GuestVolume>, GuestOpError> {
     let serials = serials(vm)?;
     let mut out = Vec::new();
     for v in &plan.volumes {
@@ -102,7 +114,30 @@ pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, GuestO
             serial: serial.clone(),
             found: serials.clone(),
         })?;
-        let device = format!("/dev/{dev}");
+        let disk = format!("/dev/{dev}");
+        let device = match pipeline.as_deref_mut() {
+            Some(p) => p
+                .attach(vm, v, &disk)
+                .map_err(|source| GuestOpError::Attach {
+                    volume: v.name.clone(),
+                    source: Box::new(source),
+                })?,
+            None => disk.clone(),
+        };
+        if let (false, Some(cmd)) = (v.mkfs_on_host, disks::mkfs_command(v, plan.seed)) {
+            // The pipeline's device holds the filesystem (an LVM volume): made here,
+            // with the same options and UUID the host would use.
+            let (program, args) = cmd.split_first().expect("an mkfs command has a program");
+            vm.guest
+                .sh(
+                    &format!("/usr/sbin/{program} {} {device}", args.join(" ")),
+                    Duration::from_secs(300),
+                )
+                .map_err(|source| GuestOpError::Mount {
+                    volume: v.name.clone(),
+                    source,
+                })?;
+        }
         if let (Some(mount), Some(fstype)) = (&v.mount, mount_type(v.fs)) {
             vm.guest
                 .sh(
@@ -116,6 +151,7 @@ pub(super) fn setup(vm: &mut Vm, plan: &Plan) -> Result<Vec<GuestVolume>, GuestO
         }
         out.push(GuestVolume {
             name: v.name.clone(),
+            disk,
             device,
             mount: v.mount.clone(),
             cow_bytes: v.cow_bytes,
@@ -387,7 +423,7 @@ pub(super) fn check_volumes_present(
     let gone: Vec<String> = volumes
         .iter()
         .filter(|v| {
-            let name = v.device.trim_start_matches("/dev/");
+            let name = v.disk.trim_start_matches("/dev/");
             !present.iter().any(|p| p.as_str() == name)
         })
         .map(|v| v.name.clone())
@@ -493,7 +529,7 @@ pub(super) fn remount_compare(
     plan: &Plan,
     before: &[(String, String)],
 ) -> Result<String, GuestOpError> {
-    let volumes = setup(vm, plan)?;
+    let volumes = setup(vm, plan, None)?;
     let after = file_lists(vm, &volumes)?;
     let mut files = 0;
     for (name, list) in before {

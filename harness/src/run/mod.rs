@@ -22,7 +22,6 @@ pub(crate) use crate::error_chain as chain;
 use crate::events::{Event, Reporter, Unit};
 use crate::image::{self, BuildOptions, BuiltImage};
 use crate::model::{BlockClass, Exit, Outcome, Verdict};
-use crate::pipeline::reference::Reference;
 use crate::pipeline::{
     AnnouncedVolume, BackupResult, Fired, GuestVolume, InstantError, Pipeline, PipelineError,
     Progress, RunHooks,
@@ -53,6 +52,9 @@ pub struct RunOptions {
     /// of these uses it as it is, never rebuilding or re-resolving it, so every run of a
     /// nightly runs the same kernel.
     pub prebuilt: Vec<BuiltImage>,
+    /// For `bench pipelines`: a driven pipeline also times a `dd` of each snapshot
+    /// device after its copy (the baseline its throughput is measured against).
+    pub measure_dd: bool,
     /// `--slow N`: QEMU runs at 1/N of the wall clock (a stop/continue duty cycle, see
     /// `qemu::throttle`); the scenario's timeout and the run's deadlines grow N-fold.
     pub slow: Option<u32>,
@@ -68,6 +70,7 @@ impl RunOptions {
             project_root: crate::paths::project_root(),
             keep_work: false,
             prebuilt: Vec::new(),
+            measure_dd: false,
             slow: None,
         }
     }
@@ -470,8 +473,20 @@ impl<'a> Runner<'a> {
                     .collect::<Vec<_>>(),
             ),
         });
-        match Reference::new(self.image.as_ref().expect("set above"), &self.work) {
-            Ok(p) => self.pipeline = Some(Box::new(p)),
+        self.phase(format!(
+            "preparing the {} pipeline",
+            self.plan.pipeline.kind().name()
+        ));
+        let made = self.timed("pipeline", |r| {
+            crate::pipeline::for_plan(
+                r.plan,
+                r.image.as_ref().expect("set above"),
+                &r.work,
+                r.opts.measure_dd,
+            )
+        });
+        match made {
+            Ok(p) => self.pipeline = Some(p),
             Err(e) => return self.harness_error(format!("preparing the pipeline: {}", chain(&e))),
         }
         self.guest_life(&disks);
@@ -580,6 +595,9 @@ impl<'a> Runner<'a> {
         boot.cpus = self.plan.guest.cpus;
         boot.disks = disks.volumes.clone();
         boot.vhost_disks = disks.vhost.clone();
+        boot.disks
+            .extend(self.pipeline.as_ref().expect("set").disks());
+        boot.initrd_extra = self.pipeline.as_ref().expect("set").initrd_extra();
         boot.floppy = disks.floppy.clone();
         boot.extra_modules = self.plan.guest.modules.clone();
         boot.ports = self.pipeline.as_ref().expect("set").ports();
@@ -599,7 +617,9 @@ impl<'a> Runner<'a> {
             vm.ready.kernel
         ));
 
-        let volumes = match self.timed("guest setup", |r| guestops::setup(&mut vm, r.plan)) {
+        let volumes = match self.timed("guest setup", |r| {
+            guestops::setup(&mut vm, r.plan, r.pipeline.as_deref_mut())
+        }) {
             Ok(v) => v,
             Err(e) => {
                 self.finish_guest(vm);
@@ -634,7 +654,7 @@ impl<'a> Runner<'a> {
             self.finish_guest(vm);
             return self.harness_error(format!(
                 "starting the {} pipeline: {}",
-                "reference",
+                self.plan.pipeline.kind().name(),
                 chain(&e)
             ));
         }
@@ -1175,7 +1195,7 @@ impl<'a> Runner<'a> {
                     })
                     .unwrap_or_default(),
                 accelerator: format!("{accel} ({reason})"),
-                pipeline: "reference".into(),
+                pipeline: self.plan.pipeline.kind().name().into(),
                 started_unix: self.started_unix,
                 timings: self.timings.clone(),
                 repro: match self.opts.slow_factor() {

@@ -4,6 +4,7 @@
 //! a test that it agrees with the serde structs in `raw.rs`. The fault kinds and their
 //! parameters come from [`FaultKind`].
 
+use super::raw::PipelineKind;
 use crate::model::{BlockClass, FaultKind, Layer, Need, Outcome};
 
 /// What a key's value must be.
@@ -108,7 +109,6 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "metadata-churn",
 ];
 pub const WHEN: &[&str] = &["before", "during", "between"];
-pub const PIPELINES: &[&str] = &["reference"];
 pub const DISKS: &[&str] = &["witness", "qemu"];
 pub const IO_SCHEDULES: &[&str] = &["off", "seeded"];
 pub const END_HOW: &[&str] = &["to-incremental", "destroy"];
@@ -127,6 +127,9 @@ macro_rules! names {
 
 /// Every layer name, from [`Layer::ALL`].
 pub const LAYERS: &[&str] = &names!(Layer);
+/// Every pipeline kind, from [`PipelineKind::ALL`].
+pub const PIPELINES: &[&str] = &names!(PipelineKind);
+pub const LVM_INCREMENTALS: &[&str] = &["thin-delta", "full"];
 pub const OPS: &[&str] = &["read", "write", "both"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
@@ -211,9 +214,36 @@ pub const KEYS: &[KeyDoc] = &[
     key("workloads[].backups", IntList, Some("every backup `when` applies to"), "Which backups (1 = the full, 2 = the first incremental, ...) a `during` or `between` workload runs for.", "[2, 3]"),
     key("backup", Table, Some("(all defaults)"), "The backup plan: a full backup, then incrementals.", ""),
     key("backup.incrementals", Int, Some("0"), "How many incremental backups follow the full one.", "5"),
-    key("backup.cow_size", SizeOrPercent, Some("\"10%\""), "Size of the preallocated COW file: a size, or a share of the volume (the module's default is 10%, at most 10 GiB).", "\"4MiB\""),
+    key("backup.cow_size", SizeOrPercent, Some("\"10%\""), "Size of the COW store, a size or a share of the volume (at most 10 GiB): bwsnap's preallocated COW file, the dm-snapshot store disk, a classic LVM snapshot's COW volume, or the room a thin pool keeps for changes after the snapshot.", "\"4MiB\""),
     key("backup.discovery_timeout", Duration, Some("\"10s\""), "How long the agent's volume discovery may take.", "\"5s\""),
-    key("backup.pipeline", Enum(PIPELINES), Some("\"reference\""), "The pipeline under test. Only the reference pipeline (bwsnap, bw-agent, bw-target) exists so far.", "\"reference\""),
+    key("backup.pipeline", Enum(PIPELINES), Some("\"reference\""), "The short form of `[pipeline] kind`, for a kind that needs no other key. Give the pipeline once: here or in `[pipeline]`.", "\"dm-snapshot\""),
+    key("pipeline", Table, Some("the reference pipeline"), "The pipeline under test and its keys. Which keys a kind takes is listed below; any other is an error.", ""),
+    key("pipeline.kind", Enum(PIPELINES), None, "`reference` (bwsnap, bw-agent, bw-target), `dm-snapshot` (the kernel's dm snapshot target, driven with dmsetup), `lvm` (LVM2 snapshots, classic or thin) or `external` (a vendor's product, driven by the commands in `[pipeline.commands]`; see docs/your-pipeline.md).", "\"dm-snapshot\""),
+    key("pipeline.reader", Bool, Some("true"), "The harness's own reader records the snapshot and live points: it reads the snapshot device and the live device block by block during the backup and hashes them on the host. Without it only truth, transport and target are recorded.", "false"),
+    key("pipeline.persistent", Bool, Some("true"), "The dm snapshot's exception store: persistent (`P`, survives a reboot) or transient (`N`). The store is a disk of its own, `backup.cow_size` large.", "false"),
+    key("pipeline.chunk_size", Size, Some("`\"4KiB\"`; `\"64KiB\"` for a thin pool"), "The snapshot's chunk (copy-on-write unit): a power of two from 4KiB to 1MiB (64KiB to 1MiB for a thin pool).", "\"8KiB\""),
+    key("pipeline.thin", Bool, Some("false"), "A thin volume in a thin pool, snapshotted with `lvcreate -s` without a size; otherwise a linear volume with a classic COW snapshot.", "true"),
+    key("pipeline.incremental", Enum(LVM_INCREMENTALS), Some("`\"thin-delta\"` for a thin volume, else `\"full\"`"), "How an incremental backup finds its blocks: `thin-delta` (the blocks thin_delta says changed between the last snapshot and this one; thin only) or `full` (the whole snapshot again).", "\"full\""),
+    key("pipeline.dir", Str, Some("(external: required)"), "The product's directory (relative to the scenario file, or absolute): its binaries, scripts and module sources. It is copied, built with `build`, and packed into the guest at /product with the libraries ldd finds for its programs.", "\"../products/dmwrap\""),
+    key("pipeline.build", Str, Some("none"), "Host shell command run in the copy of `dir` before the guest boots, with BW_KERNEL_HEADERS (the image's kernel headers), BW_KERNEL_RELEASE and BW_PRODUCT set. A failure is a harness error with its output.", "\"make -C module KDIR=$BW_KERNEL_HEADERS\""),
+    key("pipeline.build_timeout", Duration, Some("\"10m\""), "How long `build` may take.", "\"2m\""),
+    key("pipeline.modules", StrList, Some("[]"), "Kernel modules the build made (paths in `dir`), loaded in the guest in this order before `prepare`.", "[\"module/bwx_linear.ko\"]"),
+    key("pipeline.step_timeout", Duration, Some("\"60s\""), "How long each command other than `stream` and `copy` may take (those have the run's time).", "\"30s\""),
+    key("pipeline.scratch_disk", Size, Some("none"), "A scratch disk of this size per volume for the product (e.g. its COW store), as BW_SCRATCH. Never backed up.", "\"64MiB\""),
+    key("pipeline.cow_file", Str, Some("none"), "A file the product keeps on the volume (path from the mount point) whose blocks are don't-care in the backup: the harness finds it on the truth image itself and excludes its blocks, at most `cow_file_max`; the guest's FIEMAP view of it is compared, and a disagreement is a finding.", "\".dmwrap-cow\""),
+    key("pipeline.cow_file_max", Size, Some("(with cow_file: required)"), "The most `cow_file` may occupy; blocks beyond it are judged like any other, never a wider exclusion.", "\"16MiB\""),
+    key("pipeline.commands", Table, Some("(external: required)"), "The product's steps, each a shell command run in the guest (docs/your-pipeline.md has the contract of each).", ""),
+    key("pipeline.commands.prepare", Str, Some("none"), "Once after boot, after `modules` are loaded: set the product up.", "\"/product/bin/setup\""),
+    key("pipeline.commands.freeze", Str, Some("none"), "Freeze the volume (with `setup` and `thaw`; the harness takes its truth between `setup` and `thaw`).", "\"fsfreeze --freeze $BW_MOUNT\""),
+    key("pipeline.commands.setup", Str, Some("none"), "Make the snapshot while the volume is frozen.", "\"/product/bin/snap create\""),
+    key("pipeline.commands.thaw", Str, Some("none"), "Thaw the volume (always run after `freeze`).", "\"fsfreeze --unfreeze $BW_MOUNT\""),
+    key("pipeline.commands.snapshot", Str, Some("none"), "Instead of freeze, setup and thaw: one command that freezes, snapshots and thaws on its own, and announces its instant with `bw-pipe instant` while frozen.", "\"/product/bin/snap --announce\""),
+    key("pipeline.commands.device", Str, Some("(required)"), "Prints the snapshot device's path (its last line counts).", "\"echo /dev/mapper/dmwrap-$BW_VOLUME\""),
+    key("pipeline.commands.stream", Str, Some("none"), "Writes the backup to the harness's channel $BW_CHANNEL: the raw image, or the extents format. Exit 0 claims success.", "\"dd if=$BW_SNAPSHOT of=$BW_CHANNEL bs=1M\""),
+    key("pipeline.commands.copy", Str, Some("none"), "Instead of `stream`: writes the backup to the target disk $BW_TARGET (which holds the previous generation). Exit 0 claims success.", "\"dd if=$BW_SNAPSHOT of=$BW_TARGET bs=1M\""),
+    key("pipeline.commands.changed", Str, Some("none (incrementals read everything)"), "For an incremental: prints the changed byte ranges since the last backup, `<offset> <length>` per line, or `none`; they are in $BW_CHANGED for `stream` and `copy`.", "\"/product/bin/changed\""),
+    key("pipeline.commands.transition", Str, Some("none"), "After each backup, before `destroy`: e.g. switch to changed-block tracking.", "\"/product/bin/track\""),
+    key("pipeline.commands.destroy", Str, Some("(required)"), "Remove the snapshot (after every backup, also a failed one).", "\"/product/bin/snap remove\""),
     key("faults", TableArray, Some("[]"), "Injected faults. The kinds and their parameters are listed below.", ""),
     key("faults[].layer", Enum(LAYERS), None, "Where the fault is injected.", "\"module\""),
     key("faults[].kind", Enum(FAULT_KIND_NAMES), None, "What is injected; must belong to `layer` (table below).", "\"cow-read-live\""),
@@ -246,6 +276,38 @@ pub const KEYS: &[KeyDoc] = &[
     key("expect.skipped", EnumList(SKIPPED), Some("[]"), "Devices the agent's discovery must skip, giving a reason, within `backup.discovery_timeout`.", "[\"floppy\"]"),
 ];
 
+use PipelineKind::{DmSnapshot, External, Lvm, Reference};
+
+/// The pipeline kinds each key of `[pipeline]` belongs to; a key of another kind is an
+/// error naming the kinds that take it.
+pub const PIPELINE_KEY_KINDS: &[(&str, &[PipelineKind])] = &[
+    ("kind", &[Reference, DmSnapshot, Lvm, External]),
+    ("reader", &[DmSnapshot, Lvm, External]),
+    ("persistent", &[DmSnapshot]),
+    ("chunk_size", &[DmSnapshot, Lvm]),
+    ("thin", &[Lvm]),
+    ("incremental", &[Lvm]),
+    ("dir", &[External]),
+    ("build", &[External]),
+    ("build_timeout", &[External]),
+    ("modules", &[External]),
+    ("step_timeout", &[External]),
+    ("scratch_disk", &[External]),
+    ("cow_file", &[External]),
+    ("cow_file_max", &[External]),
+    ("commands", &[External]),
+];
+
+/// The kinds a `[pipeline]` key (schema path) belongs to; None for other keys.
+pub fn pipeline_kinds(path: &str) -> Option<&'static [PipelineKind]> {
+    let name = path.strip_prefix("pipeline.")?;
+    let top = name.split('.').next().unwrap_or(name);
+    PIPELINE_KEY_KINDS
+        .iter()
+        .find(|(k, _)| *k == top)
+        .map(|(_, kinds)| *kinds)
+}
+
 /// Looks a key up by its schema path (`volumes[].size`).
 pub fn lookup(path: &str) -> Option<&'static KeyDoc> {
     KEYS.iter().find(|k| k.path == path)
@@ -265,6 +327,8 @@ pub fn reference_markdown() -> String {
         ("volumes[]", "`[[volumes]]`"),
         ("workloads[]", "`[[workloads]]`"),
         ("backup", "`[backup]`"),
+        ("pipeline", "`[pipeline]`"),
+        ("pipeline.commands", "`[pipeline.commands]`"),
         ("faults[]", "`[[faults]]`"),
         ("expect", "`[expect]`"),
     ];
@@ -290,8 +354,19 @@ pub fn reference_markdown() -> String {
             } else {
                 format!("`{} = {}`", k.name(), k.example)
             };
+            let kinds = match pipeline_kinds(k.path) {
+                Some(kinds) if kinds.len() < PipelineKind::ALL.len() => format!(
+                    "({}) ",
+                    kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(_) | None => String::new(),
+            };
             out.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {kinds}{} | {} |\n",
                 k.path,
                 k.ty.describe(),
                 default,
@@ -373,6 +448,16 @@ mod tests {
         }
         for p in FAULT_PARAMS {
             assert!(lookup(&format!("faults[].{p}")).is_some(), "{p}");
+        }
+    }
+
+    #[test]
+    fn every_pipeline_key_names_its_kinds() {
+        for k in children("pipeline") {
+            assert!(pipeline_kinds(k.path).is_some(), "{}", k.path);
+        }
+        for (name, _) in PIPELINE_KEY_KINDS {
+            assert!(lookup(&format!("pipeline.{name}")).is_some(), "{name}");
         }
     }
 

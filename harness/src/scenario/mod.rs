@@ -11,6 +11,7 @@
 pub mod error;
 pub mod host;
 pub mod keys;
+pub mod pipeline;
 pub mod raw;
 pub mod tree;
 pub mod units;
@@ -23,7 +24,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Diagnostic, Location, ScenarioError};
 pub use host::Host;
-pub use raw::{DiskBackend, EndHow, FaultAt, Floppy, IoSchedule, Op, Pipeline, When, WorkloadKind};
+pub use pipeline::{Delivery, DmSnapshotSpec, ExternalSpec, LvmSpec, PipelineSpec, SnapshotSteps};
+pub use raw::{
+    DiskBackend, EndHow, FaultAt, Floppy, IoSchedule, LvmIncremental, Op, PipelineKind, When,
+    WorkloadKind,
+};
 pub use units::{Pace, PaceAmount, Rate, SizeOrPercent};
 
 use crate::model::{Exit, Expectations, FaultKind, FrameSel, Layer};
@@ -46,6 +51,7 @@ pub struct Scenario {
     pub volumes: Vec<Volume>,
     pub workloads: Vec<Workload>,
     pub backup: BackupSpec,
+    pub pipeline: PipelineSpec,
     pub faults: Vec<Fault>,
     pub expect: Expectations,
 }
@@ -162,7 +168,6 @@ pub struct BackupSpec {
     pub incrementals: u32,
     pub cow_size: SizeOrPercent,
     pub discovery_timeout: Duration,
-    pub pipeline: Pipeline,
 }
 
 impl BackupSpec {

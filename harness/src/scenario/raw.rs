@@ -24,6 +24,7 @@ pub struct RawScenario {
     pub workloads: Vec<RawWorkload>,
     #[serde(default)]
     pub backup: RawBackup,
+    pub pipeline: Option<RawPipeline>,
     #[serde(default)]
     pub faults: Vec<RawFault>,
     #[serde(default)]
@@ -157,14 +158,89 @@ pub struct RawBackup {
     pub incrementals: Option<u64>,
     pub cow_size: Option<String>,
     pub discovery_timeout: Option<String>,
-    pub pipeline: Option<Pipeline>,
+    /// The short form of `[pipeline] kind`.
+    pub pipeline: Option<PipelineKind>,
 }
 
-/// The pipeline under test: the seam where dm-snapshot and vendors' agents go next.
+/// Which pipeline is under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Pipeline {
+pub enum PipelineKind {
+    /// bwsnap, bw-agent and bw-target.
     Reference,
+    /// The kernel's dm snapshot target, driven with dmsetup.
+    DmSnapshot,
+    /// LVM2 snapshots, classic or thin.
+    Lvm,
+    /// A vendor's product, driven by the scenario's commands.
+    External,
+}
+
+impl PipelineKind {
+    pub const ALL: [PipelineKind; 4] = [
+        PipelineKind::Reference,
+        PipelineKind::DmSnapshot,
+        PipelineKind::Lvm,
+        PipelineKind::External,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PipelineKind::Reference => "reference",
+            PipelineKind::DmSnapshot => "dm-snapshot",
+            PipelineKind::Lvm => "lvm",
+            PipelineKind::External => "external",
+        }
+    }
+}
+
+/// `[pipeline]`: the kind and its keys (which keys a kind takes is checked in
+/// `validate.rs`, from the table in `keys.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub kind: PipelineKind,
+    pub reader: Option<bool>,
+    pub persistent: Option<bool>,
+    pub chunk_size: Option<String>,
+    pub thin: Option<bool>,
+    pub incremental: Option<LvmIncremental>,
+    pub dir: Option<String>,
+    pub build: Option<String>,
+    pub build_timeout: Option<String>,
+    pub modules: Option<Vec<String>>,
+    pub step_timeout: Option<String>,
+    pub scratch_disk: Option<String>,
+    pub cow_file: Option<String>,
+    pub cow_file_max: Option<String>,
+    pub commands: Option<RawCommands>,
+}
+
+/// How an LVM pipeline makes its incrementals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LvmIncremental {
+    /// The changed blocks between two thin snapshots (thin_delta).
+    ThinDelta,
+    /// The whole snapshot again.
+    Full,
+}
+
+/// `[pipeline.commands]`: an external product's steps, as guest shell commands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommands {
+    pub prepare: Option<String>,
+    pub freeze: Option<String>,
+    pub setup: Option<String>,
+    pub thaw: Option<String>,
+    pub snapshot: Option<String>,
+    pub device: Option<String>,
+    pub stream: Option<String>,
+    pub copy: Option<String>,
+    pub changed: Option<String>,
+    pub transition: Option<String>,
+    pub destroy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::error::Diagnostic;
 use super::host::Host;
+use super::pipeline::PipelineSpec;
 use super::raw::*;
 use super::tree::{quoted, KeyPath, Tree};
 use super::units::{self, Rate, SizeOrPercent};
@@ -14,13 +15,13 @@ use super::*;
 use crate::model::{BlockClass, FaultKind, FrameSel, Layer, Need, Outcome, Skipped, Where};
 
 /// Collects diagnostics, finding each one's span from its key path.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     tree: &'a Tree,
     found: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, path: &KeyPath, message: impl Into<String>, help: Option<String>) {
+    pub(super) fn err(&mut self, path: &KeyPath, message: impl Into<String>, help: Option<String>) {
         let mut d = Diagnostic::new(message, path.clone());
         if let Some(span) = self.tree.locate(path) {
             d = d.with_span(span);
@@ -31,7 +32,7 @@ impl Ctx<'_> {
         self.found.push(d);
     }
 
-    fn size(&mut self, path: &KeyPath, text: &str) -> Option<u64> {
+    pub(super) fn size(&mut self, path: &KeyPath, text: &str) -> Option<u64> {
         let parsed = units::parse_size(text);
         if parsed.is_none() {
             self.err(
@@ -43,7 +44,7 @@ impl Ctx<'_> {
         parsed
     }
 
-    fn duration(&mut self, path: &KeyPath, text: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, path: &KeyPath, text: &str) -> Option<Duration> {
         match units::parse_duration(text) {
             Some(d) if !d.is_zero() => Some(d),
             Some(_) => {
@@ -61,7 +62,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn size_or_percent(&mut self, path: &KeyPath, text: &str) -> Option<SizeOrPercent> {
+    pub(super) fn size_or_percent(&mut self, path: &KeyPath, text: &str) -> Option<SizeOrPercent> {
         let parsed = units::parse_size_or_percent(text);
         if parsed.is_none() {
             self.err(
@@ -73,7 +74,7 @@ impl Ctx<'_> {
         parsed
     }
 
-    fn name(&mut self, path: &KeyPath, text: &str, extra: &str) {
+    pub(super) fn name(&mut self, path: &KeyPath, text: &str, extra: &str) {
         let ok = !text.is_empty()
             && text.len() <= 64
             && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -94,7 +95,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn range(&mut self, path: &KeyPath, value: u64, low: u64, high: u64) -> bool {
+    pub(super) fn range(&mut self, path: &KeyPath, value: u64, low: u64, high: u64) -> bool {
         if value < low || value > high {
             self.err(
                 path,
@@ -182,11 +183,14 @@ pub(super) fn validate(
             }
         }
     }
+    let short = raw.backup.pipeline;
     let backup = validate_backup(&mut cx, raw.backup);
+    let pipeline = super::pipeline::validate(&mut cx, raw.pipeline, short, path);
     let backups = 1 + backup.incrementals;
     let workloads = validate_workloads(&mut cx, raw.workloads, &volumes, backups, timeout);
     let faults = validate_faults(&mut cx, raw.faults, &volumes, backups, &guest);
     let expect = validate_expect(&mut cx, raw.expect, &guest, &faults, &workloads);
+    pipeline_fit(&mut cx, &pipeline, &volumes, &faults, &expect);
 
     if cx.found.is_empty() {
         Ok(Scenario {
@@ -203,6 +207,7 @@ pub(super) fn validate(
             volumes,
             workloads,
             backup,
+            pipeline,
             faults,
             expect,
         })
@@ -499,7 +504,87 @@ fn validate_backup(cx: &mut Ctx, raw: RawBackup) -> BackupSpec {
         incrementals: incrementals as u32,
         cow_size,
         discovery_timeout,
-        pipeline: raw.pipeline.unwrap_or(Pipeline::Reference),
+    }
+}
+
+/// What the scenario asks of a pipeline that it cannot do: faults only the reference
+/// pipeline injects, checks that need bw-agent or a plain disk.
+fn pipeline_fit(
+    cx: &mut Ctx,
+    pipeline: &PipelineSpec,
+    volumes: &[Volume],
+    faults: &[Fault],
+    expect: &Expectations,
+) {
+    let kind = pipeline.kind();
+    if kind == PipelineKind::Reference {
+        return;
+    }
+    let name = kind.name();
+    let faults_at = KeyPath::root().key("faults");
+    for (i, f) in faults.iter().enumerate() {
+        let layer = f.spec.layer();
+        if matches!(
+            layer,
+            Layer::Module | Layer::Transport | Layer::Target | Layer::Agent
+        ) {
+            cx.err(
+                &faults_at.index(i).key("layer"),
+                format!(
+                    "{} faults are injected into the reference pipeline, and this scenario runs the {name} pipeline",
+                    layer.name()
+                ),
+                Some("guest faults work with every pipeline; use `[pipeline] kind = \"reference\"` for the others".into()),
+            );
+        }
+    }
+    let at = KeyPath::root().key("expect");
+    if !expect.skipped.is_empty() {
+        cx.err(
+            &at.key("skipped"),
+            format!(
+                "`skipped` checks bw-agent's discovery, and the {name} pipeline has no bw-agent"
+            ),
+            None,
+        );
+    }
+    if expect.remount {
+        cx.err(
+            &at.key("remount"),
+            format!("the second boot mounts the disks as plain filesystems, which the {name} pipeline's volumes are not"),
+            Some("remove `remount`, or use the reference pipeline".into()),
+        );
+    }
+    if let PipelineSpec::External(e) = pipeline {
+        let backed = volumes.iter().filter(|v| v.backup).count();
+        if matches!(e.snapshot, super::SnapshotSteps::Announced { .. }) && backed > 1 {
+            cx.err(
+                &KeyPath::root().key("pipeline").key("commands").key("snapshot"),
+                format!("an announced `snapshot` gives one instant per command, and {backed} volumes are backed up"),
+                Some("use `freeze`, `setup` and `thaw`: the harness takes one truth for every volume between them".into()),
+            );
+        }
+    }
+    if kind == PipelineKind::Lvm {
+        if expect.fsck {
+            cx.err(
+                &at.key("fsck"),
+                "an LVM volume is a logical volume inside its disk: the host's e2fsck cannot check the disk",
+                Some("remove `fsck`".into()),
+            );
+        }
+        for (i, v) in volumes.iter().enumerate() {
+            if v.size != 0 && !v.size.is_multiple_of(super::pipeline::LVM_EXTENT) {
+                cx.err(
+                    &KeyPath::root().key("volumes").index(i).key("size"),
+                    format!(
+                        "an LVM volume is a whole number of 4MiB extents, and `volumes[{i}].size` is {}",
+                        units::format_size(v.size)
+                    ),
+                    None,
+                );
+            }
+        }
     }
 }
 

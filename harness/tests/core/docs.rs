@@ -58,7 +58,13 @@ fn full_example(extra: Option<(&str, &str)>, over: Option<(&str, &str)>) -> Stri
     let mut text = body("");
     for k in keys::children("") {
         match k.ty {
-            KeyType::Table => text.push_str(&format!("[{}]\n{}", k.path, body(k.path))),
+            KeyType::Table => {
+                text.push_str(&format!("[{}]\n{}", k.path, body(k.path)));
+                // Tables inside it (`[pipeline.commands]`).
+                for sub in keys::children(k.path).filter(|s| s.ty == KeyType::Table) {
+                    text.push_str(&format!("[{}]\n{}", sub.path, body(sub.path)));
+                }
+            }
             KeyType::TableArray => text.push_str(&format!(
                 "[[{}]]\n{}",
                 k.path,
@@ -98,6 +104,8 @@ fn every_key_serde_accepts_is_documented() {
         "backup",
         "faults[]",
         "expect",
+        "pipeline",
+        "pipeline.commands",
     ];
     for parent in tables {
         let text = full_example(Some((parent, "zz_probe = 1")), None);
