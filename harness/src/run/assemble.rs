@@ -172,7 +172,10 @@ pub(super) fn volumes(
             let mut cow_partial = BTreeMap::new();
             if let Some(vb) = vb {
                 g.snapshot_instant_ns = vb.instant_ns;
-                match scratch_file(v, vb, &image) {
+                // A pipeline that fell silent (a reset, a crash) made no report on its
+                // COW file to hold against it; one that spoke, or claimed success, did.
+                let spoke = !matches!(g.agent, Claim::Silent);
+                match scratch_file(v, vb, &image, spoke) {
                     Ok((cover, findings)) => {
                         g.excluded = cover.excluded;
                         cow_partial = cover.partial;
@@ -321,6 +324,7 @@ fn scratch_file(
     v: &VolumePlan,
     vb: &VolumeBackup,
     truth_image: &Path,
+    spoke: bool,
 ) -> Result<(crate::cowfile::Cover, Vec<String>), crate::cowfile::CowFileError> {
     let mut findings = Vec::new();
     let reported = vb.cow_ranges.as_deref();
@@ -351,8 +355,10 @@ fn scratch_file(
             cover.over_cap, v.cow_bytes
         ));
     }
-    if let Some(d) = crate::cowfile::disagreement(&ranges, reported) {
-        findings.push(d);
+    if reported.is_some() || spoke {
+        if let Some(d) = crate::cowfile::disagreement(&ranges, reported) {
+            findings.push(d);
+        }
     }
     Ok((cover, findings))
 }
