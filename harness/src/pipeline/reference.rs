@@ -606,6 +606,12 @@ impl Pipeline for Reference {
         let mut finished = None;
         let mut crash_restarts = 0;
         let mut agent_run: Option<u64> = None;
+        // The module's fault log as last read while the backup ran: a guest that a
+        // watchdog or a reset takes away takes its log too, and a fault that fired
+        // before then still fired.
+        let module_faults = step.faults.iter().any(|f| f.spec.layer() == Layer::Module);
+        let mut early_log: Option<(FaultLog, Instant)> = None;
+        let mut log_read_at = Instant::now();
         loop {
             match vm.guest.wait(handle, Duration::from_millis(150)) {
                 Ok(Some(done)) => {
@@ -672,6 +678,16 @@ impl Pipeline for Reference {
                         "bw-target exited during the backup; restarted without faults".into(),
                     );
                     self.ensure_target(TargetFlags::default())?;
+                }
+            }
+            if module_faults && log_read_at.elapsed() >= Duration::from_secs(2) {
+                log_read_at = Instant::now();
+                if let Ok(Ok(log)) = vm
+                    .guest
+                    .read_file(FAULT_LOG, 16 << 20)
+                    .map(|text| FaultLog::parse(&text))
+                {
+                    early_log = Some((log, Instant::now()));
                 }
             }
             let crossed = self.blocks_crossed();
@@ -742,7 +758,18 @@ impl Pipeline for Reference {
 
         // The module's fault log, then every knob back to off.
         let module_log: Result<FaultLog, String> = if vm.machine.exited().is_some() {
-            Err("the guest was gone before the module's fault log could be read".into())
+            match early_log {
+                Some((log, at)) => {
+                    result.notes.push(format!(
+                        "the guest was gone at the end: the module's fault log as read {:.0} s before",
+                        at.elapsed().as_secs_f64()
+                    ));
+                    Ok(log)
+                }
+                None => {
+                    Err("the guest was gone before the module's fault log could be read".into())
+                }
+            }
         } else {
             vm.guest
                 .read_file(FAULT_LOG, 16 << 20)
