@@ -53,9 +53,31 @@ pub(super) fn judge(
             .map_err(|e| chain(&e))?;
         Ok(summarise(&j, &check))
     };
-    let truth_judged = one(truth)?;
+    let truth_judged = one(truth.clone())?;
     let backup_judged = match backup_image {
-        Some(p) => Some(one(adapter::image_hashes(p).map_err(|e| chain(&e))?)?),
+        Some(p) => {
+            let hashes = adapter::image_hashes(p).map_err(|e| chain(&e))?;
+            // A backup that holds wrong blocks pulls the oracle's best cut away from the
+            // instant (the cut that explains the most blocks is no longer the one the
+            // pipeline took), so its blocks cannot agree with the truth at the instant
+            // one by one. There the check is that both see it: the plain comparison
+            // finds a judged block that differs from the truth, and the oracle flags
+            // blocks too. A backup equal to the truth must agree block by block.
+            let differs = hashes
+                .iter()
+                .zip(&truth)
+                .enumerate()
+                .any(|(b, (x, t))| x != t && !ranges.iter().any(|r| r.contains(&(b as u64))));
+            let mut j = one(hashes)?;
+            if differs {
+                let flagged = j.counts.keys().any(|c| {
+                    c != crate::oracle::OracleClass::Consistent.name()
+                        && c != crate::oracle::OracleClass::Excluded.name()
+                });
+                j.agrees = flagged;
+            }
+            Some(j)
+        }
         None => None,
     };
     Ok(OracleRecord {
