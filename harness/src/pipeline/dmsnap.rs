@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::command::{Env, Output, Step};
-use super::driven::{Deliver, Provider, Runner, SnapshotMode};
+use super::command::Env;
+use super::driven::{dm_step, fsfreeze, Deliver, Provider, Runner, SnapshotMode};
 use super::{guest_tools, GuestVolume, PipelineError};
 use crate::plan::{Plan, VolumePlan};
 use crate::qemu::{Disk, DiskFormat};
@@ -117,17 +117,7 @@ impl DmSnapshot {
     }
 
     fn sh(r: &mut Runner, name: &str, script: &str) -> Result<String, PipelineError> {
-        // No udev in the guest: libdevmapper makes the /dev/mapper nodes itself.
-        let mut env = Env::new();
-        env.insert("DM_DISABLE_UDEV".into(), "1".into());
-        Ok(r.run(&Step {
-            name,
-            script,
-            env: &env,
-            limit: STEP,
-            output: Output::Any,
-        })?
-        .stdout)
+        dm_step(r, name, script, STEP)
     }
 }
 
@@ -187,10 +177,7 @@ impl Provider for DmSnapshot {
     }
 
     fn freeze(&mut self, r: &mut Runner, v: &GuestVolume, _g: u32) -> Result<(), PipelineError> {
-        if let Some(m) = &v.mount {
-            Self::sh(r, "freeze", &format!("sync && fsfreeze --freeze {m}"))?;
-        }
-        Ok(())
+        fsfreeze(r, v, STEP)
     }
 
     fn setup(&mut self, r: &mut Runner, v: &GuestVolume, _g: u32) -> Result<(), PipelineError> {

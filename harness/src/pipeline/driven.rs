@@ -16,8 +16,6 @@
 //! the product's claim about its backup.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,6 +24,7 @@ use bw_guest::pipe::wire::{self, InstantMessage};
 
 use super::channel::Channel;
 use super::command::{self, Env, Output, Running, Step, StepError};
+use super::lines::LinePort;
 use super::reader::ReaderPort;
 use super::store::Store;
 use super::{
@@ -304,36 +303,41 @@ fn announced(volumes: &[GuestVolume]) -> Vec<AnnouncedVolume> {
         .collect()
 }
 
-/// The host end of `bw.instant`: JSON lines.
-struct InstantPort {
-    stream: UnixStream,
-    pending: Vec<u8>,
+/// A device-mapper or LVM command in the guest, its output. The guest has no udev:
+/// libdevmapper makes the /dev/mapper nodes itself.
+pub(super) fn dm_step(
+    r: &mut Runner,
+    name: &str,
+    script: &str,
+    limit: Duration,
+) -> Result<String, PipelineError> {
+    let mut env = Env::new();
+    env.insert("DM_DISABLE_UDEV".into(), "1".into());
+    Ok(r.run(&Step {
+        name,
+        script,
+        env: &env,
+        limit,
+        output: Output::Any,
+    })?
+    .stdout)
 }
 
-impl InstantPort {
-    fn poll(&mut self, wait: Duration) -> Option<String> {
-        if let Some(l) = self.take_line() {
-            return Some(l);
-        }
-        let _ = self.stream.set_read_timeout(Some(wait));
-        let mut buf = [0u8; 4096];
-        if let Ok(n) = self.stream.read(&mut buf) {
-            self.pending.extend_from_slice(&buf[..n]);
-        }
-        self.take_line()
+/// Flushes and freezes a mounted volume before the harness sets up its snapshot.
+pub(super) fn fsfreeze(
+    r: &mut Runner,
+    v: &GuestVolume,
+    limit: Duration,
+) -> Result<(), PipelineError> {
+    if let Some(m) = &v.mount {
+        dm_step(
+            r,
+            "freeze",
+            &format!("sync && fsfreeze --freeze {m}"),
+            limit,
+        )?;
     }
-
-    fn take_line(&mut self) -> Option<String> {
-        let at = self.pending.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.pending.drain(..=at).collect();
-        Some(String::from_utf8_lossy(&line).trim().to_string())
-    }
-
-    fn reply(&mut self, msg: &InstantMessage) {
-        let mut line = serde_json::to_string(msg).expect("serializes");
-        line.push('\n');
-        let _ = self.stream.write_all(line.as_bytes());
-    }
+    Ok(())
 }
 
 /// The engine: a [`Provider`] run as a [`Pipeline`].
@@ -343,7 +347,8 @@ pub struct Driven {
     reader_on: bool,
     channel: Option<Channel>,
     reader: Option<ReaderPort>,
-    instant: Option<InstantPort>,
+    /// The host end of `bw.instant`.
+    instant: Option<LinePort>,
     volume_sizes: BTreeMap<String, u64>,
     notes: Vec<String>,
     measure_dd: bool,
@@ -896,10 +901,7 @@ impl Pipeline for Driven {
         self.reader = Some(ReaderPort::start(
             vm.machine.connect_port(wire::READER_PORT)?,
         ));
-        self.instant = Some(InstantPort {
-            stream: vm.machine.connect_port(wire::INSTANT_PORT)?,
-            pending: Vec::new(),
-        });
+        self.instant = Some(LinePort::new(vm.machine.connect_port(wire::INSTANT_PORT)?));
         let mut log = String::new();
         let out = self
             .provider

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::command::{Env, Output, Step};
-use super::driven::{Deliver, Provider, Runner, SnapshotMode};
+use super::command::Env;
+use super::driven::{dm_step, fsfreeze, Deliver, Provider, Runner, SnapshotMode};
 use super::lvmmap::{self, Layout};
 use super::{guest_tools, GuestVolume, PipelineError};
 use crate::plan::{Plan, VolumePlan, LVM_EXTENT, THIN_METADATA};
@@ -86,16 +86,7 @@ impl Lvm {
     }
 
     fn sh(r: &mut Runner, name: &str, script: &str) -> Result<String, PipelineError> {
-        let mut env = Env::new();
-        env.insert("DM_DISABLE_UDEV".into(), "1".into());
-        Ok(r.run(&Step {
-            name,
-            script,
-            env: &env,
-            limit: STEP,
-            output: Output::Any,
-        })?
-        .stdout)
+        dm_step(r, name, script, STEP)
     }
 
     fn attached(&self, v: &str) -> Result<&Attached, PipelineError> {
@@ -216,10 +207,7 @@ impl Provider for Lvm {
     }
 
     fn freeze(&mut self, r: &mut Runner, v: &GuestVolume, _g: u32) -> Result<(), PipelineError> {
-        if let Some(m) = &v.mount {
-            Self::sh(r, "freeze", &format!("sync && fsfreeze --freeze {m}"))?;
-        }
-        Ok(())
+        fsfreeze(r, v, STEP)
     }
 
     fn setup(&mut self, r: &mut Runner, v: &GuestVolume, g: u32) -> Result<(), PipelineError> {

@@ -16,6 +16,7 @@ pub mod dmsnap;
 pub mod driven;
 pub mod external;
 pub mod guest_tools;
+mod lines;
 pub mod lvm;
 pub mod lvmmap;
 pub mod reader;

@@ -3,7 +3,7 @@
 //! module's fault log as extra recordings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use reference_agent::target::{SessionReport, SessionStatus, TargetEvent};
 use reference_agent::transport::Address;
 use reference_agent::witness::{self, LiveCompare, Record, WitnessDecoder, WitnessEvent};
 
+use super::lines::LinePort;
 use super::{
     AnnouncedVolume, BackupResult, Fired, GuestVolume, Pipeline, PipelineError, Progress, RunHooks,
     VolumeBackup, WitnessBlock,
@@ -204,40 +205,6 @@ impl WitnessCollector {
     }
 }
 
-/// Reads the agent's hook announcements.
-struct Hook {
-    stream: UnixStream,
-    pending: Vec<u8>,
-}
-
-impl Hook {
-    /// A complete line if one arrives within `wait`.
-    fn poll_line(&mut self, wait: Duration) -> Option<String> {
-        if let Some(line) = self.take_line() {
-            return Some(line);
-        }
-        let _ = self.stream.set_read_timeout(Some(wait));
-        let mut buf = [0u8; 4096];
-        match self.stream.read(&mut buf) {
-            Ok(n) if n > 0 => self.pending.extend_from_slice(&buf[..n]),
-            _ => {}
-        }
-        self.take_line()
-    }
-
-    fn take_line(&mut self) -> Option<String> {
-        let at = self.pending.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.pending.drain(..=at).collect();
-        Some(String::from_utf8_lossy(&line).trim().to_string())
-    }
-
-    fn reply(&mut self, msg: &HookMessage) {
-        let mut line = serde_json::to_string(msg).expect("hook messages serialize");
-        line.push('\n');
-        let _ = self.stream.write_all(line.as_bytes());
-    }
-}
-
 /// The reference pipeline.
 pub struct Reference {
     bw_target: PathBuf,
@@ -246,7 +213,8 @@ pub struct Reference {
     proxy: Option<ProxyHandle>,
     proxy_events: Vec<ProxyEvent>,
     witness: Option<WitnessCollector>,
-    hook: Option<Hook>,
+    /// The agent's hook announcements.
+    hook: Option<LinePort>,
     /// bwsnap minor of each volume, from the agent's summaries.
     minors: BTreeMap<String, u32>,
     notes: Vec<String>,
@@ -453,10 +421,7 @@ impl Pipeline for Reference {
         self.witness = Some(WitnessCollector::start(
             vm.machine.connect_port("bw.witness")?,
         ));
-        self.hook = Some(Hook {
-            stream: vm.machine.connect_port("bw.hook")?,
-            pending: Vec::new(),
-        });
+        self.hook = Some(LinePort::new(vm.machine.connect_port("bw.hook")?));
         vm.guest.insmod(BWSNAP_KO, "")?;
         vm.guest
             .sh("test -c /dev/bwsnap-ctl", Duration::from_secs(10))
@@ -629,7 +594,7 @@ impl Pipeline for Reference {
             if let Some(line) = self
                 .hook
                 .as_mut()
-                .and_then(|h| h.poll_line(Duration::from_millis(50)))
+                .and_then(|h| h.poll(Duration::from_millis(50)))
             {
                 let answer = match serde_json::from_str::<HookMessage>(&line) {
                     Ok(HookMessage::Frozen { volumes, run, .. }) => {
