@@ -971,37 +971,29 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// How often each disk fault of the step fired, as its witness disk counted when
-    /// the run released it.
+    /// Disk faults are counted by their witness disk once the backends end (from its
+    /// statistics at the fault's release, or its history when the backend went with the
+    /// guest): until then each is uncounted.
     fn disk_fired(&self, step: &BackupStep, fired: &mut BTreeMap<usize, Fired>) {
-        let Some(w) = self.witness.as_ref() else {
+        if self.witness.is_none() {
             return;
-        };
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in &step.faults {
-            let kind = f.spec.kind();
-            if kind.layer() != crate::model::Layer::Disk {
-                continue;
-            }
-            let nth = seen.entry(kind.name()).or_default();
-            let count = w
-                .released_fired(step.number, kind)
-                .get(*nth)
-                .copied()
-                .flatten();
-            *nth += 1;
+        }
+        for f in step
+            .faults
+            .iter()
+            .filter(|f| f.spec.layer() == crate::model::Layer::Disk)
+        {
             fired.insert(
                 f.index,
                 Fired {
-                    count,
-                    counted_by: "the witness disk's fault statistics".into(),
+                    count: None,
+                    counted_by: "the witness disk".into(),
                 },
             );
         }
     }
 
-    /// Disk faults whose backend went with the guest (a watchdog, a reset) before the
-    /// run released them are counted from the history when the backends end.
+    /// Each disk fault's count, from the backends as they end.
     fn disk_fired_at_end(&mut self, armed: &[(u32, crate::model::FaultKind, Option<u64>)]) {
         // The n-th fault of a kind in a backup was the n-th armed.
         let mut used = vec![false; armed.len()];
@@ -1014,7 +1006,7 @@ impl<'a> Runner<'a> {
             used[i] = true;
             if let (None, Some(n)) = (f.fired, armed[i].2) {
                 f.fired = Some(n);
-                f.counted_by = "the witness disk's history".into();
+                f.counted_by = "the witness disk".into();
             }
         }
     }

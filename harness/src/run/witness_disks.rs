@@ -364,16 +364,6 @@ impl RunWitness {
             .map(|f| (a.disk.clone(), f.fired))
     }
 
-    /// Firings of each fault of `kind` armed in `backup`, as counted when it was
-    /// released (None: not released yet, or its backend went before it could say).
-    pub(super) fn released_fired(&self, backup: u32, kind: FaultKind) -> Vec<Option<u64>> {
-        self.armed
-            .iter()
-            .filter(|a| a.backup == backup && a.kind == kind)
-            .map(|a| a.fired)
-            .collect()
-    }
-
     /// Releases a `hang` fault of `backup` now (its held requests run).
     pub(super) fn release_kind(&mut self, backup: u32, kind: FaultKind) -> Result<u64, String> {
         let Some(i) = self
