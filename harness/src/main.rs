@@ -358,11 +358,11 @@ fn images_resolve(names: Vec<String>) -> anyhow::Result<()> {
     } else {
         names
     };
-    for name in names {
-        let pkgs = image::resolve(&name, &paths::project_root(), &mut |step| {
-            eprintln!("==> {step}")
-        })
-        .with_context(|| format!("resolving image {name}"))?;
+    let resolved = image::resolve_all(&names, &paths::project_root(), &mut |step| {
+        eprintln!("==> {step}")
+    });
+    for (name, pkgs) in resolved {
+        let pkgs = pkgs.with_context(|| format!("resolving image {name}"))?;
         println!("{name}\t{}\t{}", pkgs.release, pkgs.image.version);
     }
     Ok(())

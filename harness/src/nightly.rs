@@ -397,7 +397,27 @@ fn pin_images(
         project_root: run.project_root.clone(),
         with_bwsnap: true,
     };
+    // Resolve them all first, so that a refresh of stale apt lists (a fresh machine)
+    // happens before any image is built from the old lists.
+    let to_build: Vec<String> = needed
+        .iter()
+        .filter(|n| !run.prebuilt.iter().any(|i| &i.name == *n))
+        .cloned()
+        .collect();
+    for (name, resolved) in image::resolve_all(&to_build, &run.project_root, &mut |step| {
+        reporter.event(&Event::Note {
+            run_id: "nightly".into(),
+            text: format!("images: {step}"),
+        })
+    }) {
+        if let Err(e) = resolved {
+            errors.insert(name, crate::error_chain(&e));
+        }
+    }
     for name in needed {
+        if errors.contains_key(name) {
+            continue;
+        }
         if let Some(img) = run.prebuilt.iter().find(|i| &i.name == name) {
             kernels.push(NightlyKernel::of(img));
             continue;

@@ -293,6 +293,30 @@ pub fn resolve(
     })
 }
 
+/// Resolves every image in `names` against the same apt lists. When one of them finds the
+/// lists stale and refreshes them, the ones resolved before are resolved again: on a fresh
+/// machine the old lists name an old 6.1 kernel and no 6.12 at all, and one nightly must
+/// not pin one image from the old lists and the next from the new.
+pub fn resolve_all(
+    names: &[String],
+    project_root: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Vec<(String, Result<KernelPackages, ImageError>)> {
+    let refreshed_before = debian::lists_refreshed();
+    let once = |progress: &mut dyn FnMut(&str)| -> Vec<_> {
+        names
+            .iter()
+            .map(|n| (n.clone(), resolve(n, project_root, progress)))
+            .collect()
+    };
+    let first = once(progress);
+    if !refreshed_before && debian::lists_refreshed() {
+        progress("the apt lists were refreshed: resolving every image again from the new lists");
+        return once(progress);
+    }
+    first
+}
+
 /// Builds image `name` (or finds it in the cache) and returns its record.
 pub fn build(
     name: &str,

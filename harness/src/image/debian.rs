@@ -157,6 +157,11 @@ pub fn resolve(kernel_meta: &str, headers_meta: &str) -> Result<KernelPackages, 
 /// once per process, so a package that is still missing afterwards is an error, not a loop.
 static LISTS_REFRESHED: Mutex<bool> = Mutex::new(false);
 
+/// Whether this process has refreshed the apt lists.
+pub fn lists_refreshed() -> bool {
+    *LISTS_REFRESHED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Whether `err` may be cured by fresher apt lists: a package the lists do not name yet
 /// (lists older than the kernel), a meta-package pair caught mid-update, or a version the
 /// archive no longer serves (lists older than the archive).

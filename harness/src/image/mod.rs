@@ -21,7 +21,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{build, resolve, BuildOptions};
+pub use build::{build, resolve, resolve_all, BuildOptions};
 
 /// An image definition (`images/<name>.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -15,6 +15,14 @@ case "$pkg" in
 linux-image-fake)
     [ -e "$here/../updated" ] || { echo "E: No packages found" >&2; exit 100; }
     stanza "$pkg" 1 "Depends: linux-image-6.99.0-1-amd64 (= 6.99.1-1)" ;;
+linux-image-moving)
+    # The old lists name an older kernel; the refreshed ones the newer.
+    if [ -e "$here/../updated" ]; then
+        stanza "$pkg" 1 "Depends: linux-image-6.99.0-1-amd64 (= 6.99.1-1)"
+    else
+        stanza "$pkg" 1 "Depends: linux-image-6.98.0-1-amd64 (= 6.98.1-1)"
+    fi ;;
+linux-image-6.98.0-1-amd64) stanza "$pkg" 6.98.1-1 "SHA256: 00" ;;
 linux-image-6.99.0-1-amd64) stanza "$pkg" 6.99.1-1 "SHA256: 00" ;;
 linux-headers-fake) stanza "$pkg" 1 "Depends: linux-headers-6.99.0-1-amd64 (= 6.99.1-1)" ;;
 linux-headers-6.99.0-1-amd64)
@@ -63,8 +71,13 @@ fn fake_host(dir: &Path, kernel: &str) -> String {
 }
 
 fn resolve(dir: &Path, path: &str) -> std::process::Output {
+    resolve_images(dir, path, &["fake"])
+}
+
+fn resolve_images(dir: &Path, path: &str, names: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_blockwitness"))
-        .args(["images", "resolve", "fake"])
+        .args(["images", "resolve"])
+        .args(names)
         .env("PATH", path)
         .env("BLOCKWITNESS_ROOT", dir.join("root"))
         .env("BLOCKWITNESS_CACHE", dir.join("cache"))
@@ -111,4 +124,34 @@ fn a_package_missing_after_the_refresh_is_an_error_naming_it() {
     assert!(stderr.contains("linux-image-never"), "{stderr}");
     // At most one update, never a loop.
     assert!(apt_get_calls(dir.path()).len() <= 1);
+}
+
+#[test]
+fn images_resolved_before_a_refresh_are_resolved_again_from_the_new_lists() {
+    if !is_root() {
+        crate::cannot_run("the apt-get update retry needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = fake_host(dir.path(), "linux-image-fake");
+    std::fs::write(
+        dir.path().join("root/images/a-moving.toml"),
+        "name = \"a-moving\"\ndescription = \"x\"\nkernel = \"linux-image-moving\"\n\
+         headers = \"linux-headers-fake\"\nmodules = []\nboot_modules = []\n",
+    )
+    .unwrap();
+    // a-moving resolves from the old lists first (to 6.98), then fake finds them stale.
+    let out = resolve_images(dir.path(), &path, &["a-moving", "fake"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "a-moving\t6.99.0-1-amd64\t6.99.1-1",
+            "fake\t6.99.0-1-amd64\t6.99.1-1"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(apt_get_calls(dir.path()), ["update -q"]);
 }
