@@ -81,6 +81,95 @@ pub struct History {
     pub writes: Vec<Write>,
 }
 
+/// A run of a volume's blocks on its disk: `blocks` blocks from `volume_block` of the
+/// volume are at `disk_block` of the disk (a linear LVM logical volume's segments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub volume_block: u64,
+    pub disk_block: u64,
+    pub blocks: u64,
+}
+
+impl History {
+    /// The history of a volume laid out as `extents` on this history's disk, which must
+    /// cover the volume's `blocks` blocks exactly once: the disk's writes to those
+    /// extents, renumbered; writes elsewhere on the disk (another volume, a snapshot's
+    /// store) are left out. Only a layout that stayed put for the whole history gives a
+    /// true history (a linear volume, not a thin one whose blocks move as they are
+    /// provisioned).
+    pub fn restrict(&self, extents: &[Extent], blocks: u64) -> Result<History, HistoryError> {
+        let mut by_disk: Vec<Extent> = extents.to_vec();
+        by_disk.sort_by_key(|e| e.disk_block);
+        let mut covered = vec![false; blocks as usize];
+        for e in &by_disk {
+            if e.disk_block + e.blocks > self.blocks || e.volume_block + e.blocks > blocks {
+                return Err(HistoryError::ExtentOutOfRange {
+                    extent: *e,
+                    disk_blocks: self.blocks,
+                    volume_blocks: blocks,
+                });
+            }
+            for c in &mut covered[e.volume_block as usize..(e.volume_block + e.blocks) as usize] {
+                if std::mem::replace(c, true) {
+                    return Err(HistoryError::ExtentOverlap { extent: *e });
+                }
+            }
+        }
+        if let Some(hole) = covered.iter().position(|c| !c) {
+            return Err(HistoryError::ExtentHole { block: hole as u64 });
+        }
+        for w in by_disk.windows(2) {
+            if w[0].disk_block + w[0].blocks > w[1].disk_block {
+                return Err(HistoryError::ExtentOverlap { extent: w[1] });
+            }
+        }
+        let volume_block = |disk_block: u64| -> Option<u64> {
+            let i = by_disk.partition_point(|e| e.disk_block <= disk_block);
+            let e = by_disk[..i].last()?;
+            (disk_block < e.disk_block + e.blocks)
+                .then(|| e.volume_block + (disk_block - e.disk_block))
+        };
+        let mut initial = vec![ContentHash([0; 16]); blocks as usize];
+        for e in &by_disk {
+            for i in 0..e.blocks {
+                initial[(e.volume_block + i) as usize] = self
+                    .initial
+                    .get((e.disk_block + i) as usize)
+                    .copied()
+                    .ok_or(HistoryError::InitialLength {
+                        blocks: self.blocks,
+                        got: self.initial.len(),
+                    })?;
+            }
+        }
+        let writes = self
+            .writes
+            .iter()
+            .filter_map(|w| {
+                let blocks: Vec<BlockWrite> = w
+                    .blocks
+                    .iter()
+                    .filter_map(|b| {
+                        volume_block(b.block).map(|block| BlockWrite {
+                            block,
+                            hash: b.hash,
+                        })
+                    })
+                    .collect();
+                (!blocks.is_empty()).then(|| Write {
+                    blocks,
+                    ..w.clone()
+                })
+            })
+            .collect();
+        Ok(History {
+            blocks,
+            initial,
+            writes,
+        })
+    }
+}
+
 /// The backup image to judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backup {
@@ -126,6 +215,19 @@ pub enum HistoryError {
         submit_ns: u64,
         complete_ns: u64,
     },
+    #[error(
+        "extent {extent:?} of the volume lies past the disk's {disk_blocks} or the volume's \
+         {volume_blocks} blocks"
+    )]
+    ExtentOutOfRange {
+        extent: Extent,
+        disk_blocks: u64,
+        volume_blocks: u64,
+    },
+    #[error("extent {extent:?} overlaps another extent of the volume")]
+    ExtentOverlap { extent: Extent },
+    #[error("the volume's extents leave its block {block} unmapped")]
+    ExtentHole { block: u64 },
     #[error("two writes carry sequence number {seq}")]
     DuplicateSeq { seq: u64 },
     #[error("write #{seq} lists block {block} twice")]

@@ -31,7 +31,7 @@ mod tests;
 
 pub use announced::{AnnouncedCheck, Disagreement, DisagreementKind, InstantPlace};
 pub use input::{
-    Announced, Backup, BackupError, BlockWrite, ContentHash, History, HistoryError, Write,
+    Announced, Backup, BackupError, BlockWrite, ContentHash, Extent, History, HistoryError, Write,
 };
 pub use judge::{BlockVerdict, Judgement, Leak, OracleClass, Stale, Verdict};
 pub use time::{Moment, Span};

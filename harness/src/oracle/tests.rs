@@ -1052,3 +1052,67 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_linear_volume_s_history_is_its_extents_of_the_disk_s() {
+    // Disk of 8 blocks; the volume is disk blocks 5..7 then 1..3 (4 blocks).
+    let disk = history(
+        &[10, 11, 12, 13, 14, 15, 16, 17],
+        vec![
+            w(1, 5, Some(8), &[(0, 20), (1, 21)]),
+            w(2, 10, Some(14), &[(4, 24)]),
+            w(3, 12, None, &[(6, 26), (2, 22)]),
+        ],
+    );
+    let extents = [
+        Extent {
+            volume_block: 0,
+            disk_block: 5,
+            blocks: 2,
+        },
+        Extent {
+            volume_block: 2,
+            disk_block: 1,
+            blocks: 2,
+        },
+    ];
+    let vol = disk.restrict(&extents, 4).unwrap();
+    assert_eq!(
+        vol,
+        history(
+            &[15, 16, 11, 12],
+            vec![
+                w(1, 5, Some(8), &[(2, 21)]),
+                w(3, 12, None, &[(1, 26), (3, 22)]),
+            ],
+        )
+    );
+    assert!(Oracle::new(&vol).is_ok());
+    // Holes, overlaps and extents off the disk are refused.
+    assert!(matches!(
+        disk.restrict(&extents[..1], 4),
+        Err(HistoryError::ExtentHole { block: 2 })
+    ));
+    let overlapping = [
+        extents[0],
+        Extent {
+            disk_block: 6,
+            ..extents[1]
+        },
+    ];
+    assert!(matches!(
+        disk.restrict(&overlapping, 4),
+        Err(HistoryError::ExtentOverlap { .. })
+    ));
+    let off = [
+        extents[0],
+        Extent {
+            disk_block: 7,
+            ..extents[1]
+        },
+    ];
+    assert!(matches!(
+        disk.restrict(&off, 4),
+        Err(HistoryError::ExtentOutOfRange { .. })
+    ));
+}

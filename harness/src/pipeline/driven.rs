@@ -25,6 +25,7 @@ use bw_guest::pipe::wire::{self, InstantMessage};
 use super::channel::Channel;
 use super::command::{self, Env, Output, Running, Step, StepError};
 use super::lines::LinePort;
+use super::lvmmap;
 use super::reader::ReaderPort;
 use super::store::Store;
 use super::{
@@ -238,6 +239,11 @@ pub trait Provider {
         g: u32,
         committed: bool,
     ) -> Result<(), PipelineError>;
+
+    /// See [`Pipeline::static_layout`].
+    fn static_layout(&self, _volume: &str) -> Option<Vec<lvmmap::Segment>> {
+        None
+    }
 
     /// See [`Pipeline::volume_image`].
     fn volume_image(
@@ -894,6 +900,10 @@ impl Pipeline for Driven {
         out: &Path,
     ) -> Result<Option<PathBuf>, PipelineError> {
         self.provider.volume_image(volume, disk_image, out)
+    }
+
+    fn static_layout(&self, volume: &str) -> Option<Vec<lvmmap::Segment>> {
+        self.provider.static_layout(volume)
     }
 
     fn start(&mut self, vm: &mut Vm, volumes: &[GuestVolume]) -> Result<(), PipelineError> {

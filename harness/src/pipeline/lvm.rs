@@ -352,6 +352,13 @@ impl Provider for Lvm {
         Ok(())
     }
 
+    fn static_layout(&self, volume: &str) -> Option<Vec<lvmmap::Segment>> {
+        match &self.attached(volume).ok()?.layout {
+            Layout::Linear { segments } => Some(segments.clone()),
+            Layout::Thin { .. } => None,
+        }
+    }
+
     fn volume_image(
         &self,
         volume: &str,

@@ -252,6 +252,14 @@ pub trait Pipeline {
         Ok(None)
     }
 
+    /// Where the volume's blocks lie on its disk when that stayed put for the whole run (a
+    /// linear logical volume), so the disk's write history can judge the volume; None
+    /// when the disk is the volume, or when the layout moves (a thin volume's blocks are
+    /// placed as they are first written).
+    fn static_layout(&self, _volume: &str) -> Option<Vec<lvmmap::Segment>> {
+        None
+    }
+
     /// After boot: start host services and prepare the guest.
     fn start(&mut self, vm: &mut Vm, volumes: &[GuestVolume]) -> Result<(), PipelineError>;
 

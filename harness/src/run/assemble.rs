@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::hash::HashError;
 use crate::model::{BackupKind, BlockHash, Layer};
 use crate::oracle::adapter::Adapted;
-use crate::oracle::Oracle;
+use crate::oracle::{Extent, History, HistoryError, Oracle};
 use crate::pipeline::{BackupResult, Pipeline, VolumeBackup};
 use crate::plan::{Plan, VolumePlan};
 use crate::record::{
@@ -39,6 +39,40 @@ fn hash(
     crate::hash::hash_image_with_progress(path, &|done| progress(done, total))
 }
 
+/// The history of volume `v` cut out of its disk's, when the pipeline knows a layout that
+/// stayed put (None: it does not, e.g. a thin volume).
+fn volume_history(
+    pipeline: &dyn Pipeline,
+    v: &VolumePlan,
+    disk: &History,
+) -> Result<Option<History>, HistoryError> {
+    const BLOCK: u64 = 4096;
+    let Some(segments) = pipeline.static_layout(&v.name) else {
+        return Ok(None);
+    };
+    // The logical volume may end past the scenario's size (LVM rounds up to extents):
+    // only the scenario's size is backed up and judged.
+    let size = v.size_bytes;
+    let extents: Vec<Extent> = segments
+        .iter()
+        .filter(|s| s.lv_offset < size)
+        .map(|s| Extent {
+            volume_block: s.lv_offset / BLOCK,
+            disk_block: s.disk_offset / BLOCK,
+            blocks: s.len.min(size - s.lv_offset).div_ceil(BLOCK),
+        })
+        .collect();
+    if segments
+        .iter()
+        .any(|s| (s.lv_offset | s.disk_offset | s.len) % BLOCK != 0)
+    {
+        // LVM's extents are MiB-aligned; a layout that is not cannot be judged in blocks.
+        return Ok(None);
+    }
+    disk.restrict(&extents, v.size_bytes.div_ceil(BLOCK))
+        .map(Some)
+}
+
 /// The recording of every backed-up volume. Errors are infrastructure problems (a
 /// truth image that cannot be read); they go to the report as harness errors.
 pub(super) fn volumes(
@@ -59,7 +93,28 @@ pub(super) fn volumes(
     for v in plan.backed_up() {
         let mut gens = Vec::new();
         let history = histories.get(&v.name);
-        let oracle = match history.map(|h| Oracle::new(&h.history)) {
+        // The history is the disk's; a volume cut out of its disk is judged on the disk's
+        // writes to its extents (a linear LVM volume), or not at all (a thin one).
+        let volume_is_disk = v.disk_bytes == v.size_bytes;
+        let restricted = match (history, volume_is_disk) {
+            (Some(h), false) => match volume_history(pipeline, v, &h.history) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!(
+                        "the history of volume {} within its disk: {}",
+                        v.name,
+                        chain(&e)
+                    ));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let judged = match (history, volume_is_disk) {
+            (Some(h), true) => Some(&h.history),
+            _ => restricted.as_ref(),
+        };
+        let oracle = match judged.map(Oracle::new) {
             Some(Ok(o)) => Some(o),
             Some(Err(e)) => {
                 errors.push(format!(
@@ -268,10 +323,7 @@ pub(super) fn volumes(
                 ));
             }
             let instant = truth.witness().and_then(|w| w.instant(&v.name, br.number));
-            // The history is the disk's; a volume cut out of its disk (an LVM logical
-            // volume) has other blocks than the history, so the oracle does not judge it.
-            let volume_is_disk = v.disk_bytes == v.size_bytes;
-            if let (Some(o), Some(h), Some(i), true) = (&oracle, history, instant, volume_is_disk) {
+            if let (Some(o), Some(h), Some(i)) = (&oracle, history, instant) {
                 // A block the COW file shares with other data (filesystem blocks under
                 // 4 KiB) holds COW bytes the module writes after the instant: the
                 // classifier judges its other bytes; the oracle, which knows whole
