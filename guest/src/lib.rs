@@ -13,14 +13,6 @@ pub mod stamp;
 pub mod units;
 pub mod workload;
 
-/// An error and its sources on one line ("a: b: c").
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// An error and its sources on one line ("a: b: c"): the agent's, shared by every guest
+/// binary.
+pub use reference_agent::error_chain;
