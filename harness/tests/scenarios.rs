@@ -39,9 +39,11 @@ const CI_SUBSET: &[&str] = &[
     "ext4-1k-cow-read-live::debian-6.1",
     "xfs-cow-read-live::debian-6.1",
     // The driven pipelines (each under 2 minutes here): the kernel's dm-snapshot clean
-    // and overflowing, and a vendor's product by its commands caught reading live.
+    // and overflowing, LVM, and a vendor's product by its commands caught reading live.
     "dm-snapshot-clean::debian-6.1",
     "dm-snapshot-overflow::debian-6.12",
+    // LVM classic: its volume is cut out of its disk, truth and history alike.
+    "lvm-classic-clean::debian-6.12",
     "external-reads-live::debian-6.1",
 ];
 
