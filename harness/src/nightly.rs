@@ -1024,6 +1024,27 @@ mod tests {
     }
 
     #[test]
+    fn runs_judged_at_the_cut_are_their_own_row_never_the_oracle_agreement() {
+        let mut a = run("cut-clean", Exit::Pass, &[]);
+        a.judged_at_cut = true;
+        let mut b = run("cut-wrong", Exit::ProductFailure, &[]);
+        b.judged_at_cut = true;
+        let mut c = run("announced", Exit::Pass, &[]);
+        c.oracle_agrees = Some(true);
+        let runs = [a, b, c];
+        let oracle = oracle_row(&runs);
+        assert_eq!(oracle.scenarios, ["announced"]);
+        assert_eq!((oracle.runs, oracle.passed), (1, 1));
+        let cut = cut_row(&runs);
+        assert_eq!(cut.fault, CUT_ROW);
+        assert_eq!(cut.scenarios, ["cut-clean", "cut-wrong"]);
+        assert_eq!((cut.runs, cut.passed), (2, 1));
+        assert_eq!(cut.failed.len(), 1);
+        assert!(cut.failed[0].starts_with("cut-wrong "), "{:?}", cut.failed);
+        assert_eq!(cut.status(), RowStatus::No);
+    }
+
+    #[test]
     fn a_row_is_yes_only_when_every_run_passed_and_no_on_any_product_failure() {
         let s = |name: &str| {
             crate::scenario::parse(
