@@ -61,10 +61,15 @@ pub struct NightlyRun {
     /// Whether the history oracle agreed with the truth at the announced instant on
     /// every block (None: not judged, no witness disk).
     pub oracle_agrees: Option<bool>,
+    /// Whether the run was judged at the history oracle's cut (its product cannot
+    /// announce an instant): such a run is never counted as agreeing with an instant.
+    pub judged_at_cut: bool,
 }
 
 /// The matrix row of the oracle's own check.
 pub const ORACLE_ROW: &str = "oracle vs the truth at the announced instant";
+/// The matrix row of the runs whose truth was the oracle's cut.
+pub const CUT_ROW: &str = "truth at the oracle's cut (no announced instant)";
 
 impl NightlyRun {
     /// The classes and outcomes the run found, by name.
@@ -99,6 +104,7 @@ impl Serialize for NightlyRun {
             fired: Vec<(&'a str, Option<u64>)>,
             expected: Vec<&'static str>,
             oracle_agrees: Option<bool>,
+            judged_at_cut: bool,
         }
         let expected = self.expected_classes.iter().map(|c| c.name());
         Row {
@@ -120,6 +126,7 @@ impl Serialize for NightlyRun {
                 .chain(self.expected_outcomes.iter().map(|o| o.name()))
                 .collect(),
             oracle_agrees: self.oracle_agrees,
+            judged_at_cut: self.judged_at_cut,
         }
         .serialize(s)
     }
@@ -463,6 +470,7 @@ fn not_run(s: &Scenario, image: &str, seed: u64, error: &str) -> NightlyRun {
         expected_classes: s.expect.classes.iter().copied().collect(),
         expected_outcomes: s.expect.outcomes.iter().copied().collect(),
         oracle_agrees: None,
+        judged_at_cut: false,
     }
 }
 
@@ -487,6 +495,7 @@ fn nightly_run(s: &Scenario, r: &RunResult) -> NightlyRun {
         expected_classes: s.expect.classes.iter().copied().collect(),
         expected_outcomes: s.expect.outcomes.iter().copied().collect(),
         oracle_agrees: r.oracle_agrees,
+        judged_at_cut: r.judged_at_cut,
     }
 }
 
@@ -557,7 +566,37 @@ fn matrix(scenarios: &[Scenario], runs: &[NightlyRun]) -> Vec<MatrixRow> {
     }
     let mut rows: Vec<MatrixRow> = rows.into_values().collect();
     rows.push(oracle_row(runs));
+    rows.push(cut_row(runs));
     rows
+}
+
+/// The runs judged at the oracle's cut, as a row of their own: they have no announced
+/// instant, so the oracle row cannot count them; here each counts by its verdict.
+fn cut_row(runs: &[NightlyRun]) -> MatrixRow {
+    let judged: Vec<&NightlyRun> = runs.iter().filter(|r| r.judged_at_cut).collect();
+    let mut scenarios: Vec<String> = judged.iter().map(|r| r.scenario.clone()).collect();
+    scenarios.sort();
+    scenarios.dedup();
+    let label = |r: &&NightlyRun| format!("{} {} seed {}", r.scenario, r.image, r.seed);
+    let mut row = MatrixRow {
+        fault: CUT_ROW.into(),
+        pipeline: "external (instant = \"oracle\")".into(),
+        must_produce: vec!["the scenario's expected verdict, judged at the cut".into()],
+        scenarios,
+        runs: judged.len() as u32,
+        passed: 0,
+        harness_errors: 0,
+        failed: Vec::new(),
+        fired: None,
+    };
+    for r in &judged {
+        match r.verdict {
+            Verdict::Pass => row.passed += 1,
+            Verdict::Fail { .. } => row.failed.push(label(r)),
+            Verdict::CouldNotRun { .. } => row.harness_errors += 1,
+        }
+    }
+    row
 }
 
 /// The oracle's own check as a row: every run the oracle judged (the witness-disk
@@ -941,6 +980,7 @@ mod tests {
             expected_classes: vec![],
             expected_outcomes: vec![],
             oracle_agrees: None,
+            judged_at_cut: false,
         }
     }
 
@@ -981,6 +1021,27 @@ mod tests {
         assert_eq!(rep.exit(), Exit::Pass);
         rep.runs.push(b);
         assert_eq!(rep.exit(), Exit::ProductFailure);
+    }
+
+    #[test]
+    fn runs_judged_at_the_cut_are_their_own_row_never_the_oracle_agreement() {
+        let mut a = run("cut-clean", Exit::Pass, &[]);
+        a.judged_at_cut = true;
+        let mut b = run("cut-wrong", Exit::ProductFailure, &[]);
+        b.judged_at_cut = true;
+        let mut c = run("announced", Exit::Pass, &[]);
+        c.oracle_agrees = Some(true);
+        let runs = [a, b, c];
+        let oracle = oracle_row(&runs);
+        assert_eq!(oracle.scenarios, ["announced"]);
+        assert_eq!((oracle.runs, oracle.passed), (1, 1));
+        let cut = cut_row(&runs);
+        assert_eq!(cut.fault, CUT_ROW);
+        assert_eq!(cut.scenarios, ["cut-clean", "cut-wrong"]);
+        assert_eq!((cut.runs, cut.passed), (2, 1));
+        assert_eq!(cut.failed.len(), 1);
+        assert!(cut.failed[0].starts_with("cut-wrong "), "{:?}", cut.failed);
+        assert_eq!(cut.status(), RowStatus::No);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The `external` pipeline end to end in a VM: a product kept outside the repository
 //! runs with nothing changed but one scenario file, and a product command that fails,
 //! hangs past its limit or prints nothing where it must is a harness error naming the
-//! step, the command, how it ended and its output's tail, with nothing left running.
+//! step, the command, how it ended and its output's tail, with nothing left running; so
+//! is a one-command `snapshot` that never announces in a scenario that did not declare
+//! `instant = "oracle"`.
 
 mod common;
 
@@ -143,7 +145,7 @@ fn vm_a_product_outside_the_repository_runs_from_one_scenario_file() {
 #[test]
 fn vm_a_failing_hanging_or_silent_command_is_a_harness_error_naming_it() {
     let (tmp, product) = outside();
-    let cases: [(&str, String, &str, Vec<&str>); 3] = [
+    let cases: [(&str, String, &str, Vec<&str>); 4] = [
         (
             "fails",
             DMWRAP.replace(
@@ -167,6 +169,17 @@ fn vm_a_failing_hanging_or_silent_command_is_a_harness_error_naming_it() {
             DMWRAP.replace("device = \"dmwrap device\"", "device = \"true\""),
             "",
             vec!["step `device`", "printed nothing"],
+        ),
+        (
+            // A one-command snapshot that does not announce, in a scenario that did not
+            // say `instant = "oracle"`: never taken for a product judged at the cut.
+            "unannounced",
+            DMWRAP.replace(
+                "freeze = \"dmwrap freeze\"\nsetup = \"dmwrap setup\"\nthaw = \"dmwrap thaw\"",
+                "snapshot = \"dmwrap snapshot\"",
+            ),
+            "",
+            vec!["ended without announcing", "instant = \"oracle\""],
         ),
     ];
     for (name, commands, extra, want) in cases {

@@ -3,7 +3,9 @@
 //! around it and records it with its own parts, none of them on the product's word:
 //!
 //! - the truth at the instant: between freeze and thaw (the harness's or the product's
-//!   commands), or when the product announces it with `bw-pipe instant`;
+//!   commands), or when the product announces it with `bw-pipe instant`; a product that
+//!   cannot announce ([`SnapshotMode::Unannounced`]) gets no truth here: the run judges
+//!   its backup at the history oracle's cut;
 //! - the snapshot and live points from its own reader (`bw-pipe read` on `bw.reader`),
 //!   which reads the snapshot device and the live device during the backup window;
 //! - the transport point on its channel (`bw.channel`) when the backup streams through
@@ -59,6 +61,9 @@ pub enum SnapshotMode {
     FreezeSetupThaw,
     /// One command that announces its instant with `bw-pipe instant`.
     Announced,
+    /// One command that freezes, snapshots and thaws on its own and cannot announce:
+    /// no truth is taken at an instant (the run's is the history oracle's, at its cut).
+    Unannounced,
 }
 
 /// How a backup leaves the guest.
@@ -186,7 +191,8 @@ pub trait Provider {
         Ok(())
     }
 
-    /// [`SnapshotMode::Announced`]: the one command, and its environment.
+    /// [`SnapshotMode::Announced`] and [`SnapshotMode::Unannounced`]: the one command,
+    /// and its environment.
     fn snapshot_command(&self, _v: &GuestVolume, _g: u32) -> (String, Env, Duration) {
         (String::new(), Env::new(), Duration::from_secs(60))
     }
@@ -532,10 +538,61 @@ impl Driven {
                 "the product's snapshot command",
                 "ended without announcing its instant with `bw-pipe instant`: the harness \
                  has no truth for this backup (a product that cannot announce its instant \
-                 needs the history oracle over the witness disk)",
+                 says so with `instant = \"oracle\"` in `[pipeline]`, and is judged at the \
+                 history oracle's cut)",
             ));
         }
         Ok(instant)
+    }
+
+    /// The product's own snapshot command, which cannot announce its instant: run to its
+    /// end, volume by volume, with no truth taken. Returns the guest's clock right after
+    /// the last command ended: the instant lies before it (a stamped write made later is
+    /// from after the instant). A product that runs `bw-pipe instant` anyway is told to
+    /// abort (the scenario said it cannot announce), rather than left waiting.
+    fn instant_unannounced(
+        &mut self,
+        r: &mut Runner,
+        volumes: &[GuestVolume],
+        g: u32,
+        result: &mut BackupResult,
+    ) -> Result<Option<u64>, PipelineError> {
+        for v in volumes {
+            let (script, env, limit) = self.provider.snapshot_command(v, g);
+            let step = Step {
+                name: "snapshot",
+                script: &script,
+                env: &env,
+                limit,
+                output: Output::Any,
+            };
+            let mut running = Running::spawn(r.vm, &step)?;
+            loop {
+                if let Some(line) = self
+                    .instant
+                    .as_mut()
+                    .and_then(|p| p.poll(Duration::from_millis(20)))
+                {
+                    result.notes.push(format!(
+                        "the snapshot command of {} used bw.instant, and the scenario says the product cannot announce (instant = \"oracle\"): {line}",
+                        v.name
+                    ));
+                    if let Some(p) = self.instant.as_mut() {
+                        p.reply(&InstantMessage::Abort {
+                            reason: "this scenario judges the product at the history oracle's cut (instant = \"oracle\")".into(),
+                        });
+                    }
+                }
+                let done = running.poll(r.vm, Duration::from_millis(100));
+                r.spawned(&step, &done);
+                match done {
+                    Ok(Some(_)) => break,
+                    Ok(None) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(Self::guest_now(r))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -943,7 +1000,11 @@ impl Pipeline for Driven {
             SnapshotMode::Announced => {
                 self.instant_announced(&mut r, volumes, g, hooks, &mut result)
             }
+            SnapshotMode::Unannounced => self.instant_unannounced(&mut r, volumes, g, &mut result),
         };
+        // Without an instant to reach, the snapshot is made once its command ended.
+        let snapshotted =
+            result.instant_reached || self.provider.mode() == SnapshotMode::Unannounced;
         let instant = match instant {
             Ok(i) => i,
             Err(e) => {
@@ -953,7 +1014,7 @@ impl Pipeline for Driven {
         };
         let mut outcome = Ok(());
         for v in volumes {
-            if !result.instant_reached {
+            if !snapshotted {
                 break;
             }
             let mut notes = Vec::new();
@@ -988,7 +1049,7 @@ impl Pipeline for Driven {
                 }
             }
         }
-        if !result.instant_reached {
+        if !snapshotted {
             for v in volumes {
                 let _ = self.provider.release(&mut r, v, g, false);
             }

@@ -491,6 +491,7 @@ impl Provider for External {
         match self.spec.snapshot {
             SnapshotSteps::FreezeSetupThaw { .. } => SnapshotMode::FreezeSetupThaw,
             SnapshotSteps::Announced { .. } => SnapshotMode::Announced,
+            SnapshotSteps::Unannounced { .. } => SnapshotMode::Unannounced,
         }
     }
 
@@ -517,7 +518,9 @@ impl Provider for External {
 
     fn snapshot_command(&self, v: &GuestVolume, g: u32) -> (String, Env, Duration) {
         let script = match &self.spec.snapshot {
-            SnapshotSteps::Announced { snapshot } => snapshot.clone(),
+            SnapshotSteps::Announced { snapshot } | SnapshotSteps::Unannounced { snapshot } => {
+                snapshot.clone()
+            }
             SnapshotSteps::FreezeSetupThaw { .. } => String::new(),
         };
         (script, self.env(v, g), self.spec.step_timeout)

@@ -65,6 +65,67 @@ pub enum TruthState {
     NeverAnnounced,
     /// Announced, and the harness did not take its truth (a harness error): why.
     NotTaken { why: String },
+    /// The scenario says the product cannot announce its instant (`instant =
+    /// "oracle"`): the truth is the history oracle's at the cut it found.
+    AtCut { cut: Box<CutRecord> },
+}
+
+/// Which image the history oracle's cut was found on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CutImage {
+    /// The product's snapshot device, as the harness's own reader read it whole.
+    SnapshotDevice,
+    /// The backup, as the harness re-read it at the target.
+    Backup,
+}
+
+impl CutImage {
+    pub const fn describe(self) -> &'static str {
+        match self {
+            CutImage::SnapshotDevice => "the snapshot device as the harness's reader read it",
+            CutImage::Backup => "the backup as the harness re-read it",
+        }
+    }
+}
+
+/// One image judged at its best cut, without an announced instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutJudgement {
+    /// The cut T, ns on the history's clock; None when it is before every write.
+    pub cut_ns: Option<u64>,
+    /// The span of equally good cuts, as text ("[a ns, b ns)").
+    pub span: String,
+    /// Blocks consistent at the cut, and blocks judged (not excluded).
+    pub explained: u64,
+    pub judged: u64,
+    /// Blocks per oracle class (only classes with blocks).
+    pub counts: BTreeMap<String, u64>,
+    /// The first problem blocks, one line each.
+    pub examples: Vec<String>,
+}
+
+impl CutJudgement {
+    /// Every judged block is explained at the one cut.
+    pub fn consistent(&self) -> bool {
+        self.explained == self.judged
+    }
+}
+
+/// The truth of a generation taken from the history oracle's cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutRecord {
+    /// The image whose best cut is the truth.
+    pub image: CutImage,
+    pub judgement: CutJudgement,
+    /// Blocks a write was in flight to at the cut, so more than one content was
+    /// possible there: the truth holds the image's own content when it is one of them.
+    pub in_flight: u64,
+    /// The backup judged on its own, when the truth came from another image (None:
+    /// nothing committed, or the backup is the image above).
+    pub backup: Option<CutJudgement>,
+    /// Writes whose submit time the history's adapter moved (the seeded schedule).
+    pub moved_submits: u64,
 }
 
 /// A 4 KiB block the COW file covers only in part (a filesystem with smaller blocks):

@@ -214,13 +214,14 @@ pub fn render(rec: &Recording, c: &Classification, s: &Summary, verdict: &Verdic
              <div class=\"bar\">zoom <button data-map=\"{i}\" data-cell=\"1\">1×</button><button data-map=\"{i}\" data-cell=\"2\">2×</button>\
              <button data-map=\"{i}\" data-cell=\"4\">4×</button><button data-map=\"{i}\" data-cell=\"8\">8×</button>\
              <span class=\"hover\" id=\"hover{i}\">hover a block</span></div>\
-             <div class=\"scroll\"><canvas id=\"map{i}\"></canvas></div>{}{}</section>",
+             <div class=\"scroll\"><canvas id=\"map{i}\"></canvas></div>{}{}{}</section>",
             escape(&g.volume),
             g.generation,
             g.kind,
             g.blocks,
             generation_note(g),
             excluded_note(record),
+            cut_note(record),
             oracle_note(record)
         );
         maps.push(format!(
@@ -449,6 +450,32 @@ fn generation_note(g: &GenerationResult) -> String {
     }
     parts.push(format!("stages: {}", g.stages.join(", ")));
     format!(" · {}", escape(&parts.join(" · ")))
+}
+
+/// A generation judged at the history oracle's cut: where its truth came from, and the
+/// problem blocks the oracle named.
+fn cut_note(g: &GenerationRecord) -> String {
+    let crate::record::TruthState::AtCut { cut } = &g.truth_state else {
+        return String::new();
+    };
+    let mut out = format!(
+        "<p class=\"excluded\">Truth: {}.</p>",
+        escape(&super::truth_from(&g.truth_state))
+    );
+    let examples: Vec<&String> = cut
+        .judgement
+        .examples
+        .iter()
+        .chain(cut.backup.iter().flat_map(|b| &b.examples))
+        .collect();
+    if !examples.is_empty() {
+        out.push_str("<ul class=\"excluded\">");
+        for e in examples {
+            out.push_str(&format!("<li>{}</li>", escape(e)));
+        }
+        out.push_str("</ul>");
+    }
+    out
 }
 
 /// The history oracle's word on a generation: the truth image and the backup judged.

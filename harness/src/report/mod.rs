@@ -227,6 +227,49 @@ pub fn rebuild_report(dir: &Path) -> Result<ReportOutcome, ReportError> {
     Ok(rendered.outcome(dir))
 }
 
+/// Where a generation's truth came from, in one sentence for the reader of a report.
+pub(crate) fn truth_from(state: &crate::record::TruthState) -> String {
+    use crate::record::TruthState;
+    match state {
+        TruthState::Taken => "taken by the harness at the announced instant".into(),
+        TruthState::NeverAnnounced => {
+            "none: the pipeline never announced an instant for this backup".into()
+        }
+        TruthState::NotTaken { why } => format!("none: the harness did not take it ({why})"),
+        TruthState::AtCut { cut } => {
+            let j = &cut.judgement;
+            let mut s = format!(
+                "the history oracle's cut (no instant was announced: the product cannot): found on {}, cut {} on the history's clock, span {}, {} of {} blocks explained, {} block(s) in flight at the cut",
+                cut.image.describe(),
+                j.cut_ns.map_or("before every write".to_string(), |n| format!("{n} ns")),
+                j.span,
+                j.explained,
+                j.judged,
+                cut.in_flight
+            );
+            if !j.consistent() {
+                s.push_str("; that image is NOT one consistent cut");
+            }
+            if let Some(b) = &cut.backup {
+                s.push_str(&format!(
+                    "; the backup on its own: cut {}, span {}, {} of {} blocks explained{}",
+                    b.cut_ns
+                        .map_or("before every write".to_string(), |n| format!("{n} ns")),
+                    b.span,
+                    b.explained,
+                    b.judged,
+                    if b.consistent() {
+                        ""
+                    } else {
+                        ", NOT one consistent cut"
+                    }
+                ));
+            }
+            s
+        }
+    }
+}
+
 /// Escapes text for HTML.
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -65,6 +65,9 @@ pub struct GenerationSummary {
     /// Whether the harness took its own truth for this backup.
     #[serde(default)]
     pub truth: TruthState,
+    /// Where the truth came from, in words (the instant, or the history oracle's cut).
+    #[serde(default)]
+    pub truth_from: String,
     /// Where the pipeline's word on its COW file disagreed with the harness's.
     #[serde(default)]
     pub cow_findings: Vec<String>,
@@ -128,6 +131,7 @@ impl Summary {
                                 })
                                 .collect(),
                             truth: g.truth_state.clone(),
+                            truth_from: super::truth_from(&g.truth_state),
                             cow_findings: g.cow_findings.clone(),
                             oracle: g.oracle.clone(),
                         }

@@ -164,6 +164,131 @@ pub(super) fn volumes(
                 .map(|s| s.faults.iter().map(|f| f.spec.layer()).collect())
                 .unwrap_or_default();
 
+            if plan.pipeline.at_cut() {
+                // No instant, so no truth image: the truth is the oracle's, at its cut.
+                let mut g = GenerationRecord::new(generation, kind, Vec::new());
+                g.agent = agent;
+                g.target_claim = target_claim;
+                g.previous_intact = previous_intact;
+                let blocks = (v.size_bytes / crate::model::BLOCK as u64) as usize;
+                let mut target_hashes = None;
+                if let Some(img) = &stored {
+                    match hash(img, progress, v.size_bytes) {
+                        Ok(h) => {
+                            g.committed = true;
+                            g.target_bytes = std::fs::metadata(img).ok().map(|m| m.len());
+                            let column: Vec<Option<BlockHash>> =
+                                (0..blocks).map(|i| h.get(i).copied()).collect();
+                            g.target = Some(column.clone());
+                            target_hashes = Some(column);
+                        }
+                        Err(e) => errors.push(format!(
+                            "re-reading generation {generation} of volume {} at the target: {}",
+                            v.name,
+                            chain(&e)
+                        )),
+                    }
+                }
+                let whole_backup: Option<Vec<BlockHash>> = target_hashes
+                    .as_ref()
+                    .and_then(|c| c.iter().copied().collect::<Option<Vec<_>>>());
+                // The reader's snapshot, when it read every block of the volume.
+                let snapshot = vb.and_then(|vb| vb.witness.as_ref()).and_then(|w| {
+                    let hashes: Vec<BlockHash> =
+                        w.range(..blocks as u64).map(|(_, r)| r.snapshot).collect();
+                    (kind == BackupKind::Full
+                        && hashes.len() == blocks
+                        && w.keys().take(blocks).copied().eq(0..blocks as u64))
+                    .then_some(hashes)
+                });
+                let judged = match (&oracle, history, v.disk_bytes == v.size_bytes) {
+                    (_, _, false) => Err(super::cut::CutError::NotWholeDisk {
+                        volume: v.name.clone(),
+                    }),
+                    (Some(o), Some(h), true) => super::cut::truth(
+                        o,
+                        h.moved_submits,
+                        &v.name,
+                        generation,
+                        &super::cut::Images {
+                            snapshot,
+                            backup: whole_backup.as_deref(),
+                        },
+                    ),
+                    (None, _, true) | (_, None, true) => Err(super::cut::CutError::NoHistory {
+                        volume: v.name.clone(),
+                    }),
+                };
+                match judged {
+                    Ok(at) => {
+                        g.blocks = at.truth.len() as u64;
+                        g.truth = at.truth;
+                        if let Some(vb) = vb {
+                            // The guest's clock after the snapshot command ended: the
+                            // instant lies before it (stamps later than it leaked).
+                            g.snapshot_instant_ns = vb.instant_ns;
+                            recorded_points(
+                                &mut g,
+                                vb,
+                                blocks,
+                                &layers,
+                                &inherited_sites,
+                                &previous,
+                            );
+                        }
+                        if super::cut::unseen_by_comparison(
+                            &at.record,
+                            &g.truth,
+                            g.target.as_deref(),
+                        ) {
+                            errors.push(format!(
+                                "volume {} generation {generation}: the history oracle finds the backup no single cut, and no block of it differs from the truth at the cut",
+                                v.name
+                            ));
+                        }
+                        g.truth_state = TruthState::AtCut {
+                            cut: Box::new(at.record),
+                        };
+                        if let Some(img) = stored.as_deref().filter(|_| g.committed) {
+                            // Owners from the backup's own filesystem; stamps ordered
+                            // against the instant's bound alone (no truth image holds
+                            // the truth's stamps).
+                            if let Err(e) = crate::diff::annotate_generation(
+                                &v.name,
+                                &mut g,
+                                v.fs,
+                                img,
+                                Some(img),
+                            ) {
+                                errors.push(format!(
+                                    "mapping problem blocks of volume {}: {}",
+                                    v.name,
+                                    chain(&e)
+                                ));
+                            }
+                            for e in g.stamps.values_mut() {
+                                e.truth.clear();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let why = chain(&e);
+                        errors.push(format!(
+                            "the truth of volume {} generation {generation} at the history oracle's cut: {why}",
+                            v.name
+                        ));
+                        g.truth_state = TruthState::NotTaken { why };
+                        // Nothing to compare it with: the claims still count.
+                        g.target = None;
+                    }
+                }
+                if let Some(h) = target_hashes {
+                    inherited_sites = g.fault_sites.clone();
+                    previous = Some((generation, h));
+                }
+                gens.push(g);
+                continue;
+            }
             if !truth.taken(br.number) {
                 // No truth: nothing to compare, but the claims still count (a backup
                 // that failed before its instant is a failure; one that committed
@@ -243,46 +368,7 @@ pub(super) fn volumes(
                         chain(&e)
                     )),
                 }
-                g.fault_sites = vb
-                    .fault_sites
-                    .iter()
-                    .filter(|(layer, _)| layers.contains(layer))
-                    .flat_map(|(_, sites)| sites.iter().copied())
-                    .collect();
-                if kind == BackupKind::Incremental {
-                    g.fault_sites.extend(inherited_sites.iter().copied());
-                }
-                g.retransmits = vb.retransmits.clone();
-                if let Some(w) = &vb.witness {
-                    let mut snap = vec![None; blocks];
-                    let mut live = vec![Live::NotRead; blocks];
-                    let mut source = vec![None; blocks];
-                    for (&b, rec) in w.range(..blocks as u64) {
-                        snap[b as usize] = Some(rec.snapshot);
-                        live[b as usize] = rec.live;
-                        source[b as usize] = rec.source;
-                    }
-                    g.snapshot = Some(snap);
-                    g.live = Some(live);
-                    // The source point is the module's trace; a witness without one
-                    // (the harness's own reader) leaves the stage unrecorded.
-                    if source.iter().any(Option::is_some) {
-                        g.source = Some(source);
-                    }
-                }
-                if let Some(t) = &vb.transport {
-                    let mut col = vec![None; blocks];
-                    for (&b, h) in t.range(..blocks as u64) {
-                        col[b as usize] = Some(*h);
-                    }
-                    g.transport = Some(col);
-                }
-                if kind == BackupKind::Incremental {
-                    g.incremental = Some(IncrementalRecord {
-                        sent: vb.sent.clone(),
-                        previous: previous.as_ref().map(|(_, h)| h.clone()),
-                    });
-                }
+                recorded_points(&mut g, vb, blocks, &layers, &inherited_sites, &previous);
             }
             let mut target_hashes = None;
             if let Some(img) = &stored {
@@ -367,6 +453,60 @@ pub(super) fn volumes(
         }
     }
     (out, errors)
+}
+
+/// The points the pipeline and the harness's parts recorded for one generation of
+/// `blocks` blocks: fault sites, the reader's snapshot and live, the transport, and
+/// what an incremental sent.
+fn recorded_points(
+    g: &mut GenerationRecord,
+    vb: &VolumeBackup,
+    blocks: usize,
+    layers: &BTreeSet<Layer>,
+    inherited_sites: &BTreeSet<u64>,
+    previous: &Option<(u32, Vec<Option<BlockHash>>)>,
+) {
+    let kind = g.kind;
+    g.fault_sites = vb
+        .fault_sites
+        .iter()
+        .filter(|(layer, _)| layers.contains(layer))
+        .flat_map(|(_, sites)| sites.iter().copied())
+        .collect();
+    if kind == BackupKind::Incremental {
+        g.fault_sites.extend(inherited_sites.iter().copied());
+    }
+    g.retransmits = vb.retransmits.clone();
+    if let Some(w) = &vb.witness {
+        let mut snap = vec![None; blocks];
+        let mut live = vec![Live::NotRead; blocks];
+        let mut source = vec![None; blocks];
+        for (&b, rec) in w.range(..blocks as u64) {
+            snap[b as usize] = Some(rec.snapshot);
+            live[b as usize] = rec.live;
+            source[b as usize] = rec.source;
+        }
+        g.snapshot = Some(snap);
+        g.live = Some(live);
+        // The source point is the module's trace; a witness without one
+        // (the harness's own reader) leaves the stage unrecorded.
+        if source.iter().any(Option::is_some) {
+            g.source = Some(source);
+        }
+    }
+    if let Some(t) = &vb.transport {
+        let mut col = vec![None; blocks];
+        for (&b, h) in t.range(..blocks as u64) {
+            col[b as usize] = Some(*h);
+        }
+        g.transport = Some(col);
+    }
+    if kind == BackupKind::Incremental {
+        g.incremental = Some(IncrementalRecord {
+            sent: vb.sent.clone(),
+            previous: previous.as_ref().map(|(_, h)| h.clone()),
+        });
+    }
 }
 
 /// The pipeline's COW file as the harness finds it on the truth image: the blocks it

@@ -6,6 +6,7 @@
 //! 2), never as a product pass or failure; the report is written either way.
 
 mod assemble;
+mod cut;
 pub mod disks;
 mod freeze;
 mod guestops;
@@ -101,6 +102,10 @@ pub struct RunResult {
     /// every block of every generation it judged (None: no witness disk, nothing
     /// judged).
     pub oracle_agrees: Option<bool>,
+    /// Whether the run's truth came from the history oracle's cut (a product that
+    /// cannot announce its instant): such a run has no instant for the oracle to agree
+    /// with, and `oracle_agrees` says nothing about it.
+    pub judged_at_cut: bool,
 }
 
 impl RunResult {
@@ -190,6 +195,11 @@ pub fn run_plan(
     recording.events.harness_errors.extend(histories);
     let faults = recording.events.faults.clone();
     let oracle_agrees = oracle_agreement(&recording);
+    let judged_at_cut = recording
+        .volumes
+        .iter()
+        .flat_map(|v| &v.generations)
+        .any(|g| matches!(g.truth_state, TruthState::AtCut { .. }));
     let console = run.work.join("run/console.log");
     let mut found_classes = Vec::new();
     let mut outcomes = Vec::new();
@@ -232,6 +242,7 @@ pub fn run_plan(
         outcomes,
         faults,
         oracle_agrees,
+        judged_at_cut,
     }
 }
 

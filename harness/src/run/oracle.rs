@@ -130,7 +130,7 @@ fn summarise(j: &Judgement, check: &AnnouncedCheck) -> OracleJudgement {
 }
 
 /// One problem block as a line: its class and the write it names.
-fn problem_line(b: &BlockVerdict) -> String {
+pub(super) fn problem_line(b: &BlockVerdict) -> String {
     let mut s = format!("block {}: {}", b.block, b.verdict.class());
     match b.verdict {
         Verdict::DataFromTheFuture(l) => {

@@ -130,6 +130,7 @@ pub const LAYERS: &[&str] = &names!(Layer);
 /// Every pipeline kind, from [`PipelineKind::ALL`].
 pub const PIPELINES: &[&str] = &names!(PipelineKind);
 pub const LVM_INCREMENTALS: &[&str] = &["thin-delta", "full"];
+pub const INSTANTS: &[&str] = &["announced", "oracle"];
 pub const OPS: &[&str] = &["read", "write", "both"];
 pub const FAULT_AT: &[&str] = &["freeze"];
 pub const WHERE: &[&str] = &["anywhere", "fault-sites"];
@@ -232,6 +233,7 @@ pub const KEYS: &[KeyDoc] = &[
     key("pipeline.scratch_disk", Size, Some("none"), "A scratch disk of this size per volume for the product (e.g. its COW store), as BW_SCRATCH. Never backed up.", "\"64MiB\""),
     key("pipeline.cow_file", Str, Some("none"), "A file the product keeps on the volume (path from the mount point) whose blocks are don't-care in the backup: the harness finds it on the truth image itself and excludes its blocks, at most `cow_file_max`; the guest's FIEMAP view of it is compared, and a disagreement is a finding.", "\".dmwrap-cow\""),
     key("pipeline.cow_file_max", Size, Some("(with cow_file: required)"), "The most `cow_file` may occupy; blocks beyond it are judged like any other, never a wider exclusion.", "\"16MiB\""),
+    key("pipeline.instant", Enum(INSTANTS), Some("\"announced\""), "Where the product's snapshot instant comes from. `announced`: between `setup` and `thaw`, or `bw-pipe instant` run by `snapshot` (a `snapshot` that ends without announcing is a harness error). `oracle`: the product freezes and snapshots on its own inside `snapshot` and cannot say when; the harness takes no truth at an instant and judges each backup at the history oracle's cut over the witness disk's write history. Needs `guest.disk = \"witness\"` and the one-command `snapshot`; `cow_file` cannot go with it (the COW file is found on a truth image, and there is none).", "\"oracle\""),
     key("pipeline.commands", Table, Some("(external: required)"), "The product's steps, each a shell command run in the guest (docs/your-pipeline.md has the contract of each).", ""),
     key("pipeline.commands.prepare", Str, Some("none"), "Once after boot, after `modules` are loaded: set the product up.", "\"/product/bin/setup\""),
     key("pipeline.commands.freeze", Str, Some("none"), "Freeze the volume (with `setup` and `thaw`; the harness takes its truth between `setup` and `thaw`).", "\"fsfreeze --freeze $BW_MOUNT\""),
@@ -295,6 +297,7 @@ pub const PIPELINE_KEY_KINDS: &[(&str, &[PipelineKind])] = &[
     ("scratch_disk", &[External]),
     ("cow_file", &[External]),
     ("cow_file_max", &[External]),
+    ("instant", &[External]),
     ("commands", &[External]),
 ];
 

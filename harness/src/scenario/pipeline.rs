@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{pipeline_kinds, PIPELINE_KEY_KINDS};
-use super::raw::{LvmIncremental, PipelineKind, RawPipeline};
+use super::raw::{InstantSource, LvmIncremental, PipelineKind, RawPipeline};
 
 use super::tree::{quoted, KeyPath};
 use super::units;
@@ -43,6 +43,15 @@ impl PipelineSpec {
             PipelineSpec::External(e) => e.reader,
         }
     }
+
+    /// Whether each backup is judged at the history oracle's cut, not at an instant
+    /// (an external product that cannot announce it).
+    pub fn at_cut(&self) -> bool {
+        match self {
+            PipelineSpec::Reference | PipelineSpec::DmSnapshot(_) | PipelineSpec::Lvm(_) => false,
+            PipelineSpec::External(e) => e.snapshot.at_cut(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +83,19 @@ pub enum SnapshotSteps {
     },
     /// One command that announces its instant with `bw-pipe instant`.
     Announced { snapshot: String },
+    /// One command that freezes, snapshots and thaws on its own and cannot announce
+    /// (`instant = "oracle"`): the truth is the history oracle's at its cut.
+    Unannounced { snapshot: String },
+}
+
+impl SnapshotSteps {
+    /// Whether the truth comes from the history oracle's cut, not an instant.
+    pub fn at_cut(&self) -> bool {
+        match self {
+            SnapshotSteps::FreezeSetupThaw { .. } | SnapshotSteps::Announced { .. } => false,
+            SnapshotSteps::Unannounced { .. } => true,
+        }
+    }
 }
 
 /// Where a product puts its backup.
@@ -368,6 +390,27 @@ fn external(
             }
         }
     };
+    let snapshot = match (raw.instant.unwrap_or(InstantSource::Announced), snapshot) {
+        (InstantSource::Oracle, SnapshotSteps::Announced { snapshot }) => {
+            if cow_file.is_some() {
+                cx.err(
+                    &base.key("cow_file"),
+                    "`pipeline.cow_file` cannot go with `instant = \"oracle\"`: the harness finds the COW file on the truth image taken at the instant, and a product judged at the oracle's cut has none",
+                    Some("keep the product's scratch space off the volume (`scratch_disk`), or announce the instant".into()),
+                );
+            }
+            SnapshotSteps::Unannounced { snapshot }
+        }
+        (InstantSource::Oracle, steps @ SnapshotSteps::FreezeSetupThaw { .. }) => {
+            cx.err(
+                &base.key("instant"),
+                "`instant = \"oracle\"` is for a product whose one `snapshot` command freezes and snapshots on its own; with `freeze`, `setup` and `thaw` the harness takes its truth between `setup` and `thaw`",
+                Some("give `snapshot` alone, or leave `instant` at \"announced\"".into()),
+            );
+            steps
+        }
+        (InstantSource::Oracle | InstantSource::Announced, steps) => steps,
+    };
     let delivery = match (text(&c.stream), text(&c.copy)) {
         (Some(s), None) => Delivery::Stream(s),
         (None, Some(c)) => Delivery::Copy(c),
@@ -433,12 +476,13 @@ impl RawPipeline {
             scratch_disk: None,
             cow_file: None,
             cow_file_max: None,
+            instant: None,
             commands: None,
         }
     }
 
     /// Each key of the table and whether it is set.
-    fn given(&self) -> [(&'static str, bool); 15] {
+    fn given(&self) -> [(&'static str, bool); 16] {
         [
             ("kind", true),
             ("reader", self.reader.is_some()),
@@ -454,6 +498,7 @@ impl RawPipeline {
             ("scratch_disk", self.scratch_disk.is_some()),
             ("cow_file", self.cow_file.is_some()),
             ("cow_file_max", self.cow_file_max.is_some()),
+            ("instant", self.instant.is_some()),
             ("commands", self.commands.is_some()),
         ]
     }
@@ -469,5 +514,42 @@ mod tests {
         let given: Vec<&str> = raw.given().iter().map(|(n, _)| *n).collect();
         let table: Vec<&str> = PIPELINE_KEY_KINDS.iter().map(|(n, _)| *n).collect();
         assert_eq!(given, table);
+    }
+
+    fn external(instant: &str, commands: &str) -> Result<PipelineSpec, String> {
+        let text = format!(
+            "name = \"x\"\ndescription = \"x\"\nstory = \"x\"\n\n[pipeline]\nkind = \"external\"\ndir = \"p\"\n{instant}\n\n[pipeline.commands]\n{commands}\ndevice = \"d\"\nstream = \"s\"\ndestroy = \"x\"\n\n[[volumes]]\nname = \"data\"\nsize = \"64MiB\"\n"
+        );
+        let host = crate::scenario::Host {
+            images: None,
+            free: None,
+        };
+        crate::scenario::parse_for(Path::new("x.toml"), &text, &host)
+            .map(|s| s.pipeline)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_instant_key_chooses_the_oracle_only_when_asked() {
+        let oracle = external("instant = \"oracle\"", "snapshot = \"snap\"").unwrap();
+        assert!(oracle.at_cut());
+        let PipelineSpec::External(e) = &oracle else {
+            panic!("{oracle:?}")
+        };
+        assert_eq!(
+            e.snapshot,
+            SnapshotSteps::Unannounced {
+                snapshot: "snap".into()
+            }
+        );
+        // Without the key, a one-command snapshot must announce: never guessed.
+        let announced = external("", "snapshot = \"snap\"").unwrap();
+        assert!(!announced.at_cut());
+        let explicit = external("instant = \"announced\"", "snapshot = \"snap\"").unwrap();
+        assert_eq!(announced, explicit);
+        let fst = external("", "freeze = \"f\"\nsetup = \"s\"\nthaw = \"t\"").unwrap();
+        assert!(!fst.at_cut());
+        let bad = external("instant = \"guess\"", "snapshot = \"snap\"").unwrap_err();
+        assert!(bad.contains("guess"), "{bad}");
     }
 }

@@ -213,7 +213,20 @@ pub struct RawPipeline {
     pub scratch_disk: Option<String>,
     pub cow_file: Option<String>,
     pub cow_file_max: Option<String>,
+    pub instant: Option<InstantSource>,
     pub commands: Option<RawCommands>,
+}
+
+/// Where an external product's snapshot instant, and so its truth, comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstantSource {
+    /// The product's steps give it: the harness's truth between `setup` and `thaw`, or
+    /// when `snapshot` runs `bw-pipe instant`.
+    Announced,
+    /// The product cannot announce it: the truth is the history oracle's, at the cut
+    /// that explains the backup (witness disks only).
+    Oracle,
 }
 
 /// How an LVM pipeline makes its incrementals.

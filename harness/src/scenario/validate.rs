@@ -190,7 +190,7 @@ pub(super) fn validate(
     let workloads = validate_workloads(&mut cx, raw.workloads, &volumes, backups, timeout);
     let faults = validate_faults(&mut cx, raw.faults, &volumes, backups, &guest);
     let expect = validate_expect(&mut cx, raw.expect, &guest, &faults, &workloads);
-    pipeline_fit(&mut cx, &pipeline, &volumes, &faults, &expect);
+    pipeline_fit(&mut cx, &pipeline, &guest, &volumes, &faults, &expect);
 
     if cx.found.is_empty() {
         Ok(Scenario {
@@ -512,6 +512,7 @@ fn validate_backup(cx: &mut Ctx, raw: RawBackup) -> BackupSpec {
 fn pipeline_fit(
     cx: &mut Ctx,
     pipeline: &PipelineSpec,
+    guest: &Guest,
     volumes: &[Volume],
     faults: &[Fault],
     expect: &Expectations,
@@ -562,6 +563,15 @@ fn pipeline_fit(
                 &KeyPath::root().key("pipeline").key("commands").key("snapshot"),
                 format!("an announced `snapshot` gives one instant per command, and {backed} volumes are backed up"),
                 Some("use `freeze`, `setup` and `thaw`: the harness takes one truth for every volume between them".into()),
+            );
+        }
+        // The oracle's history is the witness disk's, one per volume's disk; the
+        // external pipeline's volumes are whole disks, so each has its own.
+        if e.snapshot.at_cut() && guest.disk != DiskBackend::Witness {
+            cx.err(
+                &KeyPath::root().key("pipeline").key("instant"),
+                "`instant = \"oracle\"` judges each backup against the witness disk's write history, and `guest.disk` is \"qemu\"",
+                Some("set `guest.disk = \"witness\"` (the default)".into()),
             );
         }
     }
