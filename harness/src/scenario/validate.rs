@@ -574,6 +574,23 @@ fn pipeline_fit(
                 Some("set `guest.disk = \"witness\"` (the default)".into()),
             );
         }
+        // These fire at the instant the harness takes its truth; a product judged at
+        // the oracle's cut gives none, so they could never fire.
+        if e.snapshot.at_cut() {
+            for (i, f) in faults.iter().enumerate() {
+                let kind = f.spec.kind();
+                if matches!(kind, FaultKind::RemoveDisk | FaultKind::DiskTorn) {
+                    cx.err(
+                        &faults_at.index(i).key("kind"),
+                        format!(
+                            "`{}` fires at the snapshot instant, and a product with `instant = \"oracle\"` announces none",
+                            kind.name()
+                        ),
+                        Some("drop the fault, or let the product announce its instant (`bw-pipe instant`)".into()),
+                    );
+                }
+            }
+        }
     }
     if kind == PipelineKind::Lvm {
         if expect.fsck {
