@@ -558,6 +558,15 @@ fn pipeline_fit(
     }
     if let PipelineSpec::External(e) = pipeline {
         let backed = volumes.iter().filter(|v| v.backup).count();
+        if e.snapshot.at_cut() && backed > 1 {
+            // Each volume's history gives its own cut; nothing would check that the
+            // product took them at one moment.
+            cx.err(
+                &KeyPath::root().key("pipeline").key("instant"),
+                format!("`instant = \"oracle\"` judges each volume at its own cut, and {backed} volumes are backed up: nothing would prove they were snapshotted together"),
+                Some("back up one volume, or let the product announce its instant".into()),
+            );
+        }
         if matches!(e.snapshot, super::SnapshotSteps::Announced { .. }) && backed > 1 {
             cx.err(
                 &KeyPath::root().key("pipeline").key("commands").key("snapshot"),
