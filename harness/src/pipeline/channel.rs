@@ -254,6 +254,16 @@ impl Channel {
         s.session.as_ref().map_or(0, |x| x.blocks.len() as u64)
     }
 
+    /// Whether the session has nothing more to wait for: no session, a whole stream, a
+    /// broken one, or a closed port.
+    pub fn settled(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.closed
+            || s.session
+                .as_ref()
+                .is_none_or(|x| x.complete() || !x.problems.is_empty())
+    }
+
     /// Closes the session once it is complete, or when `grace` has passed (bytes still
     /// in flight in the virtio queue when the product's command exits).
     pub fn finish(&self, grace: Duration) -> SessionEnd {
@@ -358,11 +368,18 @@ mod tests {
                 .unwrap();
         });
         std::thread::sleep(Duration::from_millis(300));
-        // Closed at 0: nothing may be read, so nothing has crossed.
+        // Closed at 0: nothing may be read, so nothing has crossed, and the session is
+        // not settled: the copy loop keeps granting the workload's steps.
         assert_eq!(ch.blocks_crossed(), 0);
         assert!(gate.requested() > 0, "the stream asked the gate");
+        assert!(!ch.settled());
         gate.release();
         writer.join().unwrap();
+        let settled = Instant::now();
+        while !ch.settled() {
+            assert!(settled.elapsed() < Duration::from_secs(5), "never settled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let end = ch.finish(Duration::from_secs(5));
         assert!(end.complete, "{:?}", end.problems);
         assert_eq!(end.blocks.len() as u64, blocks);

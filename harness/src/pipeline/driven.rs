@@ -754,7 +754,16 @@ impl Driven {
                 },
             );
             let reader_finished = reader.is_none() || read_done.is_some();
-            if copied.is_some() && reader_finished {
+            // The stream's last bytes may still wait in the port, held at the pacing gate
+            // for the workload's last step: keep granting steps until they have crossed
+            // (a stream that never completes is judged by `finish` after the grace).
+            let stream_settled = match (&self.channel, copy_image.is_none()) {
+                (Some(c), true) => {
+                    c.settled() || copy_took.is_some_and(|t| copy_started.elapsed() > t + GRACE)
+                }
+                _ => true,
+            };
+            if copied.is_some() && reader_finished && stream_settled {
                 break;
             }
             if r.vm.machine.exited().is_some() {
