@@ -468,6 +468,45 @@ impl Driven {
         Ok(instant)
     }
 
+    /// Runs the product's `snapshot` command for `v` to its end, answering each line it
+    /// sends on bw.instant with `answer`.
+    fn run_snapshot(
+        &mut self,
+        r: &mut Runner,
+        v: &GuestVolume,
+        g: u32,
+        answer: &mut dyn FnMut(&mut Vm, &str) -> InstantMessage,
+    ) -> Result<(), PipelineError> {
+        let (script, env, limit) = self.provider.snapshot_command(v, g);
+        let step = Step {
+            name: "snapshot",
+            script: &script,
+            env: &env,
+            limit,
+            output: Output::Any,
+        };
+        let mut running = Running::spawn(r.vm, &step)?;
+        loop {
+            if let Some(line) = self
+                .instant
+                .as_mut()
+                .and_then(|p| p.poll(Duration::from_millis(50)))
+            {
+                let reply = answer(r.vm, &line);
+                if let Some(p) = self.instant.as_mut() {
+                    p.reply(&reply);
+                }
+            }
+            let done = running.poll(r.vm, Duration::from_millis(100));
+            r.spawned(&step, &done);
+            match done {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The product's own snapshot command, answering its announced instant.
     fn instant_announced(
         &mut self,
@@ -479,59 +518,34 @@ impl Driven {
     ) -> Result<Option<u64>, PipelineError> {
         let mut instant = None;
         for v in volumes {
-            let (script, env, limit) = self.provider.snapshot_command(v, g);
-            let step = Step {
-                name: "snapshot",
-                script: &script,
-                env: &env,
-                limit,
-                output: Output::Any,
-            };
-            let mut running = Running::spawn(r.vm, &step)?;
-            loop {
-                if let Some(line) = self
-                    .instant
-                    .as_mut()
-                    .and_then(|p| p.poll(Duration::from_millis(50)))
-                {
-                    let answer = match serde_json::from_str::<InstantMessage>(&line) {
-                        Ok(InstantMessage::Instant { instant_ns }) if !result.instant_reached => {
-                            match hooks.at_instant(r.vm, &announced(volumes)) {
-                                Ok(()) => {
-                                    result.instant_reached = true;
-                                    instant = Some(instant_ns);
-                                    InstantMessage::Continue
-                                }
-                                Err(e) => {
-                                    let reason = crate::error_chain(&e);
-                                    result.notes.push(format!("instant aborted: {reason}"));
-                                    InstantMessage::Abort { reason }
-                                }
+            self.run_snapshot(r, v, g, &mut |vm, line| {
+                match serde_json::from_str::<InstantMessage>(line) {
+                    Ok(InstantMessage::Instant { instant_ns }) if !result.instant_reached => {
+                        match hooks.at_instant(vm, &announced(volumes)) {
+                            Ok(()) => {
+                                result.instant_reached = true;
+                                instant = Some(instant_ns);
+                                InstantMessage::Continue
+                            }
+                            Err(e) => {
+                                let reason = crate::error_chain(&e);
+                                result.notes.push(format!("instant aborted: {reason}"));
+                                InstantMessage::Abort { reason }
                             }
                         }
-                        // A second announcement in one backup: the truth is taken.
-                        Ok(InstantMessage::Instant { .. }) => InstantMessage::Continue,
-                        Ok(InstantMessage::Continue | InstantMessage::Abort { .. }) | Err(_) => {
-                            result
-                                .notes
-                                .push(format!("unexpected message on bw.instant: {line}"));
-                            InstantMessage::Abort {
-                                reason: "unexpected message".into(),
-                            }
+                    }
+                    // A second announcement in one backup: the truth is taken.
+                    Ok(InstantMessage::Instant { .. }) => InstantMessage::Continue,
+                    Ok(InstantMessage::Continue | InstantMessage::Abort { .. }) | Err(_) => {
+                        result
+                            .notes
+                            .push(format!("unexpected message on bw.instant: {line}"));
+                        InstantMessage::Abort {
+                            reason: "unexpected message".into(),
                         }
-                    };
-                    if let Some(p) = self.instant.as_mut() {
-                        p.reply(&answer);
                     }
                 }
-                let done = running.poll(r.vm, Duration::from_millis(100));
-                r.spawned(&step, &done);
-                match done {
-                    Ok(Some(_)) => break,
-                    Ok(None) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            })?;
         }
         if !result.instant_reached {
             return Err(PipelineError::failed(
@@ -558,39 +572,15 @@ impl Driven {
         result: &mut BackupResult,
     ) -> Result<Option<u64>, PipelineError> {
         for v in volumes {
-            let (script, env, limit) = self.provider.snapshot_command(v, g);
-            let step = Step {
-                name: "snapshot",
-                script: &script,
-                env: &env,
-                limit,
-                output: Output::Any,
-            };
-            let mut running = Running::spawn(r.vm, &step)?;
-            loop {
-                if let Some(line) = self
-                    .instant
-                    .as_mut()
-                    .and_then(|p| p.poll(Duration::from_millis(20)))
-                {
-                    result.notes.push(format!(
-                        "the snapshot command of {} used bw.instant, and the scenario says the product cannot announce (instant = \"oracle\"): {line}",
-                        v.name
-                    ));
-                    if let Some(p) = self.instant.as_mut() {
-                        p.reply(&InstantMessage::Abort {
-                            reason: "this scenario judges the product at the history oracle's cut (instant = \"oracle\")".into(),
-                        });
-                    }
+            self.run_snapshot(r, v, g, &mut |_, line| {
+                result.notes.push(format!(
+                    "the snapshot command of {} used bw.instant, and the scenario says the product cannot announce (instant = \"oracle\"): {line}",
+                    v.name
+                ));
+                InstantMessage::Abort {
+                    reason: "this scenario judges the product at the history oracle's cut (instant = \"oracle\")".into(),
                 }
-                let done = running.poll(r.vm, Duration::from_millis(100));
-                r.spawned(&step, &done);
-                match done {
-                    Ok(Some(_)) => break,
-                    Ok(None) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            })?;
         }
         Ok(Self::guest_now(r))
     }

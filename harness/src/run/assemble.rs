@@ -39,6 +39,39 @@ fn hash(
     crate::hash::hash_image_with_progress(path, &|done| progress(done, total))
 }
 
+/// The harness's re-read of the committed generation at the target: one hash per block
+/// of the volume (None past the end of a short image), also set on `g`. An image of the
+/// wrong length is the target's finding: blocks past its end are absent, blocks past
+/// the volume's end are judged as one finding of their own.
+fn reread_target(
+    stored: Option<&Path>,
+    v: &VolumePlan,
+    blocks: usize,
+    g: &mut GenerationRecord,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    errors: &mut Vec<String>,
+) -> Option<Vec<Option<BlockHash>>> {
+    let img = stored?;
+    match hash(img, progress, v.size_bytes) {
+        Ok(h) => {
+            g.committed = true;
+            g.target_bytes = std::fs::metadata(img).ok().map(|m| m.len());
+            let column: Vec<Option<BlockHash>> = (0..blocks).map(|i| h.get(i).copied()).collect();
+            g.target = Some(column.clone());
+            Some(column)
+        }
+        Err(e) => {
+            errors.push(format!(
+                "re-reading generation {} of volume {} at the target: {}",
+                g.generation,
+                v.name,
+                chain(&e)
+            ));
+            None
+        }
+    }
+}
+
 /// The history of volume `v` cut out of its disk's, when the pipeline knows a layout that
 /// stayed put (None: it does not, e.g. a thin volume).
 fn volume_history(
@@ -171,24 +204,8 @@ pub(super) fn volumes(
                 g.target_claim = target_claim;
                 g.previous_intact = previous_intact;
                 let blocks = (v.size_bytes / crate::model::BLOCK as u64) as usize;
-                let mut target_hashes = None;
-                if let Some(img) = &stored {
-                    match hash(img, progress, v.size_bytes) {
-                        Ok(h) => {
-                            g.committed = true;
-                            g.target_bytes = std::fs::metadata(img).ok().map(|m| m.len());
-                            let column: Vec<Option<BlockHash>> =
-                                (0..blocks).map(|i| h.get(i).copied()).collect();
-                            g.target = Some(column.clone());
-                            target_hashes = Some(column);
-                        }
-                        Err(e) => errors.push(format!(
-                            "re-reading generation {generation} of volume {} at the target: {}",
-                            v.name,
-                            chain(&e)
-                        )),
-                    }
-                }
+                let target_hashes =
+                    reread_target(stored.as_deref(), v, blocks, &mut g, progress, &mut errors);
                 let whole_backup: Option<Vec<BlockHash>> = target_hashes
                     .as_ref()
                     .and_then(|c| c.iter().copied().collect::<Option<Vec<_>>>());
@@ -370,27 +387,8 @@ pub(super) fn volumes(
                 }
                 recorded_points(&mut g, vb, blocks, &layers, &inherited_sites, &previous);
             }
-            let mut target_hashes = None;
-            if let Some(img) = &stored {
-                match hash(img, progress, v.size_bytes) {
-                    Ok(h) => {
-                        g.committed = true;
-                        g.target_bytes = std::fs::metadata(img).ok().map(|m| m.len());
-                        // An image of the wrong length is the target's finding: blocks
-                        // past its end are absent, blocks past the volume's end are
-                        // judged as one finding of their own.
-                        let column: Vec<Option<BlockHash>> =
-                            (0..blocks).map(|i| h.get(i).copied()).collect();
-                        g.target = Some(column.clone());
-                        target_hashes = Some(column);
-                    }
-                    Err(e) => errors.push(format!(
-                        "re-reading generation {generation} of volume {} at the target: {}",
-                        v.name,
-                        chain(&e)
-                    )),
-                }
-            }
+            let target_hashes =
+                reread_target(stored.as_deref(), v, blocks, &mut g, progress, &mut errors);
             match crate::cowfile::judge_partial(&cow_partial, &image, stored.as_deref()) {
                 Ok(p) => g.partial = p,
                 Err(e) => errors.push(format!(
