@@ -79,10 +79,17 @@ fn volume_history(
     v: &VolumePlan,
     disk: &History,
 ) -> Result<Option<History>, HistoryError> {
-    const BLOCK: u64 = 4096;
+    const BLOCK: u64 = crate::model::BLOCK as u64;
     let Some(segments) = pipeline.static_layout(&v.name) else {
         return Ok(None);
     };
+    if segments
+        .iter()
+        .any(|s| (s.lv_offset | s.disk_offset | s.len) % BLOCK != 0)
+    {
+        // LVM's extents are MiB-aligned; a layout that is not cannot be judged in blocks.
+        return Ok(None);
+    }
     // The logical volume may end past the scenario's size (LVM rounds up to extents):
     // only the scenario's size is backed up and judged.
     let size = v.size_bytes;
@@ -95,15 +102,7 @@ fn volume_history(
             blocks: s.len.min(size - s.lv_offset).div_ceil(BLOCK),
         })
         .collect();
-    if segments
-        .iter()
-        .any(|s| (s.lv_offset | s.disk_offset | s.len) % BLOCK != 0)
-    {
-        // LVM's extents are MiB-aligned; a layout that is not cannot be judged in blocks.
-        return Ok(None);
-    }
-    disk.restrict(&extents, v.size_bytes.div_ceil(BLOCK))
-        .map(Some)
+    disk.restrict(&extents, size.div_ceil(BLOCK)).map(Some)
 }
 
 /// The recording of every backed-up volume. Errors are infrastructure problems (a
@@ -218,7 +217,7 @@ pub(super) fn volumes(
                         && w.keys().take(blocks).copied().eq(0..blocks as u64))
                     .then_some(hashes)
                 });
-                let judged = match (&oracle, history, v.disk_bytes == v.size_bytes) {
+                let at_cut = match (&oracle, history, volume_is_disk) {
                     (_, _, false) => Err(super::cut::CutError::NotWholeDisk {
                         volume: v.name.clone(),
                     }),
@@ -236,7 +235,7 @@ pub(super) fn volumes(
                         volume: v.name.clone(),
                     }),
                 };
-                match judged {
+                match at_cut {
                     Ok(at) => {
                         g.blocks = at.truth.len() as u64;
                         g.truth = at.truth;
@@ -418,12 +417,16 @@ pub(super) fn volumes(
                     end: b + 1,
                     reason: "shared with the COW file".into(),
                 }));
+                // A short backup gives the blocks it has, and the oracle says it is short.
+                let backup: Option<Vec<BlockHash>> = target_hashes
+                    .as_ref()
+                    .map(|c| c.iter().map_while(|h| *h).collect());
                 match super::oracle::judge(
                     o,
                     h.moved_submits,
                     i.t_ns,
-                    &image,
-                    stored.as_deref().filter(|_| g.committed),
+                    &g.truth,
+                    backup.as_deref(),
                     &excluded,
                 ) {
                     Ok(rec) => g.oracle = Some(rec),

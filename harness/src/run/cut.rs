@@ -17,10 +17,10 @@
 //! image that is no single cut never classifies clean.
 
 use crate::model::BlockHash;
-use crate::oracle::{Backup, BackupError, ContentHash, CutTruth, Expected, Judgement, Oracle};
+use crate::oracle::{Backup, BackupError, CutTruth, Expected, Judgement, Oracle};
 use crate::record::{CutImage, CutJudgement, CutRecord};
 
-use super::oracle::problem_line;
+use super::oracle::{content, problem_line};
 
 /// How many example lines a judgement keeps.
 const EXAMPLES: usize = 8;
@@ -55,11 +55,6 @@ pub(super) struct Images<'a> {
 pub(super) struct AtCut {
     pub truth: Vec<BlockHash>,
     pub record: CutRecord,
-}
-
-fn content(hashes: &[BlockHash]) -> Vec<ContentHash> {
-    // Both are xxh3-128 of the block, stored as the u128's little-endian bytes.
-    hashes.iter().map(|h| ContentHash(h.0)).collect()
 }
 
 /// Judges the generation at the cut of the image chosen as above.
@@ -175,7 +170,7 @@ pub(super) fn unseen_by_comparison(
 mod tests {
     use super::*;
     use crate::model::BackupKind;
-    use crate::oracle::{BlockWrite, History, Write};
+    use crate::oracle::{BlockWrite, ContentHash, History, Write};
     use crate::record::{Claim, GenerationRecord};
 
     fn h(n: u128) -> BlockHash {

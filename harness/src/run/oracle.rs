@@ -5,6 +5,7 @@
 //! fails when they disagree. Block hashes here are xxh3-128 (the history's), whatever
 //! the rest of the recording uses.
 
+use crate::model::BlockHash;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -26,17 +27,24 @@ pub(super) fn load(history: &Path, initial: Vec<ContentHash>) -> Result<Adapted,
     adapter::history(&h, initial).map_err(|e| chain(&e))
 }
 
+/// The oracle's hashes of a recording's: both are xxh3-128 of the block, stored as the
+/// u128's little-endian bytes.
+pub(super) fn content(hashes: &[BlockHash]) -> Vec<ContentHash> {
+    hashes.iter().map(|h| ContentHash(h.0)).collect()
+}
+
 /// Judges one generation: the truth image taken at the announced instant (`instant_ns`,
-/// on the history's clock) and, when one was committed, the backup image.
+/// on the history's clock) and, when one was committed, the backup, each by the block
+/// hashes the run already took of it (the same xxh3-128 the history records).
 pub(super) fn judge(
     oracle: &Oracle,
     moved_submits: u64,
     instant_ns: u64,
-    truth_image: &Path,
-    backup_image: Option<&Path>,
+    truth_hashes: &[BlockHash],
+    backup_hashes: Option<&[BlockHash]>,
     excluded: &[Exclusion],
 ) -> Result<OracleRecord, String> {
-    let truth = adapter::image_hashes(truth_image).map_err(|e| chain(&e))?;
+    let truth = content(truth_hashes);
     let announced = Announced {
         instant_ns,
         truth: truth.clone(),
@@ -54,9 +62,9 @@ pub(super) fn judge(
         Ok(summarise(&j, &check))
     };
     let truth_judged = one(truth.clone())?;
-    let backup_judged = match backup_image {
-        Some(p) => {
-            let hashes = adapter::image_hashes(p).map_err(|e| chain(&e))?;
+    let backup_judged = match backup_hashes {
+        Some(b) => {
+            let hashes = content(b);
             // A backup that holds wrong blocks pulls the oracle's best cut away from the
             // instant (the cut that explains the most blocks is no longer the one the
             // pipeline took), so its blocks cannot agree with the truth at the instant
